@@ -1,0 +1,33 @@
+# Two commands that work on a fresh machine:
+#   make demo   set up .venv and run the main job on the bundled fixture
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EF     := $(VENV)/bin/explainfix
+FIXTURE_ARGS := fixtures/digits_resnet.pt --arch fixtures/digits_resnet.py:DigitsResNet --input-size 32
+DEMO_OUT := out/demo
+
+.PHONY: setup demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(EF) info $(FIXTURE_ARGS)
+	$(EF) prune $(FIXTURE_ARGS) --pct 90 --data fixtures/digits/calib -o $(DEMO_OUT)/pruned --force
+	$(EF) info $(DEMO_OUT)/pruned
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,44 @@
+"""One exception family; the CLI maps each class to the exit code of ../shared/CLI.md.
+
+    ExplainFixError
+    ├── BadInput         exit 2  (missing/corrupt file, wrong arch, empty data, refused pickle, bad value)
+    ├── CannotProcess    exit 3  (an op or coupling the engine cannot prove correct, export failure)
+    └── CheckFailed      exit 1  (output mismatch, quality gate)
+
+Every error carries a one-line message and an optional hint ("what to do").
+"""
+from __future__ import annotations
+
+
+class ExplainFixError(Exception):
+    exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class BadInput(ExplainFixError):
+    exit_code = 2
+
+
+class CannotProcess(ExplainFixError):
+    exit_code = 3
+
+
+class CheckFailed(ExplainFixError):
+    exit_code = 1
+
+
+class UnsupportedOp(CannotProcess):
+    """The dependency engine met an op it cannot prove correct; names the op and the module path."""
+
+    def __init__(self, op: str, where: str, why: str = "not supported by the channel-dependency engine"):
+        super().__init__(
+            f"cannot prune through op `{op}` at `{where}`: {why}",
+            hint="the model was not changed; lower --pct will not help. Open an issue with this line, "
+            "or prune a model without this op.",
+        )
+        self.op = op
+        self.where = where

@@ -1,0 +1,170 @@
+"""prune end to end: the real CLI on real checkpoints, and the engine's guarantees on small models."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from explainfix_cli import load
+from explainfix_cli.checkpoint import sha256_file
+from explainfix_cli.cli import app
+from explainfix_cli.errors import UnsupportedOp
+from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
+from explainfix_cli.prune import prune_model
+
+FIXTURE = "fixtures/digits_resnet.pt"
+ARCH = "fixtures/digits_resnet.py:DigitsResNet"
+CALIB = "fixtures/digits/calib"
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_cli_prune_fixture_end_to_end(tmp_path):
+    out = tmp_path / "pruned"
+    before = sha256_file(FIXTURE)
+    res = CliRunner().invoke(app, ["prune", FIXTURE, "--arch", ARCH, "--pct", "90", "--data", CALIB,
+                                   "--input-size", "32", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "report.json"}
+    assert report["params_after"] < report["params_before"]
+    assert report["macs_after"] < report["macs_before"]
+    assert report["check"]["passed"] and report["check"]["pruned_vs_masked_rel"] <= 1e-4
+    assert report["criterion"] == "saliency" and report["accuracy_before"] is not None
+    assert report["nonzero_folds"] > 0  # a trained model has non-zero BN shifts to fold
+    recipe = json.loads((out / "explainfix.json").read_text())
+    assert recipe["preprocessing"]["input_size"] == [32, 32]
+    assert recipe["source"]["sha256"] == before and recipe["edits"][0]["op"] == "prune"
+    assert sha256_file(FIXTURE) == before  # input untouched
+    # the reloaded directory is usable by every command without flags
+    res = CliRunner().invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["params"] == report["params_after"]
+
+
+def _checkpoint(tmp_path, name, **kwargs):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(**kwargs)
+    path = tmp_path / f"{name}.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+ZOO = [
+    ("resnet18", 64, 70),
+    ("resnet50", 64, 70),
+    ("mobilenet_v2", 64, 70),
+    ("vgg11_bn", 32, 80),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size,pct", ZOO, ids=[z[0] for z in ZOO])
+def test_prune_torchvision_zoo(tmp_path, name, size, pct):
+    ckpt = _checkpoint(tmp_path, name, num_classes=10)
+    job = prune_job(
+        ModelSpec(ckpt, f"torchvision.models:{name}", '{"num_classes": 10}'),
+        DataSpec(CALIB, input_size=str(size), batch_size=16, batches=2),
+        pct, out=tmp_path / "out", device="cpu",
+    )
+    r = job.result
+    assert r.params_after < r.params_before and r.channels_removed > 0
+    assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
+    if r.nonzero_folds == 0:  # nothing non-zero folded: pruned ≡ zeroed
+        assert r.check.masked_vs_zeroed_rel <= 1e-6
+    reloaded = load(job.out)
+    sd_a, sd_b = job.model.state_dict(), reloaded.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    x = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(outputs(reloaded, x), outputs(job.model, x))
+
+
+class FoldNet(nn.Module):
+    """Non-zero biases everywhere and unpadded convs: folded constants are exact."""
+
+    def __init__(self, padding=0):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=padding)
+        self.bn = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 5, 3, padding=padding)
+        self.fc = nn.Linear(5 * 4 * 4 if padding == 0 else 5 * 8 * 8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.c1(x)))
+        return self.fc(torch.flatten(self.c2(x), 1))
+
+
+def _foldnet(padding):
+    torch.manual_seed(0)
+    m = FoldNet(padding).eval()
+    with torch.no_grad():
+        m.bn.bias.uniform_(0.5, 1.0)  # ReLU keeps the constants non-zero
+        m.bn.running_mean.uniform_(-0.1, 0.1)
+        m.c1.weight[[1, 4]] = 0.0  # two dead rows → constant channels
+    return m
+
+
+def test_constant_channels_fold_exactly_without_padding():
+    m = _foldnet(0)
+    x = torch.randn(4, 3, 8, 8)
+    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert r.nonzero_folds > 0 and r.inexact_folds == 0
+    assert m.c1.out_channels < 6 and m.c2.in_channels == m.c1.out_channels
+    assert r.check.masked_vs_zeroed_rel <= 1e-5  # exact: pruned ≡ zeroed
+
+
+def test_folding_into_zero_padded_conv_is_reported_as_inexact():
+    m = _foldnet(1)
+    x = torch.randn(4, 3, 8, 8)
+    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert r.inexact_folds > 0
+    assert r.check.passed  # still ≡ masked equivalent
+    assert r.check.masked_vs_zeroed_rel > 1e-6  # but not ≡ zeroed: the borders differ
+
+
+def test_flatten_into_linear_removes_feature_blocks():
+    m = _foldnet(0)
+    with torch.no_grad():
+        m.c2.weight[2] = 0.0
+        m.c2.bias[2] = 0.0
+    x = torch.randn(4, 3, 8, 8)
+    ref = outputs(m, x)
+    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert m.c2.out_channels == 4 and m.fc.in_features == 4 * 16
+    assert r.check.passed
+    assert r.check.masked_vs_zeroed_rel <= 1e-5
+    del ref
+
+
+def test_unknown_op_is_refused_naming_op_and_module():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.d = nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.d(torch.cumsum(self.c(x), dim=1))
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedOp) as e:
+        prune_model(Odd().eval(), 50, example=x[:1], criterion="magnitude")
+    assert "cumsum" in e.value.message and "node" in e.value.message
+    res = CliRunner().invoke(app, ["info", "--help"])
+    assert res.exit_code == 0
+
+
+def test_model_outputs_and_inputs_are_never_pruned():
+    """A conv whose output is the model output keeps every channel, even all-zero ones."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3)).eval()
+    with torch.no_grad():
+        m[2].weight[3] = 0.0
+    x = torch.randn(2, 3, 8, 8)
+    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert m[2].out_channels == 6 and r.check.passed
