@@ -258,6 +258,14 @@ def load_model(
         return _with_arch(path, sha, "safetensors", state_dict, arch, arch_kwargs)
     if fmt not in ("torch-zip", "legacy-pickle"):
         raise BadInput(f"{path} is not a checkpoint explainfix can read (not safetensors, not a torch.save file)")
+    if fmt == "torch-zip":  # torch.load does not check the zip CRCs: a damaged file would load silently
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise BadInput(f"cannot read {path} as a torch checkpoint: {e}") from None
+        if damaged is not None:
+            raise BadInput(f"{path} is corrupt: the record {damaged} fails its CRC check", hint="re-download or re-save the checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for disallowed globals; RuntimeError/EOFError for corrupt files
@@ -374,6 +382,9 @@ def write_output_dir(out: Path, files: dict[str, bytes | str | dict], force: boo
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any mkdir
     except OSError as e:
         raise BadInput(f"cannot write to {parent}: {e.strerror}") from None
     try:

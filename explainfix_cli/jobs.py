@@ -6,9 +6,11 @@ they never print. ``progress(stage, completed, total)`` reports long work.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -209,3 +211,58 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
         "edits": len(opened.loaded.recipe.get("edits", [])),
         "frozen_params": len(opened.loaded.recipe.get("frozen", [])),
     }
+
+
+# ------------------------------------------------------------------------------------------- explain
+@dataclass
+class ExplainJob:
+    report: Any  # explain.ExplainReport
+    out: Path
+    doc: dict
+
+
+def explain_job(
+    model: ModelSpec,
+    data: DataSpec | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    force: bool = False,
+    loglog: bool = False,
+    progress: Progress | None = None,
+) -> ExplainJob:
+    """ExplainSteer spectra (with saliency when there is data) → ``spectra.json`` + ``spectra.png``."""
+    from .checkpoint import write_output_dir
+    from .explain import explain_model
+    from .figures import save_spectra_png
+
+    opened = open_inputs(model, data, device, purpose="explain")
+    out = Path(out) if out is not None else default_out(model.path, "explain")
+    check_output_dir(out, force)
+    calib, batches, limit = opened.calib, None, float("inf")
+    if calib is not None:
+        limit = data.batches or float("inf")
+        batches = calib.batches(data.batch_size, limit)
+        total = calib.num_batches(data.batch_size, limit)
+        if progress:
+            progress("saliency", 0, total)
+        progress = _counting(_with_total(progress, total))
+    report = explain_model(opened.model, batches, opened.device, limit, target_fn=sal.onehot_targets, progress=progress)
+    doc = {"command": "explain", "model": str(model.path), "out": str(out), "data": calib.describe() if calib else None,
+           "preprocessing": opened.pre.to_dict(), **report.to_json()}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = save_spectra_png(report, Path(tmp) / "spectra.png", loglog=loglog)
+        write_output_dir(out, {"spectra.json": doc, "spectra.png": png.read_bytes()}, force=force)
+    return ExplainJob(report, out, doc)
+
+
+def _counting(progress: Progress | None) -> Callable[[int], None] | None:
+    """Adapt a (stage, done, total) callback to the per-batch ``advance(n)`` of the gradient loop."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def advance(n: int = 1, *_: Any) -> None:
+        done[0] += n
+        progress("saliency", done[0], None)
+
+    return advance

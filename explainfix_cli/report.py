@@ -119,3 +119,29 @@ def render_info(info: dict) -> None:
         layers.add_row(layer["name"], "×".join(map(str, layer["kernel"])), str(layer["in"]), str(layer["out"]),
                        str(layer["groups"]), str(layer["filters"]))
     console.print(layers)
+
+
+def _bands(shares: dict) -> str:
+    return " · ".join(f"{100 * shares[b]:4.1f}" for b in ("low", "mid", "high"))
+
+
+def render_explain(job: Any) -> None:
+    doc = job.doc
+    sal = doc["saliency"]
+    table = Table(title="ExplainSteer · % of spectral energy per layer", title_justify="left")
+    table.add_column("layer", overflow="fold")
+    table.add_column("kernel", justify="right")
+    table.add_column("low · mid · high", justify="right")
+    if sal:
+        table.add_column("with saliency", justify="right")
+    for layer in doc["layers"]:
+        row = [layer["name"], "×".join(map(str, layer["kernel_shape"])), _bands(layer["without_saliency"]["shares"])]
+        if sal and layer["with_saliency"]:
+            row.append(_bands(layer["with_saliency"]["shares"]))
+        table.add_row(*row)
+    table.caption = "e^0 (e^d for non-square kernels) in thirds, low→high frequency" + (
+        f"; saliency over {doc['num_batches']} batches" if sal else "; --data adds saliency-weighted spectra")
+    console.print(table)
+    for note in doc.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"wrote {job.out}/ (spectra.png, spectra.json)")
