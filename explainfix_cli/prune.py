@@ -204,6 +204,12 @@ def prune_model(
         scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, recording_target, tick_batches)
     else:
         scores = sal.get_spatial_filter_magnitude(model)
+        if batches is not None:  # no gradients needed, but record the original predictions
+            with torch.no_grad():
+                for i, (x, y) in enumerate(batches()):
+                    if i >= limit:
+                        break
+                    recording_target(sal.first_output(sal._call(model, _to(x, device))), y)
     lap("saliency")
 
     if check_inputs is None:
@@ -281,7 +287,7 @@ def prune_model(
         params_before=params_before, params_after=count_params(model),
         macs_before=macs_before, macs_after=count_macs(model, example),
         filters_total=sum(int(m.numel()) for m in masks), filters_zeroed=sum(int(m.sum()) for m in masks),
-        channels_before=sum(s.size for s in channel_graph.spaces if s.producers),
+        channels_before=channel_graph.channels_total,
         channels_removed=plan.channels_removed,
         nonzero_folds=plan.nonzero_folds, inexact_folds=plan.inexact_folds, check=check,
         agreement=agreement, accuracy_before=acc_before, accuracy_after=acc_after,
@@ -317,7 +323,7 @@ def _reset_unremoved(model: nn.Module, plan: Plan, originals: dict[str, torch.Te
             cols = torch.ones(m.weight.shape[1], dtype=torch.bool)
             rows[e.get("out", e.get("channels", []))] = False
             if "in" in e:
-                cols[e["in"]] = False
+                cols[[j % cols.numel() for j in e["in"]]] = False  # grouped: in-group positions
             keep = rows.view(-1, 1) & cols.view(1, -1)
             if graph_mod.is_depthwise(m):
                 keep = rows.view(-1, 1)

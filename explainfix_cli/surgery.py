@@ -6,7 +6,9 @@ pruned model from its architecture)::
     {"op": "prune", "modules": {
         "layer1.0.conv1": {"out": [3, 7], "in": [0], "add_bias": true},   # Conv2d rows / columns
         "layer1.0.bn1":   {"channels": [3, 7]},                            # BN, depthwise conv
-        "fc":             {"in": [5], "in_block": 1}}}                     # Linear: block per channel
+        "fc":             {"in": [5], "in_block": 1, "out": [2]}}}          # Linear: block per channel
+    # grouped Conv2d: "in"/"out" take the same in-group positions from every group (groups stays);
+    # ConvTranspose2d: "in"/"out" on weight dims 0/1; InstanceNorm, GroupNorm(groups=C), PReLU: "channels"
 
 * :func:`mask_and_fold` keeps every shape: it zeroes the consumers' columns of removed channels and adds
   their folded constants to the consumers' biases — the *masked equivalent*.
@@ -16,6 +18,7 @@ pruned model from its architecture)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +53,18 @@ def _ensure_bias(m: nn.Module, size: int) -> None:
         m.bias = nn.Parameter(torch.zeros(size, dtype=w.dtype, device=w.device), requires_grad=w.requires_grad)
 
 
+def _group_local(removed: list[int], n: int, groups: int, what: str) -> list[int]:
+    """Removed indices of a grouped layer → the in-group positions, which must be the same in every group."""
+    per = n // groups
+    local = [sorted(j % per for j in removed if j // per == k) for k in range(groups)]
+    if any(lo != local[0] for lo in local):
+        raise CannotProcess(f"the removal would make the groups of a grouped conv's {what} unequal")
+    return local[0]
+
+
 def slice_conv(m: nn.Conv2d, e: dict) -> None:
+    """Conv2d. Grouped (1 < groups, not depthwise): a removal takes the same in-group positions from every
+    group (graph.py merges them), so ``groups`` stays and every group keeps the same size."""
     if e.get("add_bias"):
         _ensure_bias(m, m.out_channels)
     with torch.no_grad():
@@ -60,15 +74,35 @@ def slice_conv(m: nn.Conv2d, e: dict) -> None:
             _set(m, "bias", m.bias[keep] if m.bias is not None else None)
             m.in_channels = m.out_channels = m.groups = len(keep)
         if "out" in e:
+            if m.groups > 1:
+                _group_local(e["out"], m.out_channels, m.groups, "outputs")
             keep = keep_indices(m.out_channels, e["out"]).to(m.weight.device)
             _set(m, "weight", m.weight[keep])
             _set(m, "bias", m.bias[keep] if m.bias is not None else None)
             m.out_channels = len(keep)
         if "in" in e:
-            if m.groups != 1:
-                raise CannotProcess(f"cannot remove input channels of grouped conv (groups={m.groups})")
-            keep = keep_indices(m.in_channels, e["in"]).to(m.weight.device)
+            per = m.in_channels // m.groups
+            local = _group_local(e["in"], m.in_channels, m.groups, "inputs") if m.groups > 1 else e["in"]
+            keep = keep_indices(per, local).to(m.weight.device)
             _set(m, "weight", m.weight[:, keep])
+            m.in_channels = len(keep) * m.groups
+
+
+def slice_conv_transpose(m: nn.ConvTranspose2d, e: dict) -> None:
+    """ConvTranspose2d (groups = 1): weight is (in, out, kh, kw)."""
+    if m.groups != 1:
+        raise CannotProcess(f"cannot slice a grouped ConvTranspose2d (groups={m.groups})")
+    if e.get("add_bias"):
+        _ensure_bias(m, m.out_channels)
+    with torch.no_grad():
+        if "out" in e:
+            keep = keep_indices(m.out_channels, e["out"]).to(m.weight.device)
+            _set(m, "weight", m.weight[:, keep])
+            _set(m, "bias", m.bias[keep] if m.bias is not None else None)
+            m.out_channels = len(keep)
+        if "in" in e:
+            keep = keep_indices(m.in_channels, e["in"]).to(m.weight.device)
+            _set(m, "weight", m.weight[keep])
             m.in_channels = len(keep)
 
 
@@ -82,23 +116,40 @@ def slice_linear(m: nn.Linear, e: dict) -> None:
             keep = keep_indices(m.in_features, drop).to(m.weight.device)
             _set(m, "weight", m.weight[:, keep])
             m.in_features = len(keep)
+        if "out" in e:
+            keep = keep_indices(m.out_features, e["out"]).to(m.weight.device)
+            _set(m, "weight", m.weight[keep])
+            _set(m, "bias", m.bias[keep] if m.bias is not None else None)
+            m.out_features = len(keep)
 
 
-def slice_batchnorm(m: nn.modules.batchnorm._BatchNorm, e: dict) -> None:
-    keep = keep_indices(m.num_features, e["channels"])
+def slice_norm(m: nn.Module, e: dict) -> None:
+    """BatchNorm (with or without affine / running stats), InstanceNorm, GroupNorm(groups = C), PReLU."""
+    n = m.weight.shape[0] if isinstance(m, nn.PReLU) else (m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features)
+    keep = keep_indices(n, e["channels"])
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(m, name)
+            t = getattr(m, name, None)
             if t is not None:
                 _set(m, name, t[keep.to(t.device)])
-    m.num_features = len(keep)
+    if isinstance(m, nn.PReLU):
+        m.num_parameters = len(keep)
+    elif isinstance(m, nn.GroupNorm):
+        if m.num_groups != m.num_channels:
+            raise CannotProcess("cannot slice a GroupNorm with fewer groups than channels")
+        m.num_channels = m.num_groups = len(keep)
+    else:
+        m.num_features = len(keep)
 
 
 SLICERS: dict[type, Callable[[nn.Module, dict], None]] = {
     nn.Conv2d: slice_conv,
+    nn.ConvTranspose2d: slice_conv_transpose,
     nn.Linear: slice_linear,
-    nn.BatchNorm2d: slice_batchnorm,
-    nn.BatchNorm1d: slice_batchnorm,
+    nn.modules.batchnorm._BatchNorm: slice_norm,
+    nn.modules.instancenorm._InstanceNorm: slice_norm,
+    nn.GroupNorm: slice_norm,
+    nn.PReLU: slice_norm,
 }
 
 
@@ -121,26 +172,40 @@ def apply_edit(model: nn.Module, edit: dict) -> None:
         _slicer(m, path)(m, e)
 
 
+def _rows_cols(m: nn.Module, kind: str, groups: int, index: int) -> tuple[Any, int]:
+    """Which weight rows read input ``index`` of a consumer, and at which column."""
+    if kind == "conv" and groups > 1:
+        per, t = m.weight.shape[1], m.weight.shape[0] // groups
+        k = index // per
+        return slice(k * t, (k + 1) * t), index % per
+    return slice(None), index
+
+
 def mask_and_fold(model: nn.Module, folds: list[dict], masked_inputs: dict[str, dict]) -> None:
     """Build the masked equivalent in place.
 
-    ``folds``: ``{"module", "kind", "block", "channels", "values"}`` — constant inputs whose contribution
-    ``value · Σ W[:, c]`` goes into the consumer's bias. ``masked_inputs``: module → ``{"in", "in_block"}``,
-    the input channels whose weights are then zeroed."""
+    ``folds``: ``{"module", "kind", "groups", "block", "channels", "values"}`` — constant inputs whose
+    contribution ``value · Σ W[rows, c]`` goes into the bias of the rows that read them.
+    ``masked_inputs``: module → ``{"in", "in_block", "kind", "groups"}``, the input indices whose weights
+    are then zeroed (for a ConvTranspose2d, rows of its weight)."""
     with torch.no_grad():
         for f in folds:
             m = model.get_submodule(f["module"])
             w = m.weight.detach().double()
-            values = torch.as_tensor(f["values"], dtype=torch.float64, device=w.device)
-            if f["kind"] == "conv":
-                contrib = (w[:, f["channels"]].sum(dim=(2, 3)) * values).sum(1)
-            else:
-                b = f["block"]
-                cols = w[:, expand_block(f["channels"], b).to(w.device)].view(w.shape[0], len(f["channels"]), b)
-                contrib = (cols.sum(2) * values).sum(1)
+            contrib = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+            for ch, value in zip(expand_block(f["channels"], int(f.get("block", 1))).tolist(),
+                                 [v for v in f["values"] for _ in range(int(f.get("block", 1)))]):
+                rows, col = _rows_cols(m, f["kind"], int(f.get("groups", 1)), ch)
+                col_w = w[rows, col]
+                contrib[rows] += (col_w.sum(dim=(1, 2)) if col_w.dim() == 3 else col_w) * value
             _ensure_bias(m, w.shape[0])
             m.bias += contrib.to(m.bias.dtype)
         for path, e in masked_inputs.items():
             m = model.get_submodule(path)
-            cols = expand_block(e["in"], int(e.get("in_block", 1))).to(m.weight.device)
-            m.weight[:, cols] = 0
+            cols = expand_block(e["in"], int(e.get("in_block", 1))).tolist()
+            if e.get("kind") == "convT":
+                m.weight[cols] = 0
+                continue
+            for j in cols:
+                rows, col = _rows_cols(m, e.get("kind", "conv"), int(e.get("groups", 1)), j)
+                m.weight[rows, col] = 0

@@ -168,3 +168,13 @@ def test_model_outputs_and_inputs_are_never_pruned():
     x = torch.randn(2, 3, 8, 8)
     r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
     assert m[2].out_channels == 6 and r.check.passed
+
+
+def test_magnitude_with_data_still_reports_agreement_and_accuracy(tmp_path):
+    job = prune_job(
+        ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 90, out=tmp_path / "o",
+        criterion="magnitude", device="cpu",
+    )
+    r = job.result
+    assert r.criterion == "magnitude" and r.eval_samples == 100
+    assert r.accuracy_before == 1.0 and 0.0 <= r.accuracy_after <= 1.0 and r.agreement is not None

@@ -1,0 +1,150 @@
+"""Coverage of `explainfix prune` over the torchvision classification zoo, next to Torch-Pruning.
+
+    .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121] [--no-tp] [--timeout 900]
+
+Every model of ``torchvision.models.list_models(module=torchvision.models)`` is built with random init
+(seed 0, eval mode) and a small input (64×64; 96 for inception_v3, 224 where the architecture fixes it),
+then, each in its own subprocess:
+
+* ours: ``prune_model(model, pct, criterion="magnitude", check_inputs=x)`` on 2 random inputs. Result:
+  ``pruned`` (self-check passed: pruned ≡ masked equivalent), ``refused`` (exit 3, with the reason), or
+  ``CRASH`` (any other exception — must never happen).
+* Torch-Pruning 1.6.1 (PyPI ``torch-pruning``, a *benchmark-only* dependency: ``pip install
+  torch-pruning==1.6.1``; not a dependency of explainfix): ``MagnitudePruner`` at the same ratio
+  (``pruning_ratio = pct/100``), final classifier ignored; ``yes`` when pruning and a forward pass both
+  succeed. It has no notion of an equivalence check, so ``yes`` says nothing about correctness.
+
+Prints a markdown table (the one in benchmarks/README.md) and the totals.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+FIXED_224 = ("vit_", "maxvit")
+
+
+def input_size(name: str) -> int:
+    if name.startswith(FIXED_224):
+        return 224
+    if name == "inception_v3":
+        return 96
+    return 64
+
+
+def build(name: str):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    s = input_size(name)
+    x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def run_ours(name: str, pct: float) -> dict:
+    from explainfix_cli.errors import CannotProcess
+    from explainfix_cli.prune import prune_model
+
+    model, x = build(name)
+    t0 = time.perf_counter()
+    try:
+        r = prune_model(model, pct, example=x[:1], criterion="magnitude", check_inputs=x)
+    except CannotProcess as e:
+        return {"status": "refused", "reason": e.message, "seconds": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001 - this is what the matrix must show
+        return {"status": "CRASH", "reason": f"{type(e).__name__}: {str(e)[:200]}", "seconds": time.perf_counter() - t0}
+    return {"status": "pruned", "check": r.check.passed, "rel": r.check.pruned_vs_masked_rel,
+            "params": [r.params_before, r.params_after], "macs": [r.macs_before, r.macs_after],
+            "channels_removed": r.channels_removed, "seconds": time.perf_counter() - t0}
+
+
+def run_tp(name: str, pct: float) -> dict:
+    import torch
+
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return {"status": "n/a", "reason": "torch-pruning not installed"}
+    model, x = build(name)
+    try:
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:] or \
+            [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1:]
+        pruner = tp.pruner.MagnitudePruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=pct / 100, ignored_layers=last)
+        pruner.step()
+        with torch.no_grad():
+            model(x)
+        return {"status": "yes", "params": sum(p.numel() for p in model.parameters())}
+    except Exception as e:  # noqa: BLE001
+        return {"status": "no", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+
+
+def _child(argv: list[str]) -> None:
+    which, name, pct = argv[0], argv[1], float(argv[2])
+    out = run_ours(name, pct) if which == "ours" else run_tp(name, pct)
+    print("RESULT " + json.dumps(out))
+
+
+def _spawn(which: str, name: str, pct: float, timeout: float) -> dict:
+    try:
+        p = subprocess.run([sys.executable, __file__, "--child", which, name, str(pct)],
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout"}
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+    return {"status": "CRASH" if which == "ours" else "no", "reason": f"process died: {tail[:160]}"}
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2:])
+        return
+    import torchvision
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pct", type=float, default=50)
+    ap.add_argument("--models", default="")
+    ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
+    rows = []
+    print(f"| model | input | ours | self-check | params before → after | MACs before → after | channels removed | Torch-Pruning 1.6.1 | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        ours = _spawn("ours", name, a.pct, a.timeout)
+        tp = {"status": "-"} if a.no_tp else _spawn("tp", name, a.pct, a.timeout)
+        rows.append({"model": name, "ours": ours, "tp": tp})
+        s = input_size(name)
+        if ours["status"] == "pruned":
+            cols = ["yes", "passed" if ours["check"] else "FAILED",
+                    f"{_m(ours['params'][0])} → {_m(ours['params'][1])}", f"{_m(ours['macs'][0])} → {_m(ours['macs'][1])}",
+                    str(ours["channels_removed"]), ""]
+        else:
+            cols = [ours["status"], "", "", "", "", ours.get("reason", "").replace("|", "/")[:140]]
+        print(f"| {name} | {s} | {cols[0]} | {cols[1]} | {cols[2]} | {cols[3]} | {cols[4]} | {tp['status']} | {cols[5]} |", flush=True)
+    count = {k: sum(r["ours"]["status"] == k for r in rows) for k in ("pruned", "refused", "CRASH", "timeout")}
+    tp_yes = sum(r["tp"]["status"] == "yes" for r in rows)
+    wrong = sum(r["ours"]["status"] == "pruned" and not r["ours"]["check"] for r in rows)
+    print(f"\nours: {count} self-check failures: {wrong}; Torch-Pruning prunable: {tp_yes}/{len(rows)}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

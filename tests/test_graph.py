@@ -1,0 +1,272 @@
+"""The dependency engine on small hand-built modules: one coupling per test, each pruned end to end with
+the self-check, and the recipe edit replayed on a freshly built model (what checkpoint.rebuild does)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainfix_cli.errors import UnsupportedOp
+from explainfix_cli.graph import build_graph
+from explainfix_cli.prune import prune_model
+from explainfix_cli.surgery import apply_edit
+
+
+def prune(model, x, zero=()):
+    """Zero the given (module, rows) first, prune at 1 %, check and replay the edit on a fresh copy."""
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        for mod, rows in zero:
+            mod.weight[rows] = 0.0
+            if getattr(mod, "bias", None) is not None:
+                mod.bias[rows] = 0.0
+    fresh = copy.deepcopy(model)
+    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
+    apply_edit(fresh, r.edit)
+    a, b = fresh.state_dict(), model.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    return r
+
+
+X = torch.randn(3, 3, 8, 8)
+
+
+class Cat(nn.Module):  # DenseNet / Inception / fire module
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(9)
+        self.c = nn.Conv2d(9, 2, 3)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+def test_concat_offsets_into_consumer_and_producers():
+    m = Cat()
+    r = prune(m, X, zero=[(m.a, [1]), (m.b, [0, 3])])
+    assert (m.a.out_channels, m.b.out_channels, m.bn.num_features, m.c.in_channels) == (3, 3, 6, 6)
+    assert r.edit["modules"]["c"]["in"] == [1, 4, 7]  # 4 + 0, 4 + 3: offset into the consumer
+
+
+class Shuffle(nn.Module):  # ShuffleNetV2 unit: chunk, branch, cat, channel shuffle
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.b1, self.b2 = nn.Conv2d(4, 6, 1), nn.Conv2d(6, 4, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.b2(torch.relu(self.b1(x2)))], 1)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(y)
+
+
+def test_chunk_and_shuffle_freeze_the_cut_space_but_not_the_branch():
+    m = Shuffle()
+    prune(m, X, zero=[(m.stem, [0]), (m.b1, [2]), (m.b2, [1])])
+    assert m.stem.out_channels == 8 and m.b2.out_channels == 4  # cut by chunk / split by the shuffle view
+    assert m.b1.out_channels == 5 and m.b2.in_channels == 5  # the branch's inner space is free
+
+
+def test_slicing_maps_indices():
+    class Sl(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            y = self.b(torch.relu(self.a(x)))
+            return self.c(y[:, :2])
+
+    m = Sl()
+    prune(m, X, zero=[(m.a, [5]), (m.b, [0])])
+    assert m.a.out_channels == 5 and m.b.out_channels == 4  # y is cut by [:, :2]: frozen
+
+
+class Grouped(nn.Module):  # ResNeXt / RegNet
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.g(torch.relu(self.a(x)))))
+
+
+def test_grouped_conv_removes_the_same_position_from_every_group():
+    m = Grouped()
+    # a's rows 0, 2, 4, 6 are position 0 of the 4 groups: they go together; row 1 alone cannot go
+    r = prune(m, X, zero=[(m.a, [0, 2, 4, 6, 1])])
+    assert m.a.out_channels == 4 and m.g.in_channels == 4 and m.g.groups == 4 and m.g.weight.shape[1] == 1
+    assert r.edit["modules"]["g"]["in"] == [0, 2, 4, 6]
+
+
+def test_grouped_conv_outputs_go_by_position_too():
+    m = Grouped()
+    prune(m, X, zero=[(m.g, [1, 3, 5, 7]), (m.c, [])])
+    with torch.no_grad():
+        pass
+    assert m.g.out_channels in (4, 8) and m.g.groups == 4
+
+
+class SE(nn.Module):  # MobileNetV3 / EfficientNet / RegNetY
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 6, 1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.fc1, self.fc2 = nn.Conv2d(6, 3, 1), nn.Conv2d(3, 6, 1)
+        self.proj = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = F.hardswish(self.dw(F.relu(self.expand(x))))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.proj(y * s)
+
+
+def test_squeeze_excitation_couples_the_scale_with_the_main_path():
+    m = SE()
+    with torch.no_grad():
+        m.proj.weight[:, 4] = 0.0  # proj ignores channel 4 — but fc1 reads it, and the scale is multiplied in
+    prune(m, X)
+    assert m.expand.out_channels == 6
+    m = SE()
+    with torch.no_grad():
+        m.proj.weight[:, 4] = 0.0
+        m.fc1.weight[:, 4] = 0.0
+    prune(m, X)
+    assert (m.expand.out_channels, m.dw.groups, m.fc2.out_channels, m.proj.in_channels) == (5, 5, 5, 5)
+
+
+class Norms(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.a, self.norm, self.c = nn.Conv2d(3, 6, 1), norm, nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.norm(self.a(x)))
+
+
+@pytest.mark.parametrize("norm,prunable", [
+    (nn.PReLU(6), True), (nn.InstanceNorm2d(6, affine=True), True), (nn.BatchNorm2d(6, affine=False), True),
+    (nn.GroupNorm(6, 6), True), (nn.GroupNorm(2, 6), False),
+], ids=["prelu", "instancenorm", "bn-no-affine", "groupnorm-per-channel", "groupnorm"])
+def test_per_channel_layers(norm, prunable):
+    m = Norms(norm)
+    with torch.no_grad():
+        m.c.weight[:, 2] = 0.0
+    prune(m, X)
+    assert m.a.out_channels == (5 if prunable else 6)
+
+
+class ChannelsLast(nn.Module):  # ConvNeXt block: dwconv, permute, LayerNorm, Linear, GELU, Linear, permute
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.ln = nn.LayerNorm(4)
+        self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(8, 4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.ln(self.dw(x).permute(0, 2, 3, 1))
+        y = self.l2(F.gelu(self.l1(y))).permute(0, 3, 1, 2)
+        return self.head(x + y)
+
+
+def test_layernorm_freezes_but_the_linear_hidden_space_prunes():
+    m = ChannelsLast()
+    prune(m, torch.randn(3, 4, 6, 6), zero=[(m.l1, [3, 5])])
+    assert m.l1.out_features == 6 and m.l2.in_features == 6 and m.ln.normalized_shape == (4,)
+
+
+def test_flatten_into_linear_removes_a_block_per_channel():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 5), nn.PReLU(), nn.Linear(5, 2))
+    prune(m, X, zero=[(m[0], [1]), (m[3], [2])])
+    assert m[0].out_channels == 3 and m[3].in_features == 3 * 36 and m[3].out_features == 4 and m[5].in_features == 4
+
+
+class Decoder(nn.Module):  # U-Net style: ConvTranspose2d, Upsample, skip concat
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 5, 2, stride=2)
+        self.ups = nn.Upsample(scale_factor=2)
+        self.head = nn.Conv2d(5 + 4 + 3, 2, 1)
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        return self.head(torch.cat([self.up(e), self.ups(e), x], 1))
+
+
+def test_conv_transpose_and_upsample():
+    m = Decoder()
+    prune(m, X, zero=[(m.enc, [1])])  # channel 1 is read by up (weight not zero): it stays
+    assert m.enc.out_channels == 4
+    m = Decoder()
+    with torch.no_grad():
+        m.up.weight[2] = 0.0
+        m.head.weight[:, [5 + 2]] = 0.0
+    prune(m, X, zero=[(m.enc, [2])])
+    assert (m.enc.out_channels, m.up.in_channels, m.head.in_channels) == (3, 3, 11)
+    m = Decoder()
+    with torch.no_grad():
+        m.up.weight[:, 3] = 0.0
+        m.up.bias[3] = 0.0
+    prune(m, X)
+    assert m.up.out_channels == 4 and m.head.in_channels == 11
+
+
+class TwoInTwoOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x, z):
+        h = torch.relu(self.a(x) + self.b(z))
+        return {"logits": self.c(h).mean((2, 3)), "features": (h,)}
+
+
+def test_several_inputs_and_outputs():
+    m = TwoInTwoOut()
+    x, z = torch.randn(2, 3, 5, 5), torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        m.a.weight[1] = 0.0
+        m.b.weight[1] = 0.0
+    r = prune_model(m.eval(), 1, example=(x[:1], z[:1]), criterion="magnitude", check_inputs=(x, z))
+    assert r.check.passed and m.a.out_channels == 4  # h is an output: frozen
+
+
+def test_unknown_op_and_untraceable_model_are_refused():
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.cumsum(self.c(x), 1)
+
+    with pytest.raises(UnsupportedOp, match="cumsum"):
+        build_graph(Cum().eval(), X[:1])
+
+    class Dyn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.c(x) if x.sum() > 0 else x
+
+    with pytest.raises(UnsupportedOp, match="symbolic trace"):
+        build_graph(Dyn().eval(), X[:1])
+
+
+def test_shared_module_is_refused():
+    conv = nn.Conv2d(3, 3, 1)
+    with pytest.raises(UnsupportedOp, match="more than once"):
+        build_graph(nn.Sequential(conv, nn.ReLU(), conv).eval(), X[:1])
