@@ -21,7 +21,9 @@ import platform
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,15 +183,24 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return sd
 
 
+ALIASES_KEY = "explainfix.aliases"  # safetensors metadata: {alias name: stored name}
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise BadInput(f"cannot read {path} as safetensors: {e}") from None
+    try:  # tied weights are stored once; the other names are listed as aliases (see export.py)
+        aliases = json.loads(meta.get(ALIASES_KEY, "{}"))
+        tensors.update({alias: tensors[key] for alias, key in aliases.items()})
+    except (json.JSONDecodeError, KeyError, AttributeError):
+        raise BadInput(f"{path} has corrupt 'explainfix.aliases' metadata") from None
+    return tensors, meta
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
@@ -267,7 +278,9 @@ def load_model(
         if damaged is not None:
             raise BadInput(f"{path} is corrupt: the record {damaged} fails its CRC check", hint="re-download or re-save the checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol N": stderr stays the one error line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for disallowed globals; RuntimeError/EOFError for corrupt files
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
@@ -420,18 +433,42 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def dedupe_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Identical views → one key + alias; other tensors sharing storage → independent copies."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_view: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise CannotProcess(f"state_dict entry `{name}` is a {type(t).__name__}, not a tensor")
+        t = t.detach()
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and view in by_view:
+            aliases[name] = by_view[view]
+            continue
+        by_view[view] = name
+        copy = t.to("cpu").contiguous()
+        if storage in storages or copy.untyped_storage().nbytes() != copy.numel() * copy.element_size():
+            copy = copy.clone()
+        storages.add(storage)
+        tensors[name] = copy
+    return tensors, aliases
+
+
 def safetensors_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
-    """The model's state_dict as safetensors bytes with string metadata (shared tensors deduplicated)."""
+    """The model's state_dict as safetensors bytes with string metadata; a tensor shared by several
+    names (tied weights) is stored once and the other names are recorded as aliases, the same format
+    as :func:`export.export_safetensors` (and :func:`read_safetensors` restores them)."""
     from safetensors.torch import save
 
-    tensors, seen = {}, {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
-        tensors[k] = v.clone() if key in seen else v.contiguous()
-        seen[key] = k
+    tensors, aliases = dedupe_state_dict(model.state_dict())
+    meta = {k: str(v) for k, v in metadata.items()}
+    if aliases:
+        meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
     try:
-        return save(tensors, metadata={k: str(v) for k, v in metadata.items()})
+        return save(tensors, metadata=meta)
     except Exception as e:
         raise CannotProcess(f"cannot serialise the state_dict to safetensors: {e}") from None
 

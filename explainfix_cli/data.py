@@ -110,16 +110,19 @@ def load_image(path: Path, pre: Preprocessing) -> torch.Tensor:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if pre.channels == 1 else "RGB")
+            if img.mode.startswith("I;16"):  # 16-bit gray: scale to [0, 1] (convert("L") would clip at 255)
+                img, scale = img.convert("F"), 65535.0
+            else:
+                img, scale = img.convert("L" if pre.channels == 1 else "RGB"), 255.0
             h, w = pre.input_size
             if img.size != (w, h):
                 img = img.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            arr = np.asarray(img, dtype=np.float32) / scale
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise BadInput(f"cannot read image {path}: {e}", hint="remove or replace the file") from None
     t = torch.from_numpy(arr.copy())
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    if pre.channels not in (1, 3):  # e.g. 2 or 4 input channels: repeat gray
+    if t.shape[0] != pre.channels:  # gray for a 3-channel model, or 2/4 input channels: repeat gray
         t = t.mean(0, keepdim=True).expand(pre.channels, -1, -1)
     mean = torch.tensor(pre.mean).view(-1, 1, 1)
     std = torch.tensor(pre.std).view(-1, 1, 1)

@@ -1,0 +1,429 @@
+"""Writers for a model: ONNX (torch.export-based exporter, TorchScript fallback) and safetensors.
+
+    res = export_onnx(model, torch.randn(2, 3, 64, 64), "out/model.onnx", metadata={"source": "r18.pt"})
+    res.exporter, res.fallback_reason     # "dynamo", None   (or "torchscript", "why dynamo failed")
+    export_safetensors(model, "out/model.safetensors", metadata={"arch": "torchvision.models:resnet18"})
+    load_safetensors_into(fresh_model, "out/model.safetensors")   # strict keys, re-ties shared weights
+
+Both writers build the file in a temporary path inside the target directory and ``os.replace`` it,
+so a failure leaves nothing half-written. onnx is imported lazily.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import ALIASES_KEY, dedupe_state_dict
+from .errors import BadInput, CannotProcess
+
+MIN_OPSET = 18
+_INLINE_LIMIT = 1_800_000_000  # protobuf refuses messages over 2 GiB: bigger weights go to one side file
+
+
+@dataclass
+class OnnxExportResult:
+    """What :func:`export_onnx` wrote and how (``exporter`` is "dynamo" or "torchscript")."""
+
+    path: str
+    exporter: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_batch: bool
+    file_bytes: int
+    metadata: dict[str, str]
+    fallback_reason: str | None = None
+    external_data: str | None = None  # side file name, only for models over ~1.8 GB
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SafetensorsExportResult:
+    """``aliases`` maps a dropped duplicate key to the key whose tensor it shares."""
+
+    path: str
+    tensors: int
+    file_bytes: int
+    aliases: dict[str, str]
+    metadata: dict[str, str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SafetensorsLoadResult:
+    tensors: int
+    aliases: dict[str, str]
+    retied: list[str]
+
+
+# ---------------------------------------------------------------------------------------------- names
+def input_names_for(count: int) -> list[str]:
+    """``["input"]`` for one input, ``["input_0", "input_1", …]`` for several."""
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+
+
+def flatten_outputs(out: Any) -> list[tuple[str, torch.Tensor]]:
+    """Name every tensor of a forward's output, in the exporters' (pytree) order.
+
+    tensor → ``output``; tuple/list → ``output_0, output_1…``; dict → its keys; nested parts are
+    joined with ``_``:  ``{"logits": a, "aux": (b, c)}`` → ``[("logits", a), ("aux_0", b), ("aux_1", c)]``.
+    """
+    if isinstance(out, torch.Tensor):
+        return [("output", out)]
+    return _flatten(out, "output" if isinstance(out, (tuple, list)) else "")
+
+
+def _flatten(obj: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)]
+    if isinstance(obj, Mapping):
+        items = [(str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(obj)]
+    else:
+        raise CannotProcess(
+            f"model output `{prefix or 'output'}` is a {type(obj).__name__}, not a tensor",
+            hint="ONNX outputs must be tensors; return tensors (or tuples/dicts of tensors) from forward()",
+        )
+    named: list[tuple[str, torch.Tensor]] = []
+    for key, value in items:
+        named += _flatten(value, f"{prefix}_{key}" if prefix else key)
+    return named
+
+
+def as_input_tuple(example: Any) -> tuple[torch.Tensor, ...]:
+    """A tensor or a tuple/list of tensors → a tuple of tensors (the positional args of forward)."""
+    if isinstance(example, torch.Tensor):
+        return (example,)
+    if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
+        return tuple(example)
+    raise BadInput("example inputs must be a tensor or a non-empty tuple of tensors")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, then restore its train/eval flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    opset: int = MIN_OPSET,
+    metadata: dict[str, str] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_batch: bool = True,
+) -> OnnxExportResult:
+    """Export ``model`` to one self-contained ``.onnx`` file, checked and shape-inferred.
+
+    Tries ``torch.onnx.export(dynamo=True)`` (torch.export, batch axis ``torch.export.Dim("batch")``),
+    then the TorchScript exporter (``dynamo=False``, ``dynamic_axes``); the result records which one
+    worked and why the first failed. Both failing → :class:`CannotProcess` naming the op when the
+    exporters say which. With ``dynamic_batch`` the example batch must be > 1 (a batch of 1 gets
+    specialised away).
+
+        export_onnx(model, torch.randn(2, 3, 224, 224), "out/model.onnx", metadata={"pct": "50"})
+    """
+    import onnx
+
+    args = as_input_tuple(example_inputs)
+    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
+        raise BadInput(f"opset {opset} is out of range {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    if dynamic_batch and any(t.dim() == 0 or t.shape[0] < 2 for t in args):
+        raise BadInput("the example batch must be > 1 for a dynamic batch axis",
+                       hint="pass a batch of 2 or more samples")
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise BadInput(f"output directory {target.parent} does not exist")
+
+    in_names = list(input_names) if input_names is not None else input_names_for(len(args))
+    with eval_mode(model), torch.no_grad():
+        try:
+            out = model(*args)
+        except Exception as exc:  # noqa: BLE001 - any forward error means the example does not fit
+            raise BadInput(f"the model rejects the example inputs {[list(t.shape) for t in args]}: "
+                           f"{_summary(exc)}", hint="check --input-size") from exc
+    auto_out_names = [name for name, _ in flatten_outputs(out)]
+    out_names = list(output_names) if output_names is not None else auto_out_names
+    if len(in_names) != len(args) or len(out_names) != len(auto_out_names):
+        raise BadInput(f"{len(args)} inputs and {len(auto_out_names)} outputs need as many names, "
+                       f"got {len(in_names)} and {len(out_names)}")
+    if len(set(in_names + out_names)) != len(in_names) + len(out_names):
+        raise BadInput(f"input and output names must be unique: {in_names + out_names}")
+
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({"explainfix.torch_version": torch.__version__, "explainfix.opset": str(opset)})
+    big = _weights_bytes(model) > _INLINE_LIMIT
+    failures: dict[str, Exception] = {}
+    caught: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for exporter in ("dynamo", "torchscript"):
+            raw = workdir / f"{exporter}-raw.onnx"
+            final = workdir / target.name
+            try:
+                with eval_mode(model), torch.no_grad(), _quiet(caught):
+                    _EXPORTERS[exporter](model, args, raw, opset, in_names, out_names, dynamic_batch)
+                meta["explainfix.onnx_exporter"] = exporter
+                _finalize(raw, final, meta, big)
+            except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the next one
+                failures[exporter] = exc
+                continue
+            side = f"{target.name}.data" if big else None
+            if side:
+                os.replace(workdir / side, target.parent / side)
+            os.replace(final, target)
+            return OnnxExportResult(
+                path=str(target), exporter=exporter, opset=opset, input_names=in_names,
+                output_names=out_names, dynamic_batch=dynamic_batch, file_bytes=target.stat().st_size,
+                metadata=meta, fallback_reason=_summary(failures["dynamo"]) if failures else None,
+                external_data=side, warnings=_unique(caught)[:10],
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise _both_failed(failures, opset) from failures["torchscript"]
+
+
+def _export_dynamo(model, args, raw, opset, in_names, out_names, dynamic_batch) -> None:
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    torch.onnx.export(model, args, str(raw), dynamo=True, opset_version=opset, input_names=in_names,
+                      output_names=out_names, dynamic_shapes=dynamic_shapes, external_data=True,
+                      verbose=False)
+
+
+def _export_torchscript(model, args, raw, opset, in_names, out_names, dynamic_batch) -> None:
+    axes = {name: {0: "batch"} for name in in_names + out_names} if dynamic_batch else None
+    log_was_on = torch._C._jit_is_onnx_log_enabled()
+    try:
+        torch.onnx.export(model, args, str(raw), dynamo=False, opset_version=opset, input_names=in_names,
+                          output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+    finally:  # the legacy exporter switches native logging on and leaves it on
+        torch._C._jit_set_onnx_log_enabled(log_was_on)
+
+
+_EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+
+
+def _finalize(raw: Path, final: Path, meta: dict[str, str], big: bool) -> None:
+    """Raw export → inline weights (one file), provenance, shape inference, full checker."""
+    import onnx
+
+    proto = onnx.load(str(raw), load_external_data=True)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(meta)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(final), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=f"{final.name}.data", size_threshold=1024)
+    onnx.shape_inference.infer_shapes_path(str(final), str(final), check_type=True, strict_mode=True)
+    onnx.checker.check_model(str(final), full_check=True)
+    if not big and any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(final)).graph.initializer):
+        raise RuntimeError("weights were left in external data files")
+
+
+def _weights_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+@contextlib.contextmanager
+def _quiet(caught: list[str]) -> Iterator[None]:
+    """Keep the exporters' prints, native logs (fd 1/2) and warnings off the terminal.
+
+    Warnings' first lines are appended to ``caught``. The fd redirect is process-wide while it lasts;
+    it is skipped where fd 1/2 cannot be duplicated (closed descriptors). ``sys.stdout``/``sys.stderr``
+    are swapped too: torch's log handlers write to whatever ``sys.stderr`` is, not always fd 2."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        saved = []
+    python_sink = io.StringIO()
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as records, \
+            contextlib.redirect_stdout(python_sink), contextlib.redirect_stderr(python_sink):
+        warnings.simplefilter("always")
+        for fd in (1, 2) if saved else ():
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            caught += [str(r.message).strip().splitlines()[0] for r in records if str(r.message).strip()]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OP_PATTERNS = [
+    re.compile(r"OpOverload\(op='([\w.]+)', overload='\w+'\)"),  # dynamo: no ONNX function for aten._linalg_svd
+    re.compile(r"[Ee]xporting the operator '([\w:.]+)'"),  # torchscript: … to ONNX opset version N is not supported
+    re.compile(r"unrecognized namespace ([\w:.]+)"),  # torchscript: custom ops
+    re.compile(r"target=torch\.ops\.([\w.]+?)(?:\.default)?\]?\("),  # dynamo: error when translating node …
+]
+
+
+def failing_op(exc: BaseException) -> str | None:
+    """The op an exporter error names (``aten::linalg_svd``, ``mylib::op``), or None."""
+    seen, texts = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(_ANSI.sub("", str(exc)))
+        exc = exc.__cause__ or exc.__context__
+    for pattern in _OP_PATTERNS:
+        for text in texts:
+            if m := pattern.search(text):
+                op = m.group(1)
+                return op if "::" in op else op.replace(".", "::", 1)
+    return None
+
+
+def _summary(exc: BaseException) -> str:
+    """One line: the dynamo exporter's "Exception summary" line, else the message's first line."""
+    text = _ANSI.sub("", str(exc))
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = re.sub(r"^<class '[\w.]+'>:\s*", "", lines[0]) if lines else type(exc).__name__
+    return line[:300]
+
+
+def _both_failed(failures: dict[str, Exception], opset: int) -> CannotProcess:
+    op = failing_op(failures["dynamo"]) or failing_op(failures["torchscript"])
+    if op:
+        msg = (f"ONNX export failed: operator `{op}` has no ONNX translation at opset {opset} "
+               "(torch.export-based and TorchScript exporters both failed)")
+    else:
+        msg = (f"ONNX export failed with both exporters: dynamo: {_summary(failures['dynamo'])}; "
+               f"torchscript: {_summary(failures['torchscript'])}")
+    return CannotProcess(msg, hint="replace that op in the model or try another --opset; nothing was written. "
+                                   "--safetensors export still works")
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+# ---------------------------------------------------------------------------------------- safetensors
+def export_safetensors(model: nn.Module, path: str | os.PathLike,
+                       metadata: dict[str, str] | None = None) -> SafetensorsExportResult:
+    """Write ``model.state_dict()`` to ``path`` with string metadata.
+
+    A tensor reachable under several keys (tied weights) is stored once; the dropped keys go to
+    ``metadata["explainfix.aliases"]`` (JSON ``{alias: key}``) so :func:`load_safetensors_into` re-ties.
+
+        export_safetensors(model, "out/model.safetensors", metadata={"arch": "torchvision.models:resnet18"})
+    """
+    from safetensors.torch import save_file
+
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    if ALIASES_KEY in meta:
+        raise BadInput(f"metadata key {ALIASES_KEY!r} is reserved")
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise BadInput(f"output directory {target.parent} does not exist")
+    tensors, aliases = dedupe_state_dict(model.state_dict())
+    if aliases:
+        meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return SafetensorsExportResult(path=str(target), tensors=len(tensors), file_bytes=target.stat().st_size,
+                                   aliases=aliases, metadata=meta)
+
+
+def load_safetensors_into(model: nn.Module, path: str | os.PathLike) -> SafetensorsLoadResult:
+    """Load a file written by :func:`export_safetensors` into ``model``: every key must match (names
+    and shapes, else :class:`BadInput` listing the first few), and aliased weights are re-tied so the
+    model shares one Parameter again.
+
+        load_safetensors_into(torchvision.models.resnet18(num_classes=10), "out/model.safetensors")
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            stored = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise BadInput(f"weights file not found: {path}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+        raise BadInput(f"cannot read {path} as safetensors: {_summary(exc)}") from exc
+    try:
+        aliases = json.loads(meta.get(ALIASES_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise BadInput(f"corrupt {ALIASES_KEY!r} metadata in {path}") from None
+    if bad := [a for a, k in aliases.items() if k not in stored]:
+        raise BadInput(f"aliases point at missing tensors in {path}: {bad[:5]}")
+    expected = model.state_dict()
+    available = set(stored) | set(aliases)
+    missing = [k for k in expected if k not in available]
+    unexpected = sorted(available - set(expected))
+    if missing or unexpected:
+        raise BadInput(f"weights do not match the model: missing {missing[:5]} ({len(missing)}), "
+                       f"unexpected {unexpected[:5]} ({len(unexpected)})",
+                       hint="check --arch and --arch-kwargs")
+    full = {k: stored[aliases.get(k, k)] for k in expected}
+    if shapes := [f"{k}: file {tuple(full[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if isinstance(v, torch.Tensor) and full[k].shape != v.shape]:
+        raise BadInput(f"shape mismatch: {'; '.join(shapes[:5])}", hint="check --arch and --arch-kwargs")
+    retied = _retie(model, aliases)
+    model.load_state_dict(full, strict=True)
+    return SafetensorsLoadResult(tensors=len(stored), aliases=aliases, retied=retied)
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> list[str]:
+    """Point each alias at its key's Parameter (or buffer) object; returns the names re-tied."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    retied = []
+    for alias, key in aliases.items():
+        for table, slot in ((params, "_parameters"), (buffers, "_buffers")):
+            if alias in table and key in table and table[alias] is not table[key]:
+                owner, _, attr = alias.rpartition(".")
+                getattr(model.get_submodule(owner), slot)[attr] = table[key]
+                retied.append(alias)
+    return retied

@@ -1,0 +1,72 @@
+"""Shared test fixtures: the bundled digits fixture and a helper that runs the real CLI."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "fixtures"
+FIXTURE_PT = FIXTURES / "digits_resnet.pt"
+FIXTURE_ARCH_FILE = FIXTURES / "digits_resnet.py"
+FIXTURE_ARCH = f"{FIXTURE_ARCH_FILE}:DigitsResNet"
+FIXTURE_CALIB = FIXTURES / "digits" / "calib"
+FIXTURE_INPUT_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def fixture_pt() -> Path:
+    return FIXTURE_PT
+
+
+@pytest.fixture(scope="session")
+def fixture_arch() -> str:
+    """``--arch`` value for the fixture checkpoint: ``<abs path>/digits_resnet.py:DigitsResNet``."""
+    return FIXTURE_ARCH
+
+
+@pytest.fixture(scope="session")
+def fixture_calib() -> Path:
+    return FIXTURE_CALIB
+
+
+@pytest.fixture(scope="session")
+def input_size() -> int:
+    return FIXTURE_INPUT_SIZE
+
+
+def run_cli(*args: str | os.PathLike, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``explainfix ARGS…`` (the real entry point, ``python -m explainfix_cli``) in a subprocess.
+
+    Returns the CompletedProcess with ``returncode``, ``stdout`` and ``stderr`` (text)."""
+    full_env = dict(os.environ)
+    full_env.pop("EXPLAINFIX_DEBUG", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "explainfix_cli", *map(str, args)],
+        cwd=str(cwd) if cwd is not None else str(REPO), env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """{path: sha256 | '<dir>'} for every file and folder under ``roots`` (hidden entries included)."""
+    out: dict[str, str] = {}
+    for root in map(Path, roots):
+        if root.is_file():
+            out[str(root)] = sha256(root)
+            continue
+        if not root.exists():
+            continue
+        out[str(root)] = "<dir>"
+        for p in sorted(root.rglob("*")):
+            out[str(p)] = "<dir>" if p.is_dir() else sha256(p)
+    return out
