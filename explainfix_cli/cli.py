@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -46,17 +47,22 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on s
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
 
 
-def _fail(code: int, message: str, hint: str | None = None) -> None:
+def _print_error(message: str, hint: str | None = None) -> None:
     from .report import console
 
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {' '.join(message.split())}", soft_wrap=True, markup=True, highlight=False)
     if hint:
         console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+
+
+def _fail(code: int, message: str, hint: str | None = None) -> None:
+    _print_error(message, hint)
     raise typer.Exit(code)
 
 
 def command(fn: Callable) -> Callable:
-    """Map the domain exceptions to exit codes in one place; ``--debug`` re-raises with the traceback."""
+    """Map the domain exceptions to exit codes in one place. ``--debug`` (or EXPLAINFIX_DEBUG=1) prints
+    the full traceback first; the exit code stays the documented one."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,13 +73,13 @@ def command(fn: Callable) -> Callable:
             raise
         except ExplainFixError as e:
             if debug:
-                raise
+                traceback.print_exc()
             _fail(e.exit_code, e.message, e.hint)
         except KeyboardInterrupt:
             _fail(130, "interrupted; nothing was written")
         except Exception as e:  # a bug or an unexpected library error: one line, exit 3
             if debug:
-                raise
+                traceback.print_exc()
             first = (str(e).strip().splitlines() or [""])[0][:300]
             _fail(3, f"unexpected {type(e).__name__}: {first}", "rerun with --debug for the traceback, and report it")
 
@@ -188,5 +194,311 @@ def explain(
         emit_json(job.doc)
 
 
+@app.command()
+@command
+def fix(
+    model: ModelArg,
+    init: Annotated[str, typer.Option("--init", help="ghaar | dct | keep (also haar, ghaar4, dct_steered): the fixed spatial filters. "
+                                      "ghaar: random steering of horizontal/vertical/diagonal components, frequency U(0, 2(k-1)); "
+                                      "dct: DCT-II basis filters; keep: the current values, only frozen.")] = "ghaar",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Labeled images to report accuracy before/after (optional).")] = None,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    batch_size: BatchSize = 32,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    out: Out = None,
+    force: Force = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Fixed spatial filters: replace every spatial kernel by GHaar or DCT filters (or keep it) and freeze it.
+
+    The frozen tensors are listed in the recipe, so finetune (and every later command) leaves them alone.
+
+    Example: explainfix fix model.pt --arch torchvision.models:resnet18 --init ghaar -o r18-fixed/
+    """
+    from .report import render_fix
+
+    job = jobs.fix_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), init,
+                       jobs.DataSpec(data, input_size, mean, std, batch_size), out=out, device=device, seed=seed, force=force)
+    render_fix(job)
+    if json_out:
+        emit_json(job.report)
+
+
+Epochs = Annotated[int, typer.Option("--epochs", help="Passes over --data.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 0.01 for sgd, 1e-3 for adamw), cosine-decayed to 0.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9 Nesterov, weight decay 5e-4) | adamw (weight decay 1e-4).")]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="Override the optimizer's default weight decay.")]
+EvalData = Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled held-out images (class subfolders) for accuracy.")]
+
+
+@app.command()
+@command
+def finetune(
+    model: ModelArg,
+    data: Annotated[Path, typer.Option("--data", help="Labeled training images: class subfolders (or an .npz with x and y).")],
+    epochs: Epochs = 1,
+    lr: Lr = None,
+    optimizer: Optimizer = "sgd",
+    weight_decay: WeightDecay = None,
+    fixed_spatial: Annotated[Optional[bool], typer.Option("--fixed-spatial/--no-fixed-spatial", help="Keep spatial filters frozen. "
+                             "Default: on when the recipe has frozen filters (a fixed model), off otherwise.", show_default=False)] = None,
+    eval_data: EvalData = None,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    batches: Annotated[Optional[int], typer.Option("--batches", help="At most N batches per epoch (default: all).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    out: Out = None,
+    force: Force = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Short supervised training (cross-entropy) to recover accuracy after pruning; frozen spatial filters stay frozen.
+
+    Labels are the sorted class-subfolder index. No augmentation. Writes a new explainfix dir that keeps the recipe chain.
+
+    Example: explainfix finetune model-pruned/ --data train/ --epochs 3 --eval-data val/ -o model-tuned/
+    """
+    from .finetune import TrainOptions
+    from .report import render_finetune, work_progress
+
+    options = TrainOptions(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_batches=batches)
+    with work_progress() as bar:
+        job = jobs.finetune_job(
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size),
+            options, fixed_spatial=fixed_spatial, eval_data=eval_data, out=out, device=device, seed=seed, force=force,
+            on_step=bar.step if bar else None,
+        )
+    render_finetune(job)
+    if json_out:
+        emit_json(job.report)
+
+
+@app.command()
+@command
+def compress(
+    model: ModelArg,
+    pct: Annotated[float, typer.Option("--pct", help="Percentage of spatial filters to zero, in (0, 100).")],
+    data: Annotated[Path, typer.Option("--data", help="Calibration images for saliency (class subfolders; also the fine-tuning set).")],
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled images for accuracy and agreement (default: --data).")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune on --data after pruning (0 = no fine-tuning).")] = 0,
+    lr: Lr = None,
+    optimizer: Optimizer = "sgd",
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: accuracy may drop at most PTS percentage points.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Gate: top-1 agreement with the original ≥ F (a fraction, e.g. 0.98).")] = None,
+    atol: Annotated[float, typer.Option("--atol", help="Gate: ONNX vs torch absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="Gate: ONNX vs torch relative tolerance.")] = 1e-3,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    criterion: Annotated[Optional[str], typer.Option("--criterion", help="saliency | magnitude (default saliency).")] = None,
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure onnxruntime latency of the original and the result.")] = True,
+    threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads for the latency measurement.")] = 2,
+    bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed runs per model.")] = 50,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    batches: Batches = None,
+    batch_size: BatchSize = 32,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    out: Out = None,
+    force: Force = False,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Prune → (fine-tune) → export ONNX → verify → quality gates, in one command for CI.
+
+    Writes OUT/ with model.safetensors, explainfix.json, model.onnx, report.json and summary.md (also when a gate
+    fails, so CI can publish it). Exit 1 when a gate fails; the last line names it with its numbers.
+
+    Example: explainfix compress model.pt --arch m.py:Net --pct 70 --data calib/ --eval-data val/ --max-accuracy-drop 1 -o out/
+    """
+    from .compress import compress_job
+    from .errors import CheckFailed
+    from .finetune import TrainOptions
+    from .report import render_compress, work_progress
+
+    with work_progress() as bar:
+        job = compress_job(
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            pct, eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
+            criterion=criterion, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
+            opset=opset, bench=bench, threads=threads, bench_iters=bench_iters, out=out, device=device, seed=seed,
+            force=force, progress=bar, on_step=bar.step if bar else None,
+        )
+    render_compress(job)
+    if json_out:
+        emit_json(job.report)
+    if not job.passed:
+        raise CheckFailed(job.failure_message())
+
+
+Atol = Annotated[float, typer.Option("--atol", help="Absolute tolerance: an element fails where abs err > atol AND rel err > rtol.")]
+Rtol = Annotated[float, typer.Option("--rtol", help="Relative tolerance (see --atol).")]
+
+
+@app.command()
+@command
+def export(
+    model: ModelArg,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (the default when neither format is named).")] = False,
+    safetensors: Annotated[bool, typer.Option("--safetensors", help="Write model.safetensors with its recipe beside it.")] = False,
+    data: Data = None,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 18).")] = 18,
+    atol: Atol = 1e-4,
+    rtol: Rtol = 1e-3,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime check.")] = False,
+    batch_size: BatchSize = 16,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    out: Out = None,
+    force: Force = False,
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Export to ONNX (dynamic batch, provenance in metadata) and/or safetensors, verified in onnxruntime.
+
+    Default OUT: the MODEL directory when it is an explainfix directory, else <model-stem>-export/.
+    Exit 1 when onnxruntime's outputs differ from torch's (nothing is written then).
+
+    Example: explainfix export model-pruned/ --onnx --data calib/
+    """
+    from .deploy import export_job
+    from .report import render_export
+
+    if not onnx and not safetensors:
+        onnx = True
+    job = export_job(
+        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size),
+        onnx=onnx, safetensors=safetensors, out=out, opset=opset, atol=atol, rtol=rtol, verify=not no_verify,
+        force=force, seed=seed,
+    )
+    render_export(job)
+    if json_out:
+        emit_json(job.doc)
+
+
+@app.command()
+@command
+def verify(
+    onnx_file: Annotated[Path, typer.Argument(metavar="ONNX", help="The .onnx file to check.", show_default=False)],
+    reference: Annotated[Path, typer.Option("--reference", help="The torch MODEL it must match (any loadable model).", show_default=False)],
+    data: Data = None,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    atol: Atol = 1e-4,
+    rtol: Rtol = 1e-3,
+    batch_size: BatchSize = 16,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Run an ONNX file in onnxruntime and compare every output with a torch model.
+
+    Per output: max/mean/median/p99 of abs and rel error, NaN/Inf check, top-1 agreement; then one
+    PASSED | … or FAILED | … line. Exit 1 on mismatch.
+
+    Example: explainfix verify out/model.onnx --reference out/ --data calib/
+    """
+    from .deploy import verify_job
+    from .report import render_verify
+
+    result = verify_job(onnx_file, jobs.ModelSpec(reference, arch, arch_kwargs, trust_pickle),
+                        jobs.DataSpec(data, input_size, mean, std, batch_size), atol=atol, rtol=rtol, seed=seed)
+    render_verify(result)
+    if json_out:
+        emit_json({"command": "verify", "onnx": str(onnx_file), "reference": str(reference), **result.to_json(),
+                   "summary": result.summary_line()})
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def bench(
+    models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Models to compare (.onnx files or any loadable MODEL); ratios are to the first.", show_default=False)],
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    input_size: InputSize = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the timed runs.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads (fixed).")] = 2,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 10,
+    iters: Annotated[int, typer.Option("--iters", help="Timed runs.")] = 50,
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """onnxruntime latency (p50/p90 after warm-up, fixed threads) and MACs/params side by side, with ratios.
+
+    Example: explainfix bench resnet50.pt resnet50-pruned/ --arch torchvision.models:resnet50 --threads 2
+    """
+    from .deploy import bench_job
+    from .report import render_bench
+
+    rows = bench_job(models, arch, arch_kwargs, trust_pickle, input_size, batch_size, threads, warmup, iters, seed)
+    render_bench(rows, batch_size, threads)
+    if json_out:
+        emit_json({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rows": rows})
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """Typer ≥ 0.2x vendors click (its errors derive from TyperException); older Typer uses click."""
+    types: list[type] = []
+    try:
+        from typer.exceptions import TyperException
+
+        types.append(TyperException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main() -> None:
-    app()
+    """Console entry point: usage errors become one ``error:`` line (exit 2) like every other error."""
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of a typer.Exit raised in a command
+        sys.exit(code if isinstance(code, int) else 0)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        _print_error("interrupted; nothing was written")
+        sys.exit(130)
+    except _usage_error_types() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # the help was printed
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "explainfix"
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        _print_error(message, f"see `{cmd} --help`")
+        sys.exit(getattr(e, "exit_code", 2) or 2)

@@ -90,6 +90,9 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
     size = parse_input_size(data.input_size) if data.input_size else None
     pre = resolve_preprocessing(loaded.model, size, data.mean, data.std, loaded.preprocessing)
     calib = load_calibration(data.path, pre) if data.path is not None else None
+    if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
+        raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
+                       hint="x must be (N, C, H, W) as the model expects it (already normalised)")
     return Opened(loaded, pre, calib, dev)
 
 
@@ -131,6 +134,31 @@ def prune_job(
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "pruned")
     check_output_dir(out, force)
+    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, check_samples, progress)
+    calib = opened.calib
+    report = {"command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
+              "data": calib.describe() if calib else None, **result.to_json()}
+    opened.model.to("cpu")
+    t0 = time.perf_counter()
+    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force)
+    result.timings["save"] = time.perf_counter() - t0
+    report["timings"] = result.timings
+    return PruneJob(result, out, report, opened.model)
+
+
+def prune_opened(
+    opened: Opened,
+    data: DataSpec,
+    pct: float,
+    criterion: str | None = None,
+    fill: str = "none",
+    seed: int = 0,
+    check_samples: int = 8,
+    progress: Progress | None = None,
+) -> tuple[PruneResult, dict]:
+    """Prune ``opened.model`` in place; return the result and the updated recipe (nothing is written)."""
+    if not 0 < pct < 100:
+        raise BadInput(f"--pct must be in (0, 100), got {pct:g}", hint="e.g. --pct 50")
     criterion = criterion or ("saliency" if opened.calib is not None else "magnitude")
     if criterion == "saliency" and opened.calib is None:
         raise BadInput("--criterion saliency needs calibration data", hint="pass --data PATH, or use --criterion magnitude")
@@ -156,14 +184,7 @@ def prune_job(
         "data": calib.describe() if calib else None,
     }
     recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
-    report = {"command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
-              "data": calib.describe() if calib else None, **result.to_json()}
-    opened.model.to("cpu")
-    t0 = time.perf_counter()
-    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force)
-    result.timings["save"] = time.perf_counter() - t0
-    report["timings"] = result.timings
-    return PruneJob(result, out, report, opened.model)
+    return result, recipe
 
 
 def _with_total(progress: Progress | None, total: int | None) -> Progress | None:
@@ -266,3 +287,165 @@ def _counting(progress: Progress | None) -> Callable[[int], None] | None:
         progress("saliency", done[0], None)
 
     return advance
+
+
+# ----------------------------------------------------------------------------------------------- fix
+FIX_INITS = {"ghaar": "ghaar", "dct": "dct", "keep": "unchanged", "haar": "haar", "ghaar4": "ghaar4",
+             "dct_steered": "dct_steered"}  # CLI name → kernels.fix_spatial_conv2d method
+
+
+@dataclass
+class FixJob:
+    out: Path
+    report: dict
+    model: nn.Module
+
+
+def evaluate_on(model: nn.Module, calib: CalibrationSet | None, batch_size: int, device: torch.device) -> dict | None:
+    """Top-1 predictions and accuracy on a calibration set (None without data)."""
+    from .finetune import accuracy, predict
+
+    if calib is None:
+        return None
+    preds, labels = predict(model, calib.batches(batch_size), device)
+    return {"preds": preds, "labels": labels, "accuracy": accuracy(preds, labels), "samples": len(labels)}
+
+
+def fix_job(
+    model: ModelSpec,
+    init: str,
+    data: DataSpec | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+) -> FixJob:
+    """Replace (or keep) every spatial conv's kernels by fixed filters and freeze them in the recipe."""
+    from .finetune import agreement
+    from .kernels import fix_spatial_conv2d
+
+    if init not in FIX_INITS:
+        raise BadInput(f"--init must be one of {', '.join(FIX_INITS)}, got {init!r}", hint="e.g. --init ghaar")
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, f"fixed-{init}")
+    check_output_dir(out, force)
+    m = opened.model.to(opened.device)
+    bs = data.batch_size if data else 32
+    before = evaluate_on(m, opened.calib, bs, opened.device)
+    trainable_before = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    layers = fix_spatial_conv2d(m, FIX_INITS[init], seed=seed)
+    if not layers:
+        raise BadInput("the model has no spatial Conv2d (kernel larger than 1×1) to fix")
+    frozen_now = [f"{name}.{p}" for name in layers for p, _ in m.get_submodule(name).named_parameters(recurse=False)]
+    after = evaluate_on(m, opened.calib, bs, opened.device)
+    recipe = dict(opened.loaded.recipe)
+    recipe["preprocessing"] = opened.pre.to_dict()
+    recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "fix", "init": init, "seed": seed, "layers": len(layers)}]
+    recipe["frozen"] = sorted(set(recipe.get("frozen", [])) | set(frozen_now))
+    provenance = {"command": "fix", "time": now(), "init": init, "seed": seed,
+                  "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256}
+    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
+    convs = dict(sal.iter_spatial_convs(m))
+    report = {
+        "command": "fix", "model": str(model.path), "out": str(out), "init": init, "seed": seed,
+        "layers": [{"name": n, "kernel": list(convs[n].kernel_size), "filters": int(convs[n].weight.shape[0] * convs[n].weight.shape[1])}
+                   for n in layers],
+        "spatial_filters": sum(int(convs[n].weight.shape[0] * convs[n].weight.shape[1]) for n in layers),
+        "frozen": recipe["frozen"],
+        "frozen_params": sum(p.numel() for n, p in m.named_parameters() if n in set(recipe["frozen"])),
+        "params": count_params(m), "trainable_params_before": trainable_before,
+        "trainable_params_after": sum(p.numel() for p in m.parameters() if p.requires_grad),
+        "data": opened.calib.describe() if opened.calib else None,
+        "accuracy_before": before["accuracy"] if before else None,
+        "accuracy_after": after["accuracy"] if after else None,
+        "agreement": agreement(before["preds"], after["preds"]) if before else None,
+    }
+    m.to("cpu")
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)
+    return FixJob(out, report, m)
+
+
+# ------------------------------------------------------------------------------------------ finetune
+@dataclass
+class FinetuneJob:
+    out: Path
+    report: dict
+    result: Any  # finetune.FinetuneResult
+    model: nn.Module
+
+
+def finetune_opened(
+    opened: Opened,
+    data: DataSpec,
+    options: Any,
+    fixed_spatial: bool | None = None,
+    eval_calib: CalibrationSet | None = None,
+    seed: int = 0,
+    on_step: Any = None,
+    recipe: dict | None = None,
+) -> tuple[Any, dict]:
+    """Fine-tune ``opened.model`` in place on ``opened.calib``; return the FinetuneResult and the new recipe.
+
+    ``fixed_spatial`` None: keep the recipe's frozen tensors frozen (a fixed model stays fixed); True on a
+    model without frozen tensors: freeze its spatial filters as they are; False: train everything.
+    ``recipe`` defaults to the loaded model's (pass the pruned one when chaining in memory)."""
+    from .finetune import accuracy, finetune, predict, set_spatial_frozen, shuffled_batches, spatial_param_names
+
+    if opened.calib is None:
+        raise BadInput("fine-tuning needs labeled data", hint="pass --data PATH with class subfolders")
+    recipe = dict(opened.loaded.recipe if recipe is None else recipe)
+    stored = list(recipe.get("frozen", []))
+    fixed = bool(stored) if fixed_spatial is None else fixed_spatial
+    names = (stored or spatial_param_names(opened.model)) if fixed else []
+    frozen = set_spatial_frozen(opened.model, names, fixed)
+    batches, steps = shuffled_batches(opened.calib, data.batch_size, seed=seed)
+    evaluate = None
+    if eval_calib is not None:
+        if not eval_calib.labeled:
+            raise BadInput(f"--eval-data {eval_calib.source} is unlabeled", hint="use class subfolders")
+        evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
+    result = finetune(opened.model, batches, options, steps_per_epoch=steps, device=opened.device,
+                      evaluate=evaluate, on_step=on_step, seed=seed)
+    opt = result.options
+    recipe["preprocessing"] = opened.pre.to_dict()
+    recipe["frozen"] = frozen
+    recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "finetune", "epochs": opt["epochs"], "seed": seed}]
+    provenance = {
+        "command": "finetune", "time": now(), "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],
+        "weight_decay": opt["weight_decay"], "batch_size": data.batch_size, "fixed_spatial": fixed, "seed": seed,
+        "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
+        "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
+        "final_loss": result.epochs[-1].loss, "final_train_accuracy": result.epochs[-1].accuracy,
+        "eval_accuracy": result.eval_accuracy_after,
+    }
+    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
+    return result, recipe
+
+
+def finetune_job(
+    model: ModelSpec,
+    data: DataSpec,
+    options: Any,
+    fixed_spatial: bool | None = None,
+    eval_data: Path | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    on_step: Any = None,
+) -> FinetuneJob:
+    """Short supervised training on a labeled folder; writes a new explainfix dir keeping the recipe chain."""
+    if data.path is None:
+        raise BadInput("finetune needs --data PATH (labeled class subfolders)")
+    options = options.resolved()
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, "finetuned")
+    check_output_dir(out, force)
+    eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else None
+    result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step)
+    m = opened.model.to("cpu")
+    report = {"command": "finetune", "model": str(model.path), "out": str(out),
+              "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
+              "params": count_params(m), "fixed_spatial": bool(recipe["frozen"]), **result.to_json()}
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)
+    return FinetuneJob(out, report, result, m)

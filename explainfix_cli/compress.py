@@ -1,0 +1,273 @@
+"""``explainfix compress``: prune → (fine-tune) → export ONNX → verify → bench → quality gates, for CI.
+
+    job = compress_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), pct=70,
+                       eval_data=Path("eval"), max_accuracy_drop=1.0, min_agreement=0.95)
+    job.passed, [g.name for g in job.gates if not g.passed]
+
+Gates (each only when asked for, except verification which always runs):
+
+* accuracy drop, in percentage points: accuracy of the original minus that of the final model, both on
+  ``--eval-data`` (else ``--data``); needs labels;
+* top-1 agreement of the final model with the original on the same samples (a fraction);
+* ONNX verification: onnxruntime vs the final torch model within ``--atol/--rtol`` (verify.py).
+
+Everything is written into one directory even when a gate fails (CI keeps ``summary.md``); the
+caller turns a failed gate into exit 1.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import check_output_dir, save_model_dir
+from .data import CalibrationSet, load_calibration
+from .errors import BadInput
+from .finetune import TrainOptions, agreement
+from .jobs import DataSpec, ModelSpec, default_out, evaluate_on, finetune_opened, now, open_inputs, prune_opened
+from .prune import Progress
+
+VERIFY_SAMPLES = 64
+
+
+@dataclass
+class Gate:
+    name: str  # accuracy-drop | agreement | verification
+    flag: str
+    threshold: str  # as written in the summary: "≤ 1 pts"
+    value: str  # "0.7 pts"
+    passed: bool
+    detail: str = ""
+
+    def failure_line(self) -> str:
+        return f"{self.name} {self.value} (needs {self.threshold}, {self.flag}){': ' + self.detail if self.detail else ''}"
+
+
+@dataclass
+class CompressJob:
+    out: Path
+    report: dict
+    gates: list[Gate]
+    summary_md: str
+    model: nn.Module
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failure_message(self) -> str:
+        return "gate failed: " + "; ".join(g.failure_line() for g in self.gates if not g.passed)
+
+
+def compress_job(
+    model: ModelSpec,
+    data: DataSpec,
+    pct: float,
+    *,
+    eval_data: Path | None = None,
+    finetune_epochs: int = 0,
+    train: TrainOptions | None = None,
+    criterion: str | None = None,
+    fill: str = "none",
+    max_accuracy_drop: float | None = None,
+    min_agreement: float | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    opset: int = 18,
+    bench: bool = True,
+    threads: int = 2,
+    bench_iters: int = 50,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_step: Any = None,
+) -> CompressJob:
+    from .bench import bench_onnx, compare_bench, model_cost
+    from .export import export_onnx
+    from .verify import verify_onnx
+
+    _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
+    if data.path is None:
+        raise BadInput("compress needs --data PATH (calibration images for saliency)")
+    train = (train or TrainOptions()).resolved() if finetune_epochs else None
+    if train is not None:
+        train.epochs = finetune_epochs
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, "compressed")
+    check_output_dir(out, force)
+    eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
+    if max_accuracy_drop is not None and not eval_calib.labeled:
+        raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
+                       hint="pass --eval-data with class subfolders")
+    if finetune_epochs and not opened.calib.labeled:
+        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled")
+    bs = data.batch_size
+    stage = _stages(progress)
+
+    original = copy.deepcopy(opened.model).to("cpu")
+    before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
+    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, progress=progress)
+    pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
+    tuned = None
+    if train is not None:
+        tuned, recipe = finetune_opened(opened, data, train, None, None, seed, on_step, recipe=recipe)
+    final = opened.model.to("cpu").eval()
+    after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
+
+    work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
+    try:
+        stage("export")
+        example = opened.example(2)
+        meta = {"explainfix.command": "compress", "explainfix.pct": f"{pct:g}", "explainfix.source": str(model.path)}
+        exported = export_onnx(final, example, work / "model.onnx", opset=opset, metadata=meta)
+        stage("verify")
+        check = verify_onnx(work / "model.onnx", final, _verify_inputs(eval_calib, bs), atol=atol, rtol=rtol)
+        bench_rows = None
+        if bench:
+            stage("bench")
+            (work / "original").mkdir()
+            export_onnx(original, example, work / "original" / "model.onnx", opset=opset)
+            shape = tuple(example.shape[1:])
+            results = [
+                bench_onnx(work / "original" / "model.onnx", shape, threads=threads, iters=bench_iters, seed=seed,
+                           cost=model_cost(original, shape), label="original"),
+                bench_onnx(work / "model.onnx", shape, threads=threads, iters=bench_iters, seed=seed,
+                           cost=model_cost(final, shape), label="compressed"),
+            ]
+            bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": compare_bench(results)}
+        onnx_files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    acc_b, acc_a = before["accuracy"], after["accuracy"]
+    agree = agreement(before["preds"], after["preds"])
+    gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
+    report = {
+        "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": pct,
+        "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
+        "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
+        "original": {"params": result.params_before, "macs": result.macs_before, "accuracy": acc_b},
+        "compressed": {"params": result.params_after, "macs": result.macs_after, "accuracy": acc_a,
+                       "accuracy_after_prune": pruned_eval["accuracy"], "agreement": agree,
+                       "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"])},
+        "eval_samples": after["samples"],
+        "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
+        "export": exported.to_json(), "verify": check.to_json(), "verify_summary": check.summary_line(),
+        "bench": bench_rows, "seed": seed,
+    }
+    summary = summary_markdown(report)
+    recipe["provenance"] = recipe["provenance"] + [{
+        "command": "compress", "time": report["time"], "pct": pct, "finetune_epochs": finetune_epochs,
+        "passed": report["passed"], "gates": {g.name: g.value for g in gates}}]
+    save_model_dir(final, recipe, out, extra={**onnx_files, "report.json": report, "summary.md": summary}, force=force)
+    return CompressJob(out, report, gates, summary, final)
+
+
+def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: float, rtol: float, epochs: int) -> None:
+    if max_drop is not None and not (max_drop >= 0 and math.isfinite(max_drop)):
+        raise BadInput(f"--max-accuracy-drop must be ≥ 0 percentage points, got {max_drop:g}")
+    if min_agree is not None and not 0 <= min_agree <= 1:
+        raise BadInput(f"--min-agreement is a fraction in [0, 1], got {min_agree:g}", hint="e.g. --min-agreement 0.98")
+    if not (atol >= 0 and rtol >= 0):
+        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    if epochs < 0:
+        raise BadInput(f"--finetune-epochs must be ≥ 0, got {epochs}")
+
+
+def _stages(progress: Progress | None):
+    def stage(name: str) -> None:
+        if progress:
+            progress(name, 0, 1)
+    return stage
+
+
+def _verify_inputs(calib: CalibrationSet, batch_size: int) -> list[torch.Tensor]:
+    """Up to VERIFY_SAMPLES real evaluation inputs, in batches ≥ 2 where possible."""
+    xs, n = [], 0
+    for x, _ in calib.batches(max(2, min(batch_size, VERIFY_SAMPLES))):
+        xs.append(x)
+        n += len(x)
+        if n >= VERIFY_SAMPLES:
+            break
+    return xs
+
+
+def _gates(acc_b, acc_a, agree, check, max_drop, min_agree, samples, eval_calib) -> list[Gate]:
+    gates = []
+    where = f"on {samples} samples of {eval_calib.source}"
+    if max_drop is not None:
+        drop = 100 * (acc_b - acc_a)
+        gates.append(Gate("accuracy drop", "--max-accuracy-drop", f"≤ {max_drop:g} pts", f"{drop:.2f} pts",
+                          drop <= max_drop + 1e-9, f"{100 * acc_b:.2f}% → {100 * acc_a:.2f}% {where}"))
+    if min_agree is not None:
+        gates.append(Gate("top-1 agreement", "--min-agreement", f"≥ {min_agree:g}", f"{agree:.4f}",
+                          agree >= min_agree - 1e-12, where))
+    gates.append(Gate("ONNX verification", "--atol/--rtol", f"atol {check.atol:g}, rtol {check.rtol:g}",
+                      "PASSED" if check.passed else "FAILED", check.passed, check.summary_line()))
+    return gates
+
+
+# ------------------------------------------------------------------------------------------- summary
+def _h(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}"
+    return f"{n:g}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or not b else f"{a / b:.3f}×"
+
+
+def summary_markdown(report: dict) -> str:
+    """A GitHub-flavoured markdown summary (for ``$GITHUB_STEP_SUMMARY``) of a compress report."""
+    o, c = report["original"], report["compressed"]
+    status = "✅ PASSED" if report["passed"] else "❌ FAILED"
+    lines = [
+        f"### explainfix compress · `{Path(report['model']).name}` · {report['pct']:g}% of spatial filters — {status}",
+        "",
+        "| | original | compressed | change |",
+        "|---|---:|---:|---:|",
+        f"| params | {_h(o['params'])} | {_h(c['params'])} | {_ratio(c['params'], o['params'])} |",
+        f"| MACs (1 input) | {_h(o['macs'])} | {_h(c['macs'])} | {_ratio(c['macs'], o['macs'])} |",
+    ]
+    b = report.get("bench")
+    if b:
+        rows = {r["label"]: r for r in b["rows"]}
+        lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
+        lines.append(f"| latency p50 (onnxruntime CPU, batch 1, {b['threads']} threads) | {lo:.3f} ms | {lc:.3f} ms | "
+                     f"{_ratio(lc, lo)} |")
+    drop = "—" if o["accuracy"] is None or c["accuracy"] is None else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pts"
+    lines += [
+        f"| accuracy ({report['eval_samples']} eval samples) | {_pct(o['accuracy'])} | {_pct(c['accuracy'])} | {drop} |",
+        f"| top-1 agreement with original | 100% | {_pct(c['agreement'])} | |",
+        f"| ONNX verification | | {'PASSED' if report['verify']['passed'] else 'FAILED'} | |",
+        "",
+        "| gate | needs | value | result |",
+        "|---|---|---|---|",
+    ]
+    for g in report["gates"]:
+        lines.append(f"| {g['name']} (`{g['flag']}`) | {g['threshold']} | {g['value']} | {'✅ pass' if g['passed'] else '❌ fail'} |")
+    ft = report.get("finetune")
+    notes = [f"pruned by {report['prune']['criterion']} on {report['data']['samples']} samples of `{report['data']['source']}`"]
+    if ft:
+        opt = ft["options"]
+        notes.append(f"fine-tuned {opt['epochs']} epoch(s), {opt['optimizer']} lr {opt['lr']:g}")
+    notes.append(f"accuracy after pruning only: {_pct(c['accuracy_after_prune'])}")
+    lines += ["", "; ".join(notes) + ".", "", f"`{report['verify_summary']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""export / verify / bench through the real CLI, on real files, checked by a real onnxruntime session."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from explainfix_cli import load
+from explainfix_cli.cli import app
+
+FIXTURE = ["fixtures/digits_resnet.pt", "--arch", "fixtures/digits_resnet.py:DigitsResNet", "--input-size", "32"]
+CALIB = "fixtures/digits/calib"
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("p") / "pruned"
+    res = cli("prune", *FIXTURE, "--pct", "70", "--data", CALIB, "-o", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_export_pruned_dir_in_place_and_verify(pruned):
+    res = cli("export", pruned, "--onnx", "--data", CALIB, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["verify"]["passed"] and doc["summary"].startswith("PASSED |")
+    assert (pruned / "model.onnx").is_file()
+    m = onnx.load(pruned / "model.onnx")
+    props = {p.key: p.value for p in m.metadata_props}
+    assert props["explainfix.pct"] == "70" and json.loads(props["explainfix.preprocessing"])["input_size"] == [32, 32]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    res = cli("export", pruned, "--onnx")
+    assert res.exit_code == 2 and "exists" in res.output  # no silent overwrite
+    res = cli("verify", pruned / "model.onnx", "--reference", pruned, "--data", "fixtures/digits/eval", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["passed"] is True
+
+
+def test_altered_initializer_fails_verify(pruned, tmp_path):
+    res = cli("export", pruned, "-o", tmp_path / "e", "--json")
+    assert res.exit_code == 0, res.output
+    m = onnx.load(tmp_path / "e" / "model.onnx")
+    init = next(i for i in m.graph.initializer if numpy_helper.to_array(i).ndim == 4)
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[0] += 0.5
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(m, tmp_path / "bad.onnx")
+    res = cli("verify", tmp_path / "bad.onnx", "--reference", pruned, "--data", CALIB)
+    assert res.exit_code == 1
+    assert "FAILED |" in res.output
+
+
+def test_several_outputs_export_with_stable_names(tmp_path):
+    torch.manual_seed(0)
+    from tests.models_for_tests import TwoHeads
+
+    ckpt = tmp_path / "two.pt"
+    torch.save(TwoHeads().state_dict(), ckpt)
+    res = cli("export", ckpt, "--arch", "tests/models_for_tests.py:TwoHeads", "--input-size", "16",
+              "-o", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["export"]["output_names"] == ["logits", "mask"]
+    assert [o["name"] for o in doc["verify"]["outputs"]] == ["logits", "mask"] and doc["verify"]["passed"]
+
+
+def test_export_failure_exits_3_naming_the_op(tmp_path):
+    from tests.models_for_tests import WithSvd
+
+    ckpt = tmp_path / "svd.pt"
+    torch.save(WithSvd().state_dict(), ckpt)
+    out = tmp_path / "out"
+    res = cli("export", ckpt, "--arch", "tests/models_for_tests.py:WithSvd", "--input-size", "8", "-o", out)
+    assert res.exit_code == 3
+    assert "svd" in res.output.lower()
+    assert not out.exists()
+
+
+def test_safetensors_export_of_tied_weights_reloads(tmp_path):
+    from tests.models_for_tests import Tied
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    ckpt = tmp_path / "tied.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "st"
+    res = cli("export", ckpt, "--arch", "tests/models_for_tests.py:Tied", "--safetensors", "--input-size", "8", "-o", out)
+    assert res.exit_code == 0, res.output
+    reloaded = load(out)
+    assert reloaded.conv2.weight is reloaded.conv.weight
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(reloaded(x), model(x))
+
+
+def test_bench_side_by_side_with_ratios(pruned):
+    res = cli("bench", *FIXTURE[:3], pruned, "--iters", "20", "--warmup", "3", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert len(rows) == 2 and rows[0]["macs_ratio"] == 1.0
+    assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["params_ratio"] < 1.0
+    assert all(r["p50_ms"] > 0 and r["p50_ms"] <= r["p90_ms"] for r in rows)
+    assert np.isfinite(rows[1]["latency_ratio"])
