@@ -19,6 +19,8 @@ from .graph_rules import (
     _split_dims,
 )
 
+MUL_OPS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}  # fx targets of an element-wise product
+
 
 class Analyzer(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
@@ -323,7 +325,12 @@ class Analyzer(fx.Interpreter):
                 k = k & torch.isfinite(v)
             except Exception:
                 k = torch.zeros_like(k)
-        self.store(n, Lab(L, k, v, shape))
+        if n.target in MUL_OPS:  # a constant 0 times anything finite is 0 (SE: x[c] ≡ 0 ⇒ x[c]·s[c] ≡ 0)
+            Ka, Va, Kb, Vb = torch.broadcast_tensors(a.K, a.V, b.K, b.V)
+            zero = (Ka & (Va == 0)) | (Kb & (Vb == 0))
+            k, v = torch.broadcast_tensors(k, v)
+            k, v = k | zero, torch.where(zero, torch.zeros_like(v), v)
+        self.store(n, Lab(L, k.contiguous(), v.contiguous(), shape))
 
     def spatial(self, n: fx.Node, m: nn.Module | None, x: Lab, shape: tuple) -> None:
         if len(shape) != 4 or len(x.shape) != 4:

@@ -26,7 +26,7 @@ FAST = {
     "regnet_y_400mf": "pruned",  # grouped conv + SE
     "shufflenet_v2_x0_5": "pruned",  # chunk, channel shuffle
     "mnasnet0_5": "pruned",  # inverted residual
-    "convnext_tiny": "pruned",  # channels-last LayerNorm, Linear inside permutes, layer scale
+    "convnext_tiny": "unchanged",  # LayerNorm over channels freezes them: checked, nothing removed
     "swin_t": "refused",  # window attention
 }
 FULL = os.environ.get("EXPLAINFIX_ZOO") == "all"
@@ -38,17 +38,15 @@ def _size(name):
     return 96 if name == "inception_v3" else 64
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL if FULL else [n for n in ALL if n in FAST])
 def test_zoo_model_prunes_or_is_refused(name):
-    if not FULL and name not in FAST:
-        pytest.skip("full zoo: EXPLAINFIX_ZOO=all (or benchmarks/coverage.py)")
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     model = tv.models.get_model(name, weights=None, **kwargs).eval()
     s = _size(name)
     x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))
     try:
-        r = prune_model(model, 50, example=x[:1], criterion="magnitude", check_inputs=x)
+        r = prune_model(model, 90, example=x[:1], criterion="magnitude", check_inputs=x)
     except UnsupportedOp as e:
         assert e.op and e.where and "cannot prune through op" in e.message
         outcome = "refused"
@@ -57,6 +55,8 @@ def test_zoo_model_prunes_or_is_refused(name):
     else:
         assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
         assert r.params_after <= r.params_before
-        outcome = "pruned"
+        outcome = "pruned" if r.channels_removed else "unchanged"
     if name in FAST:
         assert outcome == FAST[name]
+        if outcome == "pruned":  # at 90 % these families really lose channels
+            assert r.params_after < r.params_before
