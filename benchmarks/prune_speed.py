@@ -1,0 +1,107 @@
+"""Where the time of `explainfix prune` goes, as ratios to the bare calibration forward+backward.
+
+    .venv/bin/python benchmarks/prune_speed.py                       # resnet50 @224, 64 calibration images
+    .venv/bin/python benchmarks/prune_speed.py --arch resnet18 --images 32 --size 128
+
+The *bare* baseline is what any saliency tool must do at least: load the checkpoint, run forward+backward
+over the calibration batches (images decoded the same way), and save a safetensors file. The bare pass
+runs twice and the second (warm) run is the baseline. The prune job is timed end to end (same process,
+same data) and broken down by the stage timings it reports.
+Target (issue #2): the whole command ≤ 1.3× (load + fwd+bwd + save).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from explainfix_cli import saliency as sal
+from explainfix_cli.checkpoint import load_model, safetensors_bytes
+from explainfix_cli.data import load_calibration, resolve_preprocessing
+from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_calibration(n: int, root: Path) -> Path:
+    """``n`` real images (the fixture's digits eval PNGs, class folders kept)."""
+    src = ROOT / "fixtures" / "digits" / "eval"
+    files = sorted(src.rglob("*.png"))[:: max(1, len(list(src.rglob("*.png"))) // n)][:n]
+    for f in files:
+        (root / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / f.parent.name / f.name)
+    return root
+
+
+def bare(ckpt: Path, arch: str, data: Path, size: int, batch_size: int, out: Path) -> dict[str, float]:
+    t = {}
+    t0 = time.perf_counter()
+    loaded = load_model(ckpt, f"torchvision.models:{arch}", {"num_classes": 10})
+    t["load"] = time.perf_counter() - t0
+    model = loaded.model
+    pre = resolve_preprocessing(model, (size, size))
+    calib = load_calibration(data, pre)
+    weights = [m.weight for _, m in sal.iter_spatial_convs(model)]
+    t0 = time.perf_counter()
+    for x, y in calib.batches(batch_size):
+        out_ = model(x)
+        target = torch.nn.functional.one_hot(y, out_.shape[1]).float()
+        torch.autograd.grad((out_ * target).sum(), weights)
+    t["fwd+bwd"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    (out / "bare.safetensors").write_bytes(safetensors_bytes(model, {}))
+    t["save"] = time.perf_counter() - t0
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--pct", type=float, default=70)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, args.arch)(num_classes=10)
+        ckpt = tmp / f"{args.arch}.pt"
+        torch.save(model.state_dict(), ckpt)
+        data = make_calibration(args.images, tmp / "calib")
+        bare(ckpt, args.arch, data, args.size, args.batch_size, tmp)  # warm-up: allocator, caches, imports
+        base = bare(ckpt, args.arch, data, args.size, args.batch_size, tmp)
+        t0 = time.perf_counter()
+        job = prune_job(
+            ModelSpec(ckpt, f"torchvision.models:{args.arch}", '{"num_classes": 10}'),
+            DataSpec(data, input_size=str(args.size), batch_size=args.batch_size), args.pct,
+            out=tmp / "pruned", device="cpu",
+        )
+        total = time.perf_counter() - t0
+    fb = base["fwd+bwd"]
+    bare_total = sum(base.values())
+    stages = dict(job.result.timings)
+    stages["load+data (rest)"] = total - sum(stages.values())
+    print(f"# prune speed: {args.arch} @{args.size}², {args.images} images, batch {args.batch_size}, "
+          f"pct {args.pct:g}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{'stage':<22}{'seconds':>10}{'÷ bare fwd+bwd':>16}")
+    for k, v in base.items():
+        print(f"{'bare ' + k:<22}{v:>10.2f}{v / fb:>16.3f}")
+    for k, v in stages.items():
+        print(f"{'prune ' + k:<22}{v:>10.2f}{v / fb:>16.3f}")
+    print(f"{'bare total':<22}{bare_total:>10.2f}{bare_total / fb:>16.3f}")
+    print(f"{'prune total':<22}{total:>10.2f}{total / fb:>16.3f}")
+    print(f"prune total ÷ (load + fwd+bwd + save) = {total / bare_total:.3f}  (target ≤ 1.3)")
+    print(f"params {job.result.params_before:,} → {job.result.params_after:,}; "
+          f"MACs ratio {job.result.macs_after / job.result.macs_before:.3f}; self-check {job.result.check.passed}")
+
+
+if __name__ == "__main__":
+    main()
