@@ -20,8 +20,13 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(EF) info $(FIXTURE_ARGS)
-	$(EF) prune $(FIXTURE_ARGS) --pct 90 --data fixtures/digits/calib -o $(DEMO_OUT)/pruned --force
-	$(EF) info $(DEMO_OUT)/pruned
+	$(EF) prune $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib -o $(DEMO_OUT)/pruned --force
+	$(EF) explain $(DEMO_OUT)/pruned --data fixtures/digits/calib -o $(DEMO_OUT)/spectra --force
+	$(EF) export $(DEMO_OUT)/pruned --onnx --data fixtures/digits/calib --force
+	$(EF) bench $(FIXTURE_ARGS) $(DEMO_OUT)/pruned --iters 100
+	$(EF) compress $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib --eval-data fixtures/digits/eval \
+	    --finetune-epochs 2 --max-accuracy-drop 3 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force
+	@echo "demo outputs in $(DEMO_OUT)/ (pruned/, spectra/spectra.png, compressed/summary.md)"
 
 test: setup
 	$(PY) -m pytest -q -ra

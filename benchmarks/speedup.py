@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--round-to", nargs="+", type=int, default=[1],
+                    help="channel-count multiples to compare (1 = no rounding), e.g. --round-to 1 8 16")
     args = ap.parse_args()
     shape = (3, args.size, args.size)
     rows = []
@@ -62,9 +64,10 @@ def main() -> None:
             export_onnx(original, torch.randn(2, *shape), base_onnx)
             base = {b: bench_onnx(base_onnx, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
                                   iters=args.iters) for b in args.batches}
-            for pct in args.pcts:
-                out = tmp / f"{arch}-{pct:g}"
-                job = prune_job(spec, DataSpec(data, input_size=str(args.size), batch_size=16), pct, out=out, device="cpu")
+            for pct, rt in [(p, r) for p in args.pcts for r in args.round_to]:
+                out = tmp / f"{arch}-{pct:g}-{rt}"
+                job = prune_job(spec, DataSpec(data, input_size=str(args.size), batch_size=16), pct, out=out,
+                                device="cpu", round_to=rt if rt > 1 else None)
                 export_onnx(job.model, torch.randn(2, *shape), out / "model.onnx")
                 macs = job.result.macs_after / job.result.macs_before
                 for b in args.batches:
@@ -72,14 +75,14 @@ def main() -> None:
                                    iters=args.iters)
                     lat = r.p50_ms / base[b].p50_ms
                     realized = (1 - lat) / (1 - macs) if macs < 1 else float("nan")
-                    rows.append((arch, pct, b, macs, base[b].p50_ms, r.p50_ms, lat, realized))
-                    print(f"{arch:<13} pct {pct:>4g} batch {b}: MACs ×{macs:.3f}  latency {base[b].p50_ms:.1f} → "
+                    rows.append((arch, pct, rt, b, macs, base[b].p50_ms, r.p50_ms, lat, realized))
+                    print(f"{arch:<13} pct {pct:>4g} round-to {rt} batch {b}: MACs ×{macs:.3f}  latency {base[b].p50_ms:.1f} → "
                           f"{r.p50_ms:.1f} ms ×{lat:.3f}  realized/theoretical {realized:.2f}", flush=True)
     print(f"\n# speedup: onnxruntime {args.threads} threads, {args.size}², p50 of {args.iters} after {args.warmup} warm-up")
-    print("| model | pct | batch | MACs ratio | p50 original ms | p50 pruned ms | latency ratio | realized ÷ theoretical |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for arch, pct, b, macs, t0, t1, lat, realized in rows:
-        print(f"| {arch} | {pct:g} | {b} | {macs:.3f} | {t0:.1f} | {t1:.1f} | {lat:.3f} | {realized:.2f} |")
+    print("| model | pct | round-to | batch | MACs ratio | p50 original ms | p50 pruned ms | latency ratio | realized ÷ theoretical |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arch, pct, rt, b, macs, t0, t1, lat, realized in rows:
+        print(f"| {arch} | {pct:g} | {rt} | {b} | {macs:.3f} | {t0:.1f} | {t1:.1f} | {lat:.3f} | {realized:.2f} |")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:
 Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (human output goes to stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
+Atol = Annotated[float, typer.Option("--atol", help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]
+Rtol = Annotated[float, typer.Option("--rtol", help="ONNX vs torch relative tolerance (see --atol).")]
+Fill = Annotated[str, typer.Option("--fill", help="none | fillzero | reset: what to do with zeroed kernels that stay.")]
+RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N (e.g. 8): fewer channels removed, faster kernels.")]
 
 
 def _print_error(message: str, hint: str | None = None) -> None:
@@ -103,7 +107,8 @@ def prune(
     batches: Batches = None,
     batch_size: BatchSize = 32,
     criterion: Annotated[Optional[str], typer.Option("--criterion", help="saliency (needs --data) | magnitude. Default: saliency with --data, else magnitude.")] = None,
-    fill: Annotated[str, typer.Option("--fill", help="none | fillzero | reset: what to do with zeroed kernels that stay.")] = "none",
+    fill: Fill = "none",
+    round_to: RoundTo = None,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -124,7 +129,8 @@ def prune(
         job = jobs.prune_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
-            pct, out=out, criterion=criterion, fill=fill, device=device, seed=seed, force=force, progress=bar,
+            pct, out=out, criterion=criterion, fill=fill, device=device, seed=seed, force=force, round_to=round_to,
+            progress=bar,
         )
     render_prune(job)
     if json_out:
@@ -298,10 +304,12 @@ def compress(
     optimizer: Optimizer = "sgd",
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: accuracy may drop at most PTS percentage points.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Gate: top-1 agreement with the original ≥ F (a fraction, e.g. 0.98).")] = None,
-    atol: Annotated[float, typer.Option("--atol", help="Gate: ONNX vs torch absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option("--rtol", help="Gate: ONNX vs torch relative tolerance.")] = 1e-3,
+    atol: Atol = 1e-4,
+    rtol: Rtol = 1e-3,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     criterion: Annotated[Optional[str], typer.Option("--criterion", help="saliency | magnitude (default saliency).")] = None,
+    fill: Fill = "none",
+    round_to: RoundTo = None,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure onnxruntime latency of the original and the result.")] = True,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads for the latency measurement.")] = 2,
     bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed runs per model.")] = 50,
@@ -336,7 +344,7 @@ def compress(
         job = compress_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             pct, eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
-            criterion=criterion, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
+            criterion=criterion, fill=fill, round_to=round_to, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
             opset=opset, bench=bench, threads=threads, bench_iters=bench_iters, out=out, device=device, seed=seed,
             force=force, progress=bar, on_step=bar.step if bar else None,
         )
@@ -345,10 +353,6 @@ def compress(
         emit_json(job.report)
     if not job.passed:
         raise CheckFailed(job.failure_message())
-
-
-Atol = Annotated[float, typer.Option("--atol", help="Absolute tolerance: an element fails where abs err > atol AND rel err > rtol.")]
-Rtol = Annotated[float, typer.Option("--rtol", help="Relative tolerance (see --atol).")]
 
 
 @app.command()

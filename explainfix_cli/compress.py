@@ -28,14 +28,13 @@ import torch
 from torch import nn
 
 from .checkpoint import check_output_dir, save_model_dir
-from .data import CalibrationSet, load_calibration
+from .fmt import human, pct, ratio
+from .data import load_calibration
+from .deploy import verification_inputs
 from .errors import BadInput
 from .finetune import TrainOptions, agreement
 from .jobs import DataSpec, ModelSpec, default_out, evaluate_on, finetune_opened, now, open_inputs, prune_opened
 from .prune import Progress
-
-VERIFY_SAMPLES = 64
-
 
 @dataclass
 class Gate:
@@ -76,6 +75,7 @@ def compress_job(
     train: TrainOptions | None = None,
     criterion: str | None = None,
     fill: str = "none",
+    round_to: int | None = None,
     max_accuracy_drop: float | None = None,
     min_agreement: float | None = None,
     atol: float = 1e-4,
@@ -115,7 +115,7 @@ def compress_job(
 
     original = copy.deepcopy(opened.model).to("cpu")
     before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
-    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, progress=progress)
+    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, progress=progress, round_to=round_to)
     pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
     tuned = None
     if train is not None:
@@ -130,7 +130,7 @@ def compress_job(
         meta = {"explainfix.command": "compress", "explainfix.pct": f"{pct:g}", "explainfix.source": str(model.path)}
         exported = export_onnx(final, example, work / "model.onnx", opset=opset, metadata=meta)
         stage("verify")
-        check = verify_onnx(work / "model.onnx", final, _verify_inputs(eval_calib, bs), atol=atol, rtol=rtol)
+        check = verify_onnx(work / "model.onnx", final, verification_inputs(eval_calib, opened.pre, bs), atol=atol, rtol=rtol)
         bench_rows = None
         if bench:
             stage("bench")
@@ -190,17 +190,6 @@ def _stages(progress: Progress | None):
     return stage
 
 
-def _verify_inputs(calib: CalibrationSet, batch_size: int) -> list[torch.Tensor]:
-    """Up to VERIFY_SAMPLES real evaluation inputs, in batches ≥ 2 where possible."""
-    xs, n = [], 0
-    for x, _ in calib.batches(max(2, min(batch_size, VERIFY_SAMPLES))):
-        xs.append(x)
-        n += len(x)
-        if n >= VERIFY_SAMPLES:
-            break
-    return xs
-
-
 def _gates(acc_b, acc_a, agree, check, max_drop, min_agree, samples, eval_calib) -> list[Gate]:
     gates = []
     where = f"on {samples} samples of {eval_calib.source}"
@@ -217,21 +206,8 @@ def _gates(acc_b, acc_a, agree, check, max_drop, min_agree, samples, eval_calib)
 
 
 # ------------------------------------------------------------------------------------------- summary
-def _h(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}"
-    return f"{n:g}"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "—" if a is None or not b else f"{a / b:.3f}×"
+def _pct2(x: float | None) -> str:
+    return pct(x, digits=2)
 
 
 def summary_markdown(report: dict) -> str:
@@ -243,19 +219,19 @@ def summary_markdown(report: dict) -> str:
         "",
         "| | original | compressed | change |",
         "|---|---:|---:|---:|",
-        f"| params | {_h(o['params'])} | {_h(c['params'])} | {_ratio(c['params'], o['params'])} |",
-        f"| MACs (1 input) | {_h(o['macs'])} | {_h(c['macs'])} | {_ratio(c['macs'], o['macs'])} |",
+        f"| params | {human(o['params'])} | {human(c['params'])} | {ratio(c['params'], o['params'])} |",
+        f"| MACs (1 input) | {human(o['macs'])} | {human(c['macs'])} | {ratio(c['macs'], o['macs'])} |",
     ]
     b = report.get("bench")
     if b:
         rows = {r["label"]: r for r in b["rows"]}
         lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
         lines.append(f"| latency p50 (onnxruntime CPU, batch 1, {b['threads']} threads) | {lo:.3f} ms | {lc:.3f} ms | "
-                     f"{_ratio(lc, lo)} |")
+                     f"{ratio(lc, lo)} |")
     drop = "—" if o["accuracy"] is None or c["accuracy"] is None else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pts"
     lines += [
-        f"| accuracy ({report['eval_samples']} eval samples) | {_pct(o['accuracy'])} | {_pct(c['accuracy'])} | {drop} |",
-        f"| top-1 agreement with original | 100% | {_pct(c['agreement'])} | |",
+        f"| accuracy ({report['eval_samples']} eval samples) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
+        f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
         f"| ONNX verification | | {'PASSED' if report['verify']['passed'] else 'FAILED'} | |",
         "",
         "| gate | needs | value | result |",
@@ -268,6 +244,6 @@ def summary_markdown(report: dict) -> str:
     if ft:
         opt = ft["options"]
         notes.append(f"fine-tuned {opt['epochs']} epoch(s), {opt['optimizer']} lr {opt['lr']:g}")
-    notes.append(f"accuracy after pruning only: {_pct(c['accuracy_after_prune'])}")
+    notes.append(f"accuracy after pruning only: {_pct2(c['accuracy_after_prune'])}")
     lines += ["", "; ".join(notes) + ".", "", f"`{report['verify_summary']}`", ""]
     return "\n".join(lines)

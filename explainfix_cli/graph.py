@@ -126,6 +126,14 @@ class Space:
         return not self.frozen
 
 
+def find_root(parent: list[int], a: int) -> int:
+    """Union-find root of atom ``a`` (path halving: ``parent`` is updated in place)."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
 @dataclass
 class ChannelGraph:
     parent: list[int]
@@ -135,11 +143,7 @@ class ChannelGraph:
     channelwise: list[Indexed]
 
     def root(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return a
+        return find_root(self.parent, a)
 
     def frozen_roots(self) -> dict[int, str]:
         out: dict[int, str] = {}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnsupportedOp
-from .graph import Consumer, Indexed, Lab, _op_name, _where, is_depthwise
+from .graph import Consumer, Indexed, Lab, _op_name, _where, find_root, is_depthwise
 from .graph_rules import (
     BINARY_FNS, BINARY_METHODS, CAT_FNS, CUT_FNS, CUT_METHODS, ELEMENTWISE_MODULES, MOVE_FNS, MOVE_METHODS,
     NORM_FNS, POOL_FNS, POOL_MODULES, REDUCE_FNS, REDUCE_METHODS, RESHAPE_FNS, RESHAPE_METHODS, SOFTMAX_FNS,
@@ -47,11 +47,7 @@ class Analyzer(fx.Interpreter):
         return torch.arange(start, start + n)
 
     def root(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return a
+        return find_root(self.parent, a)
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.root(a), self.root(b)

@@ -127,6 +127,7 @@ def prune_job(
     seed: int = 0,
     force: bool = False,
     check_samples: int = 8,
+    round_to: int | None = None,
     progress: Progress | None = None,
 ) -> PruneJob:
     if not 0 < pct < 100:
@@ -134,7 +135,7 @@ def prune_job(
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "pruned")
     check_output_dir(out, force)
-    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, check_samples, progress)
+    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, check_samples, progress, round_to)
     calib = opened.calib
     report = {"command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
               "data": calib.describe() if calib else None, **result.to_json()}
@@ -155,6 +156,7 @@ def prune_opened(
     seed: int = 0,
     check_samples: int = 8,
     progress: Progress | None = None,
+    round_to: int | None = None,
 ) -> tuple[PruneResult, dict]:
     """Prune ``opened.model`` in place; return the result and the updated recipe (nothing is written)."""
     if not 0 < pct < 100:
@@ -173,13 +175,14 @@ def prune_opened(
     result = prune_model(
         opened.model, pct, example=check_x[:1], batches=batches, num_batches=data.batches, criterion=criterion,
         fill=fill, device=opened.device, target_fn=sal.onehot_targets, check_inputs=check_x, seed=seed,
-        progress=_with_total(progress, calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None),
+        round_to=round_to, progress=_with_total(progress, calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None),
     )
     recipe = dict(opened.loaded.recipe)
     recipe["preprocessing"] = opened.pre.to_dict()
     recipe["edits"] = list(recipe.get("edits", [])) + [result.edit]
     provenance = {
         "command": "prune", "time": now(), "pct": pct, "criterion": criterion, "fill": fill, "seed": seed,
+        "round_to": round_to,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
         "data": calib.describe() if calib else None,
     }

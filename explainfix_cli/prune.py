@@ -155,6 +155,7 @@ def prune_model(
     target_fn: Callable | None = sal.onehot_targets,
     check_inputs: Any = None,
     seed: int = 0,
+    round_to: int | None = None,
     progress: Progress | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
@@ -163,6 +164,8 @@ def prune_model(
         raise BadInput(f"--pct must be in (0, 100), got {pct}")
     if criterion not in CRITERIA:
         raise BadInput(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if round_to is not None and round_to < 1:
+        raise BadInput(f"--round-to must be ≥ 1, got {round_to}")
     if fill not in FILL_METHODS:
         raise BadInput(f"--fill must be one of {', '.join(FILL_METHODS)}, got {fill!r}")
     if criterion == "saliency" and batches is None:
@@ -223,7 +226,7 @@ def prune_model(
     masks = sal.zero_least_salient_spatial_filters(model, scores, pct)
     mask_by_name = {n: mk for (n, _), mk in zip(convs, masks)}
     channel_graph = graph_mod.analyse(gm)
-    plan = plan_removal(gm, channel_graph)
+    plan = plan_removal(gm, channel_graph, round_to)
     if fill == "reset":
         _reset_unremoved(model, plan, originals)
     lap("plan")

@@ -12,24 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .fmt import human, pct, ratio
+
 console = Console(stderr=True, highlight=False)
-
-
-def human(n: float | int | None, unit: str = "") -> str:
-    if n is None:
-        return "—"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
-
-
-def pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
-def ratio(after: float, before: float) -> str:
-    return "—" if not before else f"{after / before:.3f}×"
 
 
 @contextmanager

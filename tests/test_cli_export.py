@@ -108,3 +108,23 @@ def test_bench_side_by_side_with_ratios(pruned):
     assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["params_ratio"] < 1.0
     assert all(r["p50_ms"] > 0 and r["p50_ms"] <= r["p90_ms"] for r in rows)
     assert np.isfinite(rows[1]["latency_ratio"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121"])
+def test_pruned_zoo_model_exports_and_verifies(tmp_path, arch):
+    """A pruned residual network and a pruned concatenating one, through prune → export → verify."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ckpt = tmp_path / f"{arch}.pt"
+    torch.save(getattr(tv.models, arch)(num_classes=10).state_dict(), ckpt)
+    args = [ckpt, "--arch", f"torchvision.models:{arch}", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "64"]
+    res = cli("prune", *args, "--pct", "90", "--data", CALIB, "--batches", "1", "-o", tmp_path / "p", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["channels_removed"] > 0
+    res = cli("export", tmp_path / "p", "--data", CALIB, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["verify"]["passed"] and doc["verify"]["samples"] >= 64
+    res = cli("verify", tmp_path / "p" / "model.onnx", "--reference", tmp_path / "p")
+    assert res.exit_code == 0 and "PASSED |" in res.output

@@ -178,3 +178,17 @@ def test_magnitude_with_data_still_reports_agreement_and_accuracy(tmp_path):
     r = job.result
     assert r.criterion == "magnitude" and r.eval_samples == 100
     assert r.accuracy_before == 1.0 and 0.0 <= r.accuracy_after <= 1.0 and r.agreement is not None
+
+
+def test_round_to_keeps_channel_counts_multiples_and_stays_exact(tmp_path):
+    plain = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 80, out=tmp_path / "a", device="cpu")
+    job = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 80, out=tmp_path / "b", device="cpu",
+                    round_to=8)
+    assert job.result.check.passed
+    changed = [row for row in job.result.layers if row.out_after != row.out_before]
+    assert changed and all(row.out_after % 8 == 0 for row in changed)
+    assert 0 < job.result.channels_removed <= plain.result.channels_removed
+    assert json.loads((job.out / "explainfix.json").read_text())["provenance"][-1]["round_to"] == 8
+    reloaded = load(job.out)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(outputs(reloaded, x), outputs(job.model, x))
