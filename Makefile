@@ -25,7 +25,7 @@ demo: setup
 	$(EF) export $(DEMO_OUT)/pruned --onnx --data fixtures/digits/calib --force
 	$(EF) bench $(FIXTURE_ARGS) $(DEMO_OUT)/pruned --iters 100
 	$(EF) compress $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib --eval-data fixtures/digits/eval \
-	    --finetune-epochs 2 --max-accuracy-drop 3 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force
+	    --finetune-epochs 2 --max-accuracy-drop 8 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force
 	@echo "demo outputs in $(DEMO_OUT)/ (pruned/, spectra/spectra.png, compressed/summary.md)"
 
 test: setup

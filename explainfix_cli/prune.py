@@ -86,19 +86,20 @@ class PruneResult:
         return d
 
 
-def flatten_outputs(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a forward's output (tensor, tuple/list, dict; nested), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten_outputs(o)]
+        return [t for o in out for t in output_tensors(o)]
     return []
 
 
 def _run(model: nn.Module, x: Any) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [t.detach().float() for t in flatten_outputs(model(*x) if isinstance(x, (tuple, list)) else model(x))]
+        return [t.detach().float() for t in output_tensors(sal.call_model(model, x))]
 
 
 def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
@@ -114,10 +115,6 @@ def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, floa
         worst_abs = max(worst_abs, d)
         worst_rel = max(worst_rel, d / scale if scale > 0 else d)
     return worst_abs, worst_rel
-
-
-def _to(x: Any, device: Any) -> Any:
-    return type(x)(_to(v, device) for v in x) if isinstance(x, (tuple, list)) else x.to(device)
 
 
 def layer_table(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> list[LayerRow]:
@@ -180,7 +177,7 @@ def prune_model(
         tick = now
 
     model.eval().to(device)
-    example = _to(example, device)
+    example = sal.to_device(example, device)
     params_before = count_params(model)
     macs_before = count_macs(model, example)
     gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
@@ -212,12 +209,12 @@ def prune_model(
                 for i, (x, y) in enumerate(batches()):
                     if i >= limit:
                         break
-                    recording_target(sal.first_output(sal._call(model, _to(x, device))), y)
+                    recording_target(sal.first_output(sal.call_model(model, sal.to_device(x, device))), y)
     lap("saliency")
 
     if check_inputs is None:
         check_inputs = example
-    check_inputs = _to(check_inputs, device)
+    check_inputs = sal.to_device(check_inputs, device)
     out_original = _run(model, check_inputs) if batches is None else None
     convs = sal.iter_spatial_convs(model)
     originals = {n: m.weight.detach().clone() for n, m in convs} if fill == "reset" else {}
@@ -273,7 +270,7 @@ def prune_model(
             for i, (x, _) in enumerate(batches()):
                 if i >= len(preds_before):
                     break
-                after.append(flatten_outputs(sal._call(model, _to(x, device)))[0].argmax(1).cpu())
+                after.append(sal.first_output(sal.call_model(model, sal.to_device(x, device))).argmax(1).cpu())
         pb, pa, y = torch.cat(preds_before), torch.cat(after), torch.cat(labels)
         n_eval, eval_source = len(pb), "calibration data"
         agreement = float((pb == pa).float().mean())

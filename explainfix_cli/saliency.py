@@ -62,13 +62,15 @@ def first_output(out: Any) -> torch.Tensor:
     raise TypeError(f"model output of type {type(out).__name__} has no tensor to compute saliency on")
 
 
-def _to(x: Any, device: torch.device | str) -> Any:
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """A tensor, or a tuple/list of tensors (several model inputs), moved to ``device``."""
     if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x.to(device, non_blocking=True)
 
 
-def _call(model: nn.Module, x: Any) -> Any:
+def call_model(model: nn.Module, x: Any) -> Any:
+    """``model(x)``, or ``model(*x)`` for several inputs."""
     return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
@@ -104,8 +106,8 @@ def spatial_grad_scores(
             if n >= num_minibatches:
                 break
             x, y = batch[0], batch[1]
-            x, y = _to(x, device), _to(y, device)
-            yhat = first_output(_call(model, x))
+            x, y = to_device(x, device), to_device(y, device)
+            yhat = first_output(call_model(model, x))
             target = target_fn(yhat.detach(), y) if target_fn is not None else y
             cost = grad_cost_fn(normalise_output(yhat), target)
             grads = torch.autograd.grad(cost, weights, allow_unused=True)
