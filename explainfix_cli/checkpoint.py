@@ -115,7 +115,11 @@ def build_arch(spec: dict) -> nn.Module:
         path = Path(spec["path"])
         if not path.is_file():
             raise BadInput(f"architecture file {path} does not exist", hint="the recipe points to it; restore it or pass --arch")
-        mod_name = f"_explainfix_arch_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+        sha = sha256_file(path)
+        if spec.get("sha256") and sha != spec["sha256"]:
+            raise BadInput(f"architecture file {path} changed since the recipe was written (sha256 differs)",
+                           hint="restore it, or start again from the original checkpoint with --arch")
+        mod_name = f"_explainfix_arch_{hashlib.sha1(f'{path}:{sha}'.encode()).hexdigest()[:12]}"
         module = sys.modules.get(mod_name)
         if module is None:
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -331,7 +335,22 @@ def read_recipe(directory: Path) -> dict:
         raise BadInput(f"{directory / RECIPE_NAME} is not valid JSON: {e}") from None
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         raise BadInput(f"{directory / RECIPE_NAME} is not an explainfix recipe (format {recipe.get('format') if isinstance(recipe, dict) else '?'})")
+    arch = recipe.get("arch", {})
+    if arch.get("kind") == "file" and not Path(arch["path"]).is_absolute():  # shipped inside the directory
+        recipe["arch"] = {**arch, "path": str((directory / arch["path"]).resolve())}
     return recipe
+
+
+def portable_recipe(recipe: dict) -> tuple[dict, dict[str, bytes]]:
+    """The recipe to write into an output directory, plus the files to write beside it: an architecture
+    given as ``file.py:Class`` travels as ``arch/file.py`` (path relative to the directory, sha256 kept),
+    so the directory reloads on another machine."""
+    arch = recipe.get("arch", {})
+    if arch.get("kind") != "file":
+        return recipe, {}
+    src = Path(arch["path"])
+    rel = f"arch/{src.name}"
+    return {**recipe, "arch": {**arch, "path": rel}}, {rel: src.read_bytes()}
 
 
 def rebuild(recipe: dict, trust_pickle: bool = False) -> nn.Module:
@@ -477,8 +496,9 @@ def save_model_dir(
     model: nn.Module, recipe: dict, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False
 ) -> Path:
     """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically."""
-    recipe = {**recipe, "versions": versions()}
+    recipe, arch_files = portable_recipe({**recipe, "versions": versions()})
     meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe["arch"])}
     files: dict[str, bytes | str | dict] = {WEIGHTS_NAME: safetensors_bytes(model, meta), RECIPE_NAME: recipe}
+    files.update(arch_files)
     files.update(extra or {})
     return write_output_dir(out, files, force=force)

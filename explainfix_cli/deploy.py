@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import RECIPE_NAME, arch_label, load_model, parse_arch_kwargs, write_output_dir
+from .checkpoint import RECIPE_NAME, arch_label, load_model, parse_arch_kwargs, portable_recipe, write_output_dir
 from .data import CalibrationSet, Preprocessing, parse_input_size, random_inputs, resolve_preprocessing
 from .errors import BadInput, CheckFailed
 from .jobs import DataSpec, ModelSpec, Opened, default_out, open_inputs
@@ -117,9 +117,13 @@ def export_job(
         if safetensors:
             export_safetensors(opened.model, work / "model.safetensors", metadata=meta)
             if not in_place:  # the recipe beside the weights makes the folder loadable without flags
-                recipe = {**opened.loaded.recipe, "preprocessing": opened.pre.to_dict()}
+                recipe, arch_files = portable_recipe({**opened.loaded.recipe, "preprocessing": opened.pre.to_dict()})
                 (work / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
                 names.append(RECIPE_NAME)
+                for rel, content in arch_files.items():
+                    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (work / rel).write_bytes(content)
+                    names.append(rel)
         job.doc = {
             "command": "export", "model": str(model.path), "out": str(out), "files": names,
             "export": job.export.to_json() if job.export else None,
@@ -136,11 +140,12 @@ def export_job(
 
 
 def _move_into(work: Path, out: Path, force: bool) -> None:
-    files = {p.name: p for p in work.iterdir() if p.is_file()}
+    files = {str(p.relative_to(work)): p for p in sorted(work.rglob("*")) if p.is_file()}
     if not out.exists():
         write_output_dir(out, {name: p.read_bytes() for name, p in files.items()}, force=False)
         return
     for name, p in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(p, out / name)
 
 

@@ -341,7 +341,7 @@ def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_s
     recipe["frozen"] = ["conv1.weight"]
     out = tmp_path / "saved"
     assert save_model_dir(lm.model, recipe, out, extra={"report.json": {"ok": True}}) == out
-    assert sorted(p.name for p in out.iterdir()) == ["explainfix.json", "model.safetensors", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["arch", "explainfix.json", "model.safetensors", "report.json"]
     assert no_temp_siblings(out) == []
 
     again = load_model(out)
@@ -438,3 +438,28 @@ def test_write_output_dir_existing_file_and_empty_dir(tmp_path):
     write_output_dir(empty, {"a.txt": "new"})
     assert (empty / "a.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_output_dir_ships_its_architecture_file_and_reloads_after_a_move(tmp_path):
+    """A file.py architecture travels inside the directory (arch/…), so the directory still loads when
+    copied elsewhere and the original file is gone; an edited copy is refused by its sha256."""
+    import shutil
+
+    from explainfix_cli.checkpoint import load, load_model, save_model_dir
+
+    arch_src = tmp_path / "net.py"
+    shutil.copy("fixtures/digits_resnet.py", arch_src)
+    loaded = load_model("fixtures/digits_resnet.pt", f"{arch_src}:DigitsResNet")
+    out = save_model_dir(loaded.model, loaded.recipe, tmp_path / "dir")
+    assert (out / "arch" / "net.py").is_file()
+    moved = tmp_path / "elsewhere" / "dir"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    arch_src.unlink()
+    model = load(moved)
+    ref = loaded.model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    with open(moved / "arch" / "net.py", "a") as f:
+        f.write("\n# edited\n")
+    with pytest.raises(BadInput, match="changed since the recipe"):
+        load(moved)

@@ -22,7 +22,7 @@ def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
                                    "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "model.onnx", "report.json", "summary.md"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "model.onnx", "report.json", "summary.md", "arch"}
     assert report["passed"] and all(g["passed"] for g in report["gates"])
     assert [g["name"] for g in report["gates"]] == ["accuracy drop", "top-1 agreement", "ONNX verification"]
     assert report["compressed"]["macs"] < report["original"]["macs"]

@@ -30,7 +30,8 @@ def test_cli_prune_fixture_end_to_end(tmp_path):
                                    "--input-size", "32", "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "report.json"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "report.json", "arch"}
+    assert (out / "arch" / "digits_resnet.py").is_file()  # the file architecture travels with the model
     assert report["params_after"] < report["params_before"]
     assert report["macs_after"] < report["macs_before"]
     assert report["check"]["passed"] and report["check"]["pruned_vs_masked_rel"] <= 1e-4
