@@ -81,7 +81,7 @@ def render_prune(job: Any) -> None:
         f"self-check [bold green]passed[/]: pruned ≡ masked equivalent (max rel err {c.pruned_vs_masked_rel:.1e}); "
         f"distance to zeroed model {c.masked_vs_zeroed_rel:.1e} ({folds}) on {c.samples} inputs"
     )
-    console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, report.json)")
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 
 
 def render_info(info: dict) -> None:
@@ -188,7 +188,7 @@ def render_fix(job: Any) -> None:
     console.print(t)
     if r["init"] != "keep":
         console.print("[dim]the filters changed: run `explainfix finetune` to train the rest of the network around them[/]")
-    console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, report.json)")
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 
 
 def _epochs_table(res: Any) -> Table:
@@ -210,7 +210,7 @@ def render_finetune(job: Any) -> None:
                   f"{human(res.trainable_params)} trainable params; {frozen}")
     if res.eval_accuracy_before is not None:
         console.print(f"eval accuracy {pct(res.eval_accuracy_before)} → [bold]{pct(res.eval_accuracy_after)}[/]")
-    console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, report.json)")
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 
 
 def render_compress(job: Any) -> None:
