@@ -24,7 +24,10 @@ Grouped convolutions: input channel ``k·s + i`` (group k, position i) is merged
 every other group, and so are the outputs: a removal keeps every group the same size (see surgery.py).
 
 Anything it does not understand on a tensor that carries atoms raises :class:`UnsupportedOp` naming the
-op and the module path; ops on atom-free tensors (input preprocessing, positional tables) are harmless.
+op and the module path; ops on atom-free tensors (input preprocessing, positional tables) are harmless, and
+so are ops whose every incoming atom is already frozen (freezing is final): they run as they are, their
+output carries no atoms, and ``ChannelGraph.passed`` names them. Tracing (including models plain torch.fx
+rejects, and submodules kept opaque) is tracing.py's.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import ExplainFixError, UnsupportedOp
+from .tracing import check_guards, trace_model
 
 
 @dataclass
@@ -141,6 +145,7 @@ class ChannelGraph:
     consumers: list[Consumer]
     producers: list[Indexed]
     channelwise: list[Indexed]
+    passed: dict[str, str] = field(default_factory=dict)  # where -> unsupported op run as it is (inputs frozen)
 
     def root(self, a: int) -> int:
         return find_root(self.parent, a)
@@ -169,26 +174,6 @@ class ChannelGraph:
         return list(by_root.values())
 
 
-class _PathTracer(fx.Tracer):
-    """Symbolic tracer that records, on every node, the path of the module whose forward created it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._stack: list[str] = []
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        self._stack.append(self.path_of_module(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        finally:
-            self._stack.pop()
-
-    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
-        node = super().create_node(*args, **kwargs)
-        node.meta["module_path"] = self._stack[-1] if self._stack else "<top>"
-        return node
-
-
 def _example_args(example: Any) -> tuple:
     args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
 
@@ -198,21 +183,27 @@ def _example_args(example: Any) -> tuple:
 
 
 def trace(model: nn.Module, example: Any) -> fx.GraphModule:
-    """torch.fx trace, then one analysis pass on ``example`` (so an unsupported op fails fast).
-
-    Models that symbolic tracing cannot handle (data-dependent control flow, unsupported Python) are
-    refused with :class:`UnsupportedOp`: the engine never guesses a graph."""
-    tracer = _PathTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # data-dependent control flow, unsupported python
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedOp("symbolic trace", type(model).__name__,
-                            f"torch.fx cannot trace the model (data-dependent control flow?): {first[:200]}") from None
-    gm = fx.GraphModule(tracer.root, graph)
-    gm.meta["explainfix_example"] = _example_args(example)
+    """Trace (tracing.py: concrete-shape fx tracing, opaque submodules where values drive control flow),
+    then one analysis pass on ``example`` (so an unsupported op fails fast). ``gm.meta`` keeps the example,
+    the opaque modules and the shape guards (see :func:`tracing.check_guards`)."""
+    args = _example_args(example)
+    traced = trace_model(model, args)
+    gm = fx.GraphModule(traced.root, traced.graph)
+    gm.meta["explainfix_example"] = args
+    gm.meta["explainfix_traced"] = traced
     analyse(gm)
     return gm
+
+
+def check_control_flow(model: nn.Module, gm: fx.GraphModule) -> None:
+    """After surgery: refuse if a shape decision taken while tracing ``gm`` comes out differently now."""
+    check_guards(model, gm.meta["explainfix_example"], gm.meta["explainfix_traced"])
+
+
+def opaque_modules(gm: fx.GraphModule) -> dict[str, str]:
+    """Submodules kept whole because they could not be traced (path -> reason)."""
+    traced = gm.meta.get("explainfix_traced")
+    return dict(traced.opaque) if traced is not None else {}
 
 
 def analyse(gm: fx.GraphModule) -> ChannelGraph:
@@ -231,7 +222,7 @@ def analyse(gm: fx.GraphModule) -> ChannelGraph:
         where = _where(node) if node is not None else type(gm).__name__
         op = _op_name(node) if node is not None else "forward"
         raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
-    return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise)
+    return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
 
 
 def build_graph(model: nn.Module, example: Any) -> tuple[fx.GraphModule, ChannelGraph]:

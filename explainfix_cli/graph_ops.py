@@ -33,13 +33,33 @@ class Analyzer(fx.Interpreter):
         self.channelwise: list[Indexed] = []
         self.calls: dict[str, int] = {}
         self.current: fx.Node | None = None
+        self.passed: dict[str, str] = {}  # unsupported ops run as they are, all their inputs frozen
+        self.from_input: set[str] = set()  # nodes the model inputs reach (others compute constants)
+        traced = gm.meta.get("explainfix_traced")
+        self.opaque: dict[str, str] = dict(traced.opaque) if traced is not None else {}
 
     # ------------------------------------------------------------------------------ bookkeeping
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
         value = super().run_node(n)
-        self.visit(n, value)
+        if n.op == "placeholder" or any(a.name in self.from_input for a in n.all_input_nodes):
+            self.from_input.add(n.name)
+        try:
+            self.visit(n, value)
+        except UnsupportedOp as e:
+            # An op we cannot see through is harmless when every channel reaching it is already frozen
+            # (freezing is final: those tensors keep their size). It is then run as it is and its output
+            # carries no atoms. A shared module is never harmless: surgery would edit all its call sites.
+            if getattr(e, "hard", False) or not self.inputs_frozen(n):
+                raise
+            self.labs[n.name] = _blank_like(value)
+            self.passed.setdefault(e.where, f"`{e.op}` run as it is (every channel reaching it is frozen)")
         return value
+
+    def inputs_frozen(self, n: fx.Node) -> bool:
+        atoms = torch.cat([lb.L.reshape(-1) for lb in self.inputs(n)] or [torch.empty(0, dtype=torch.long)])
+        roots = {self.root(a) for a in self.frozen}
+        return all(self.root(a) in roots for a in torch.unique(atoms[atoms >= 0]).tolist())
 
     def new_atoms(self, n: int) -> torch.Tensor:
         start = len(self.parent)
@@ -83,8 +103,10 @@ class Analyzer(fx.Interpreter):
         fx.node.map_arg((n.args, n.kwargs), lambda a: found.extend(_labs(self.labs.get(a.name))))
         return found
 
-    def refuse(self, n: fx.Node, why: str = "not supported by the channel-dependency engine") -> None:
-        raise UnsupportedOp(_op_name(n), _where(n), why)
+    def refuse(self, n: fx.Node, why: str = "not supported by the channel-dependency engine", hard: bool = False) -> None:
+        e = UnsupportedOp(_op_name(n), _where(n), why)
+        e.hard = hard  # type: ignore[attr-defined]
+        raise e
 
     def call(self, n: fx.Node, comp: str, full: bool = True, extra: dict | None = None) -> Any:
         """Evaluate ``n``'s op with every labelled tensor argument replaced by component ``comp``."""
@@ -120,6 +142,10 @@ class Analyzer(fx.Interpreter):
         if n.op == "output":
             fx.node.map_arg(n.args, lambda a: self.freeze(self.labs.get(a.name), n, "model output"))
             return
+        if n.op == "call_module" and n.target in self.opaque:  # run as it is: what enters or leaves keeps its size
+            self.freeze(self.inputs(n), n, f"opaque module {self.opaque[str(n.target)]}")
+            self.labs[n.name] = _blank_like(value)
+            return
         if _blank_like(value) is None or not _labs(_blank_like(value)):
             return  # a shape, a size, an assert: no tensor comes out
         ins = self.inputs(n)
@@ -136,7 +162,7 @@ class Analyzer(fx.Interpreter):
         self.calls[path] = self.calls.get(path, 0) + 1
         stateful = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
         if self.calls[path] > 1 and stateful:
-            self.refuse(n, "the module is called more than once (shared weights)")
+            self.refuse(n, "the module is called more than once (shared weights)", hard=True)
         x = ins[0] if len(ins) == 1 and isinstance(value, torch.Tensor) else None
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -144,6 +170,8 @@ class Analyzer(fx.Interpreter):
                 self.refuse(n, "expected one (N, C, H, W) tensor input")
             {nn.Conv2d: self.conv, nn.ConvTranspose2d: self.conv_t, nn.Linear: self.linear}[
                 next(c for c in (nn.Conv2d, nn.ConvTranspose2d, nn.Linear) if isinstance(m, c))](n, m, x, shape)
+            if n.name not in self.from_input:  # e.g. Swin V2's position-bias MLP on a buffer
+                self.freeze(self.labs.get(n.name), n, "a layer no model input reaches (it computes a constant)")
             return
         if not any(lb.has_atoms() for lb in ins):
             self.labs[n.name] = _blank_like(value)

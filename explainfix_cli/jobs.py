@@ -210,12 +210,13 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
     ]
     groups: dict[str, Any]
     try:
-        _, g = graph_mod.build_graph(m, x)
+        gm, g = graph_mod.build_graph(m, x)
         prunable = [s for s in g.spaces if s.prunable and s.producers]
         groups = {
             "traced": True, "spaces": len(g.spaces), "prunable": len(prunable),
             "prunable_channels": sum(s.size for s in prunable),
             "frozen": sorted({r for s in g.spaces for r in s.frozen})[:10],
+            "opaque": {**graph_mod.opaque_modules(gm), **g.passed},
         }
     except ExplainFixError as e:
         groups = {"traced": False, "reason": e.message}

@@ -78,6 +78,7 @@ class PruneResult:
     accuracy_after: float | None = None
     eval_samples: int = 0
     eval_source: str = ""
+    opaque: dict[str, str] = field(default_factory=dict)  # kept whole: untraceable modules, unsupported ops -> why
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -235,6 +236,7 @@ def prune_model(
     mask_and_fold(masked, plan.folds, plan.masked_inputs)
     mask_and_fold(model, plan.folds, plan.masked_inputs)
     apply_edit(model, plan.edit)
+    graph_mod.check_control_flow(model, gm)
     lap("surgery")
 
     # 5. self-check
@@ -291,7 +293,7 @@ def prune_model(
         channels_removed=plan.channels_removed,
         nonzero_folds=plan.nonzero_folds, inexact_folds=plan.inexact_folds, check=check,
         agreement=agreement, accuracy_before=acc_before, accuracy_after=acc_after,
-        eval_samples=n_eval, eval_source=eval_source, timings=t,
+        eval_samples=n_eval, eval_source=eval_source, opaque={**graph_mod.opaque_modules(gm), **channel_graph.passed}, timings=t,
     )
 
 

@@ -74,6 +74,10 @@ def render_prune(job: Any) -> None:
     if r.accuracy_before is not None:
         totals.add_row("accuracy", pct(r.accuracy_before), pct(r.accuracy_after), "")
     console.print(totals)
+    for path, why in list(r.opaque.items())[:5]:
+        console.print(f"[yellow]kept whole[/] {path}: {why}")
+    if len(r.opaque) > 5:
+        console.print(f"[yellow]kept whole[/] … and {len(r.opaque) - 5} more (report.json: opaque)")
     c = r.check
     folds = (f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
              + (f", {r.inexact_folds} into zero-padded convs (differ at borders)" if r.inexact_folds else ""))
@@ -96,6 +100,9 @@ def render_info(info: dict) -> None:
     g = info["channel_groups"]
     if g.get("traced"):
         summary.add_row("prunable channel groups", f"{g['prunable']} of {g['spaces']} ({g['prunable_channels']} channels)")
+        if g.get("opaque"):
+            kept = list(g["opaque"])
+            summary.add_row("kept whole (not seen through)", ", ".join(kept[:5]) + (f" … +{len(kept) - 5}" if len(kept) > 5 else ""))
     else:
         summary.add_row("prunable channel groups", f"[yellow]none: {g['reason']}[/]")
     if info["edits"]:

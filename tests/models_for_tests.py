@@ -42,3 +42,60 @@ class WithSvd(nn.Module):
     def forward(self, x):
         f = self.conv(x).flatten(2)
         return torch.linalg.svd(f, full_matrices=False)[1]
+
+
+class _Up(nn.Module):
+    """U-Net decoder step: upsample, and resize again only when the sizes differ (shape-dependent `if`)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x, skip):
+        x = nn.functional.interpolate(x, scale_factor=2.0)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = nn.functional.interpolate(x, size=skip.shape[-2:])
+        return torch.relu(self.bn(self.conv(x + skip)))
+
+
+class _Gate(nn.Module):
+    """Value-dependent control flow: no tracer can decide this branch ahead of time."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        if x.mean() > -1e9:
+            return self.conv(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """Symbolic tracing fails on it twice: a shape-dependent `if` (decided on the example and guarded) and a
+    value-dependent one (its module is kept whole). ``branch_on_channels`` adds an `if` on a channel count."""
+
+    def __init__(self, num_classes: int = 4, branch_on_channels: bool = False):
+        super().__init__()
+        self.branch_on_channels = branch_on_channels
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16)
+        self.up = _Up(16)
+        self.c3 = nn.Conv2d(16, 32, 3, padding=1)
+        self.gate = _Gate(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        a = torch.relu(self.b1(self.c1(x)))
+        u = self.up(torch.relu(self.b2(self.c2(a))), a)
+        if self.branch_on_channels and u.shape[1] == 16:
+            u = u * 2
+        g = self.gate(torch.relu(self.c3(u)))
+        return self.fc(g.mean((2, 3)))
+
+    def zero_some_rows(self) -> "Decoder":
+        """Dead channels for the tests: 3 in the (c1 + c2) residual space, 5 out of the decoder conv."""
+        with torch.no_grad():
+            for conv, rows in ((self.c1, 3), (self.c2, 3), (self.up.conv, 5)):
+                conv.weight[:rows] = 0.0
+        return self

@@ -262,8 +262,95 @@ def test_unknown_op_and_untraceable_model_are_refused():
         def forward(self, x):
             return self.c(x) if x.sum() > 0 else x
 
-    with pytest.raises(UnsupportedOp, match="symbolic trace"):
-        build_graph(Dyn().eval(), X[:1])
+    with pytest.raises(UnsupportedOp, match=r"data-dependent control flow.*test_graph.py:\d+"):
+        build_graph(Dyn().eval(), X[:1])  # in the model's own forward: nothing to keep whole instead
+
+
+def test_shape_dependent_control_flow_is_traced_and_value_dependent_module_kept_whole():
+    from tests.models_for_tests import Decoder
+
+    with pytest.raises(Exception):  # the reason this test exists: plain torch.fx gives up on this model
+        torch.fx.symbolic_trace(Decoder())
+    m = Decoder().zero_some_rows()
+    gate_before = copy.deepcopy(m.gate.state_dict())
+    x = torch.randn(3, 3, 15, 15)  # odd size: the decoder's resize branch is taken
+    r = prune(m, x)
+    assert list(r.opaque) == ["gate"] and "data-dependent" in r.opaque["gate"]
+    assert (m.c1.out_channels, m.c2.in_channels, m.up.conv.in_channels, m.up.conv.out_channels) == (13, 13, 13, 11)
+    assert m.c3.in_channels == 11 and m.c3.out_channels == 32  # c3 feeds the opaque gate: frozen
+    assert all(torch.equal(v, m.gate.state_dict()[k]) for k, v in gate_before.items())
+    gm, _ = build_graph(Decoder(), x[:1])
+    guards = gm.meta["explainfix_traced"].guards
+    assert len(guards) == 1 and "models_for_tests.py" in guards[0][0]
+
+
+def test_python_uses_of_shapes_are_decided_and_item_makes_its_module_opaque():
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * (2.0 if x.abs().max().item() > 0 else 1.0)  # a value read in Python: kept whole
+
+    class PyShapes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+            self.scale = Scale()
+
+        def forward(self, x):
+            assert len(x.shape) == 4
+            y = torch.relu(self.a(x))
+            for _ in range(int(y.shape[0]) // y.size(0)):  # once
+                y = y + 0.0
+            h, w = [int(d) for d in y.shape[2:]]
+            return self.scale(self.b(y[:, :, :h, :w]))
+
+    m = PyShapes()
+    r = prune(m, X, zero=[(m.a, [1, 4])])
+    assert m.a.out_channels == 4 and m.b.in_channels == 4 and list(r.opaque) == ["scale"]
+
+
+def test_branch_on_a_channel_count_is_refused_after_surgery():
+    from tests.models_for_tests import Decoder
+
+    from explainfix_cli.errors import CannotProcess
+
+    m = Decoder(branch_on_channels=True).zero_some_rows().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(CannotProcess, match="control flow depends on a channel count at Decoder .*models_for_tests"):
+        prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+
+
+def test_unsupported_op_behind_frozen_channels_is_run_as_it_is():
+    class Norm(nn.Module):  # MaxViT-like: a prunable conv block, then LayerNorm, then an op we cannot read
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
+            self.ln = nn.LayerNorm(4)
+
+        def forward(self, x):
+            y = self.ln(self.b(torch.relu(self.a(x))).permute(0, 2, 3, 1))
+            return torch.cumsum(y, -1)  # every channel reaching it is frozen by the LayerNorm
+
+    m = Norm()
+    r = prune(m, X, zero=[(m.a, [0, 2])])
+    assert m.a.out_channels == 4 and m.b.out_channels == 4
+    assert any("cumsum" in why for why in r.opaque.values())
+
+
+def test_layer_on_constants_is_frozen_not_refused():
+    class PosBias(nn.Module):  # Swin V2: an MLP on a buffer, its output reshaped without a batch dim
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 3, padding=1)
+            self.mlp = nn.Linear(2, 3)
+            self.register_buffer("table", torch.randn(5, 2))
+
+        def forward(self, x):
+            bias = self.mlp(self.table).view(-1).mean()
+            return torch.relu(self.a(x)).mean((2, 3)) + bias
+
+    m = PosBias()
+    prune(m, X, zero=[(m.a, [1])])
+    assert m.mlp.out_features == 3 and m.a.out_channels == 6  # a feeds the output: frozen, but analysed
 
 
 def test_shared_module_is_refused():

@@ -193,3 +193,30 @@ def test_round_to_keeps_channel_counts_multiples_and_stays_exact(tmp_path):
     reloaded = load(job.out)
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(outputs(reloaded, x), outputs(job.model, x))
+
+
+def test_cli_prune_model_that_plain_fx_cannot_trace(tmp_path):
+    """A U-Net-style decoder (shape-dependent `if`) with a value-gated block: pruned through the CLI, the
+    gate kept whole and said so, and the output directory reloads to the same function."""
+    from tests.models_for_tests import Decoder
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "decoder.pt"
+    torch.save(Decoder().zero_some_rows().state_dict(), ckpt)
+    arch = ["--arch", "tests/models_for_tests.py:Decoder", "--input-size", "15"]
+    res = CliRunner().invoke(app, ["info", str(ckpt), *arch])
+    assert res.exit_code == 0, res.output
+    assert "kept whole" in res.output and "gate" in res.output
+    out = tmp_path / "pruned"
+    res = CliRunner().invoke(app, ["prune", str(ckpt), *arch, "--pct", "5", "--criterion", "magnitude", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "kept whole" in res.output and "data-dependent" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["opaque"]) == ["gate"] and report["channels_removed"] >= 8
+    pruned = load(out)
+    assert pruned.c1.out_channels == 13 and pruned.up.conv.out_channels == 11
+    original = Decoder()
+    original.load_state_dict(torch.load(ckpt, weights_only=True))
+    x = torch.randn(2, 3, 15, 15)
+    # folding the dead channels' constant BN shifts into the next bias is exact away from zero padding
+    assert torch.allclose(outputs(pruned, x), outputs(original, x), atol=1e-2)

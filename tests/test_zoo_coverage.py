@@ -27,7 +27,8 @@ FAST = {
     "shufflenet_v2_x0_5": "pruned",  # chunk, channel shuffle
     "mnasnet0_5": "pruned",  # inverted residual
     "convnext_tiny": "unchanged",  # LayerNorm over channels freezes them: checked, nothing removed
-    "swin_t": "refused",  # window attention
+    "swin_t": "unchanged",  # window attention after LayerNorm: every channel frozen, attention run as it is
+    "maxvit_t": "pruned",  # MBConv channels prune; the attention behind LayerNorm is run as it is
 }
 FULL = os.environ.get("EXPLAINFIX_ZOO") == "all"
 
