@@ -1,6 +1,7 @@
 """Coverage of `explainfix prune` over the torchvision classification zoo, next to Torch-Pruning.
 
     .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121] [--no-tp] [--timeout 900]
+                                            [--tp-from benchmarks/results/coverage_pct90.json] [--json OUT]
 
 Every model of ``torchvision.models.list_models(module=torchvision.models)`` is built with random init
 (seed 0, eval mode) and a small input (64×64; 96 for inception_v3, 224 where the architecture fixes it),
@@ -14,7 +15,9 @@ then, each in its own subprocess:
   (``pruning_ratio = pct/100``), final classifier ignored; ``yes`` when pruning and a forward pass both
   succeed. It has no notion of an equivalence check, so ``yes`` says nothing about correctness.
 
-Prints a markdown table (the one in benchmarks/README.md) and the totals.
+Prints a markdown table (the one in benchmarks/README.md) and the totals. Torch-Pruning does not change
+when explainfix does, and its column is the slow one (timeouts): ``--tp-from`` reuses its results from an
+earlier ``--json`` file instead of running it again.
 """
 from __future__ import annotations
 
@@ -120,14 +123,22 @@ def main() -> None:
     ap.add_argument("--no-tp", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default="")
+    ap.add_argument("--tp-from", default="", help="reuse the Torch-Pruning column of an earlier --json file")
     a = ap.parse_args()
+    earlier = {}
+    if a.tp_from:
+        with open(a.tp_from) as f:
+            earlier = {r["model"]: r["tp"] for r in json.load(f)}
     names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
     rows = []
     print(f"| model | input | ours | self-check | params before → after | MACs before → after | channels removed | Torch-Pruning 1.6.1 | note |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         ours = _spawn("ours", name, a.pct, a.timeout)
-        tp = {"status": "-"} if a.no_tp else _spawn("tp", name, a.pct, a.timeout)
+        if name in earlier:
+            tp = earlier[name]
+        else:
+            tp = {"status": "-"} if a.no_tp else _spawn("tp", name, a.pct, a.timeout)
         rows.append({"model": name, "ours": ours, "tp": tp})
         s = input_size(name)
         if ours["status"] == "pruned":
@@ -140,7 +151,9 @@ def main() -> None:
     count = {k: sum(r["ours"]["status"] == k for r in rows) for k in ("pruned", "refused", "CRASH", "timeout")}
     tp_yes = sum(r["tp"]["status"] == "yes" for r in rows)
     wrong = sum(r["ours"]["status"] == "pruned" and not r["ours"]["check"] for r in rows)
-    print(f"\nours: {count} self-check failures: {wrong}; Torch-Pruning prunable: {tp_yes}/{len(rows)}")
+    removed = sum(r["ours"]["status"] == "pruned" and r["ours"]["channels_removed"] > 0 for r in rows)
+    print(f"\nours: {count} ({removed} of the pruned lost channels; the rest had every dead channel frozen) "
+          f"self-check failures: {wrong}; Torch-Pruning prunable: {tp_yes}/{len(rows)}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -231,6 +231,8 @@ def trace_model(model: nn.Module, example_args: tuple) -> Traced:
         tracer = ConcreteTracer(example_args, set(opaque))
         try:
             graph = tracer.trace(model)
+            for node in graph.nodes:  # the example's intermediate tensors: not needed past tracing
+                node.meta.pop("concrete", None)
             return Traced(graph, tracer.root, opaque, tracer.guards)
         except Exception as e:  # noqa: BLE001 - any failure names where it happened
             first = (str(e).splitlines() or [type(e).__name__])[0][:200]

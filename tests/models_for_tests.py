@@ -99,3 +99,18 @@ class Decoder(nn.Module):
             for conv, rows in ((self.c1, 3), (self.c2, 3), (self.up.conv, 5)):
                 conv.weight[:rows] = 0.0
         return self
+
+
+class TopGate(nn.Module):
+    """Value-dependent control flow in the model's own forward: nothing smaller can be kept whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:
+            y = -y
+        return self.fc(y.mean((2, 3)))

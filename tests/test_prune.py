@@ -220,3 +220,27 @@ def test_cli_prune_model_that_plain_fx_cannot_trace(tmp_path):
     x = torch.randn(2, 3, 15, 15)
     # folding the dead channels' constant BN shifts into the next bias is exact away from zero padding
     assert torch.allclose(outputs(pruned, x), outputs(original, x), atol=1e-2)
+
+
+@pytest.mark.parametrize("case, kwargs, expect", [
+    ("Decoder", '{"branch_on_channels": true}', "control flow depends on a channel count at Decoder"),
+    ("TopGate", "{}", "data-dependent control flow"),
+])
+def test_cli_refuses_what_it_cannot_prove_exit_3_nothing_written(tmp_path, case, kwargs, expect):
+    import tests.models_for_tests as zoo
+    from conftest import run_cli, snapshot
+
+    torch.manual_seed(0)
+    model = getattr(zoo, case)(**json.loads(kwargs))
+    if case == "Decoder":
+        model.zero_some_rows()
+    ckpt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ckpt)
+    before = snapshot(tmp_path)
+    proc = run_cli("prune", ckpt, "--arch", f"{zoo.__file__}:{case}", "--arch-kwargs", kwargs, "--input-size", "16",
+                   "--pct", "5", "--criterion", "magnitude", "-o", tmp_path / "out")
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: ") and expect in lines[0] and "models_for_tests.py:" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) <= 2
+    assert snapshot(tmp_path) == before  # nothing written, the checkpoint untouched
