@@ -61,3 +61,18 @@ def test_zoo_model_prunes_or_is_refused(name):
         assert outcome == FAST[name]
         if outcome == "pruned":  # at 90 % these families really lose channels
             assert r.params_after < r.params_before
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "shufflenet_v2_x0_5", "efficientnet_b0", "swin_t"])
+def test_concrete_tracer_reproduces_symbolic_tracing(name):
+    """The fallback route (concrete values on every proxy) must build the same graph where fx alone works."""
+    from explainfix_cli.tracing import ConcreteTracer
+
+    model = tv.models.get_model(name, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def ops(graph):
+        return [(n.op, "const" if str(n.target).startswith("_tensor_constant") else str(n.target)) for n in graph.nodes]
+    symbolic, concrete = ConcreteTracer((x,), evaluate=False), ConcreteTracer((x,), evaluate=True)
+    assert ops(symbolic.trace(model)) == ops(concrete.trace(model))
+    assert concrete.guards == []  # torchvision code never branches on a traced value
