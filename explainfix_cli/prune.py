@@ -281,7 +281,7 @@ def prune_model(
             acc_after = float((pa == y).float().mean())
     elif out_original is not None and out_original and out_original[0].ndim == 2:
         pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
-        agreement, n_eval, eval_source = float((pb == pa).float().mean()), len(pb), f"{len(pb)} seeded random inputs"
+        agreement, n_eval, eval_source = float((pb == pa).float().mean()), len(pb), "seeded random inputs"
     lap("agreement")
 
     return PruneResult(

@@ -242,7 +242,7 @@ def trace_model(model: nn.Module, example_args: tuple) -> Traced:
                 raise UnsupportedOp("symbolic trace", f"{name}.forward" if not where else where,
                                     f"cannot trace the model ({kind}): {first}") from None
             cls = type(model.get_submodule(where)).__name__
-            opaque[where] = f"{cls} could not be traced ({kind}: {first}); kept whole, its channels frozen"
+            opaque[where] = f"{cls} cannot be traced ({kind}: {first}); run as it is, channels in and out frozen"
     raise CannotProcess(f"more than {MAX_OPAQUE} submodules of {name} could not be traced; refusing")
 
 
