@@ -8,8 +8,9 @@ Every model of ``torchvision.models.list_models(module=torchvision.models)`` is 
 then, each in its own subprocess:
 
 * ours: ``prune_model(model, pct, criterion="magnitude", check_inputs=x)`` on 2 random inputs. Result:
-  ``pruned`` (self-check passed: pruned ≡ masked equivalent), ``refused`` (exit 3, with the reason), or
-  ``CRASH`` (any other exception — must never happen).
+  ``pruned`` (self-check passed: pruned ≡ masked equivalent, channels removed), ``unchanged`` (self-check
+  passed, no channel removable: frozen, or no kernel row entirely zeroed), ``refused`` (exit 3, with the
+  reason), or ``CRASH`` (any other exception — must never happen).
 * Torch-Pruning 1.6.1 (PyPI ``torch-pruning``, a *benchmark-only* dependency: ``pip install
   torch-pruning==1.6.1``; not a dependency of explainfix): ``MagnitudePruner`` at the same ratio
   (``pruning_ratio = pct/100``), final classifier ignored; ``yes`` when pruning and a forward pass both
@@ -64,7 +65,7 @@ def run_ours(name: str, pct: float) -> dict:
         return {"status": "CRASH", "reason": f"{type(e).__name__}: {str(e)[:200]}", "seconds": time.perf_counter() - t0}
     return {"status": "pruned", "check": r.check.passed, "rel": r.check.pruned_vs_masked_rel,
             "params": [r.params_before, r.params_after], "macs": [r.macs_before, r.macs_after],
-            "channels_removed": r.channels_removed, "seconds": time.perf_counter() - t0}
+            "channels_removed": r.channels_removed, "kept_whole": len(r.opaque), "seconds": time.perf_counter() - t0}
 
 
 def run_tp(name: str, pct: float) -> dict:
@@ -124,15 +125,23 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default="")
     ap.add_argument("--tp-from", default="", help="reuse the Torch-Pruning column of an earlier --json file")
+    ap.add_argument("--render", default="", help="print the table of an earlier --json file; run nothing")
     a = ap.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            rows = json.load(f)
+        print(HEADER)
+        for r in rows:
+            print(_row(r), flush=True)
+        print(_totals(rows))
+        return
     earlier = {}
     if a.tp_from:
         with open(a.tp_from) as f:
             earlier = {r["model"]: r["tp"] for r in json.load(f)}
     names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
     rows = []
-    print(f"| model | input | ours | self-check | params before → after | MACs before → after | channels removed | Torch-Pruning 1.6.1 | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     for name in names:
         ours = _spawn("ours", name, a.pct, a.timeout)
         if name in earlier:
@@ -140,23 +149,39 @@ def main() -> None:
         else:
             tp = {"status": "-"} if a.no_tp else _spawn("tp", name, a.pct, a.timeout)
         rows.append({"model": name, "ours": ours, "tp": tp})
-        s = input_size(name)
-        if ours["status"] == "pruned":
-            cols = ["yes", "passed" if ours["check"] else "FAILED",
-                    f"{_m(ours['params'][0])} → {_m(ours['params'][1])}", f"{_m(ours['macs'][0])} → {_m(ours['macs'][1])}",
-                    str(ours["channels_removed"]), ""]
-        else:
-            cols = [ours["status"], "", "", "", "", ours.get("reason", "").replace("|", "/")[:140]]
-        print(f"| {name} | {s} | {cols[0]} | {cols[1]} | {cols[2]} | {cols[3]} | {cols[4]} | {tp['status']} | {cols[5]} |", flush=True)
-    count = {k: sum(r["ours"]["status"] == k for r in rows) for k in ("pruned", "refused", "CRASH", "timeout")}
-    tp_yes = sum(r["tp"]["status"] == "yes" for r in rows)
-    wrong = sum(r["ours"]["status"] == "pruned" and not r["ours"]["check"] for r in rows)
-    removed = sum(r["ours"]["status"] == "pruned" and r["ours"]["channels_removed"] > 0 for r in rows)
-    print(f"\nours: {count} ({removed} of the pruned lost channels; the rest had every dead channel frozen) "
-          f"self-check failures: {wrong}; Torch-Pruning prunable: {tp_yes}/{len(rows)}")
+        print(_row(rows[-1]), flush=True)
+    print(_totals(rows))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+HEADER = ("| model | input | ours | self-check | params before → after | MACs before → after | channels removed "
+          "| Torch-Pruning 1.6.1 | note |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def _row(r: dict) -> str:
+    """ours: ``pruned`` (channels removed), ``unchanged`` (self-check passed, no channel removable), or the
+    failure status."""
+    name, ours, tp = r["model"], r["ours"], r["tp"]
+    if ours["status"] == "pruned":
+        cols = ["pruned" if ours["channels_removed"] else "unchanged", "passed" if ours["check"] else "FAILED",
+                f"{_m(ours['params'][0])} → {_m(ours['params'][1])}", f"{_m(ours['macs'][0])} → {_m(ours['macs'][1])}",
+                str(ours["channels_removed"]), ""]
+    else:
+        cols = [ours["status"], "", "", "", "", ours.get("reason", "").replace("|", "/")[:140]]
+    return f"| {name} | {input_size(name)} | " + " | ".join(cols[:5]) + f" | {tp['status']} | {cols[5]} |"
+
+
+def _totals(rows: list[dict]) -> str:
+    done = [r["ours"] for r in rows if r["ours"]["status"] == "pruned"]
+    removed = sum(o["channels_removed"] > 0 for o in done)
+    other = {k: sum(r["ours"]["status"] == k for r in rows) for k in ("refused", "CRASH", "timeout")}
+    wrong = sum(not o["check"] for o in done)
+    tp = {k: sum(r["tp"]["status"] == k for r in rows) for k in ("yes", "no", "timeout")}
+    return (f"\nours ({len(rows)} models): self-check passed {len(done) - wrong} (channels removed in {removed}, "
+            f"nothing removable in {len(done) - removed}), {other}, self-check failures {wrong}; "
+            f"Torch-Pruning 1.6.1: {tp}")
 
 
 if __name__ == "__main__":
