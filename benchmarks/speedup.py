@@ -5,7 +5,9 @@
 
 For each architecture (random init, 10 classes) and pct, prune with saliency on 32 real images (the
 fixture's digits, resized to 224² and made RGB), export original and pruned to ONNX, and time both in
-onnxruntime (fixed intra-op threads, warm-up, then p50). Prints MACs ratio, latency ratio and their
+onnxruntime (fixed intra-op threads, warm-up, then p50), interleaved: each round times the original and
+every variant back to back; the latency ratio is the median over rounds of the same-round ratios (with
+its min–max), so drift on a shared machine cancels. Prints MACs ratio, latency ratio and their
 quotient *realized ÷ theoretical* = (1 - latency ratio) / (1 - MACs ratio): 1.0 means the latency fell
 exactly as much as the MACs did. Issue #4's target: ≥ 0.9 at pct 90 on resnet50.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -41,7 +44,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes to time")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=20, help="timed runs per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (original, then each variant)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--round-to", nargs="+", type=int, default=[1],
                     help="channel-count multiples to compare (1 = no rounding), e.g. --round-to 1 8 16")
@@ -62,27 +66,45 @@ def main() -> None:
 
             original = load_model(ckpt, spec.arch, {"num_classes": 10}).model
             export_onnx(original, torch.randn(2, *shape), base_onnx)
-            base = {b: bench_onnx(base_onnx, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
-                                  iters=args.iters) for b in args.batches}
+            variants = []
             for pct, rt in [(p, r) for p in args.pcts for r in args.round_to]:
                 out = tmp / f"{arch}-{pct:g}-{rt}"
                 job = prune_job(spec, DataSpec(data, input_size=str(args.size), batch_size=16), pct, out=out,
                                 device="cpu", round_to=rt if rt > 1 else None)
                 export_onnx(job.model, torch.randn(2, *shape), out / "model.onnx")
-                macs = job.result.macs_after / job.result.macs_before
-                for b in args.batches:
-                    r = bench_onnx(out / "model.onnx", shape, batch_size=b, threads=args.threads, warmup=args.warmup,
-                                   iters=args.iters)
-                    lat = r.p50_ms / base[b].p50_ms
+                variants.append((pct, rt, job.result.macs_after / job.result.macs_before, out / "model.onnx"))
+            for b in args.batches:
+                # interleaved: every round times the original and each variant back to back, and the ratio
+                # is the median over rounds of (variant p50 / original p50 of the same round) — drift of a
+                # shared machine hits both sides of a ratio alike
+                ratios: dict[int, list[float]] = {i: [] for i in range(len(variants))}
+                p50s: dict[int, list[float]] = {i: [] for i in range(-1, len(variants))}
+                for _ in range(args.rounds):
+                    t0 = bench_onnx(base_onnx, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
+                                    iters=args.iters).p50_ms
+                    p50s[-1].append(t0)
+                    for i, (_, _, _, path) in enumerate(variants):
+                        t1 = bench_onnx(path, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
+                                        iters=args.iters).p50_ms
+                        p50s[i].append(t1)
+                        ratios[i].append(t1 / t0)
+                t0 = statistics.median(p50s[-1])
+                for i, (pct, rt, macs, _) in enumerate(variants):
+                    lat, spread = statistics.median(ratios[i]), (min(ratios[i]), max(ratios[i]))
                     realized = (1 - lat) / (1 - macs) if macs < 1 else float("nan")
-                    rows.append((arch, pct, rt, b, macs, base[b].p50_ms, r.p50_ms, lat, realized))
-                    print(f"{arch:<13} pct {pct:>4g} round-to {rt} batch {b}: MACs ×{macs:.3f}  latency {base[b].p50_ms:.1f} → "
-                          f"{r.p50_ms:.1f} ms ×{lat:.3f}  realized/theoretical {realized:.2f}", flush=True)
-    print(f"\n# speedup: onnxruntime {args.threads} threads, {args.size}², p50 of {args.iters} after {args.warmup} warm-up")
-    print("| model | pct | round-to | batch | MACs ratio | p50 original ms | p50 pruned ms | latency ratio | realized ÷ theoretical |")
+                    t1 = statistics.median(p50s[i])
+                    rows.append((arch, pct, rt, b, macs, t0, t1, lat, spread, realized))
+                    print(f"{arch:<13} pct {pct:>4g} round-to {rt} batch {b}: MACs ×{macs:.3f}  latency {t0:.1f} → "
+                          f"{t1:.1f} ms ×{lat:.3f} ({spread[0]:.3f}–{spread[1]:.3f})  realized/theoretical {realized:.2f}",
+                          flush=True)
+    print(f"\n# speedup: onnxruntime {args.threads} threads, {args.size}², {args.rounds} interleaved rounds of "
+          f"p50 of {args.iters} after {args.warmup} warm-up")
+    print("| model | pct | round-to | batch | MACs ratio | p50 original ms | p50 pruned ms | latency ratio (min–max) "
+          "| realized ÷ theoretical |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for arch, pct, rt, b, macs, t0, t1, lat, realized in rows:
-        print(f"| {arch} | {pct:g} | {rt} | {b} | {macs:.3f} | {t0:.1f} | {t1:.1f} | {lat:.3f} | {realized:.2f} |")
+    for arch, pct, rt, b, macs, t0, t1, lat, (lo, hi), realized in rows:
+        print(f"| {arch} | {pct:g} | {rt} | {b} | {macs:.3f} | {t0:.1f} | {t1:.1f} | {lat:.3f} ({lo:.3f}–{hi:.3f}) "
+              f"| {realized:.2f} |")
 
 
 if __name__ == "__main__":
