@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 import torchvision
 
-from explainfix_cli.bench import bench_onnx
+from explainfix_cli.bench import BenchTarget, bench_interleaved, compare_bench
 from explainfix_cli.export import export_onnx
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
 
@@ -77,22 +76,16 @@ def main() -> None:
                 # interleaved: every round times the original and each variant back to back, and the ratio
                 # is the median over rounds of (variant p50 / original p50 of the same round) — drift of a
                 # shared machine hits both sides of a ratio alike
-                ratios: dict[int, list[float]] = {i: [] for i in range(len(variants))}
-                p50s: dict[int, list[float]] = {i: [] for i in range(-1, len(variants))}
-                for _ in range(args.rounds):
-                    t0 = bench_onnx(base_onnx, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
-                                    iters=args.iters).p50_ms
-                    p50s[-1].append(t0)
-                    for i, (_, _, _, path) in enumerate(variants):
-                        t1 = bench_onnx(path, shape, batch_size=b, threads=args.threads, warmup=args.warmup,
-                                        iters=args.iters).p50_ms
-                        p50s[i].append(t1)
-                        ratios[i].append(t1 / t0)
-                t0 = statistics.median(p50s[-1])
+                targets = [BenchTarget(base_onnx, shape)] + [BenchTarget(v[3], shape) for v in variants]
+                runs = bench_interleaved(targets, batch_size=b, threads=args.threads, warmup=args.warmup,
+                                         iters=args.iters * args.rounds, rounds=args.rounds)
+                rel = compare_bench(runs)
+                t0 = runs[0].p50_ms
                 for i, (pct, rt, macs, _) in enumerate(variants):
-                    lat, spread = statistics.median(ratios[i]), (min(ratios[i]), max(ratios[i]))
+                    row = rel[i + 1]
+                    lat, spread = row["latency_ratio"], (row["latency_ratio_min"], row["latency_ratio_max"])
                     realized = (1 - lat) / (1 - macs) if macs < 1 else float("nan")
-                    t1 = statistics.median(p50s[i])
+                    t1 = runs[i + 1].p50_ms
                     rows.append((arch, pct, rt, b, macs, t0, t1, lat, spread, realized))
                     print(f"{arch:<13} pct {pct:>4g} round-to {rt} batch {b}: MACs ×{macs:.3f}  latency {t0:.1f} → "
                           f"{t1:.1f} ms ×{lat:.3f} ({spread[0]:.3f}–{spread[1]:.3f})  realized/theoretical {realized:.2f}",

@@ -451,22 +451,27 @@ def bench(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the timed runs.")] = 1,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads (fixed).")] = 2,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 10,
-    iters: Annotated[int, typer.Option("--iters", help="Timed runs.")] = 50,
+    iters: Annotated[int, typer.Option("--iters", help="Timed runs per model, spread over the rounds.")] = 50,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: each runs every model in turn; latency ratios are medians of same-round ratios, so machine drift cancels.")] = 5,
     seed: Seed = 0,
     json_out: Json = False,
     debug: Debug = False,
 ) -> None:
     """onnxruntime latency (p50/p90 after warm-up, fixed threads) and MACs/params side by side, with ratios.
 
+    Models are timed interleaved (--rounds), so their ratios hold even on a busy machine.
+
     Example: explainfix bench resnet50.pt resnet50-pruned/ --arch torchvision.models:resnet50 --threads 2
     """
     from .deploy import bench_job
     from .report import render_bench
 
-    rows = bench_job(models, arch, arch_kwargs, trust_pickle, input_size, batch_size, threads, warmup, iters, seed)
+    rows = bench_job(models, arch, arch_kwargs, trust_pickle, input_size, batch_size, threads, warmup, iters, seed,
+                     rounds=rounds)
     render_bench(rows, batch_size, threads)
     if json_out:
-        emit_json({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rows": rows})
+        emit_json({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rounds": rounds,
+                   "rows": rows})
 
 
 def _usage_error_types() -> tuple[type, ...]:

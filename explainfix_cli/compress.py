@@ -91,7 +91,7 @@ def compress_job(
     progress: Progress | None = None,
     on_step: Any = None,
 ) -> CompressJob:
-    from .bench import bench_onnx, compare_bench, model_cost
+    from .bench import BenchTarget, bench_interleaved, compare_bench, model_cost
     from .export import export_onnx
     from .verify import verify_onnx
 
@@ -137,12 +137,10 @@ def compress_job(
             (work / "original").mkdir()
             export_onnx(original, example, work / "original" / "model.onnx", opset=opset)
             shape = tuple(example.shape[1:])
-            results = [
-                bench_onnx(work / "original" / "model.onnx", shape, threads=threads, iters=bench_iters, seed=seed,
-                           cost=model_cost(original, shape), label="original"),
-                bench_onnx(work / "model.onnx", shape, threads=threads, iters=bench_iters, seed=seed,
-                           cost=model_cost(final, shape), label="compressed"),
-            ]
+            results = bench_interleaved(
+                [BenchTarget(work / "original" / "model.onnx", shape, model_cost(original, shape), "original"),
+                 BenchTarget(work / "model.onnx", shape, model_cost(final, shape), "compressed")],
+                threads=threads, iters=bench_iters, seed=seed)
             bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": compare_bench(results)}
         onnx_files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
     finally:

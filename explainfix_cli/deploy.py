@@ -167,18 +167,19 @@ def verify_job(onnx_path: Path, reference: ModelSpec, data: DataSpec, atol: floa
 # --------------------------------------------------------------------------------------------- bench
 def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | None = None, trust_pickle: bool = False,
               input_size: str | None = None, batch_size: int = 1, threads: int = 2, warmup: int = 10,
-              iters: int = 50, seed: int = 0, opset: int = 18) -> list[dict]:
-    """onnxruntime latency of each model side by side with MACs/params and ratios to the first.
+              iters: int = 50, seed: int = 0, opset: int = 18, rounds: int = 5) -> list[dict]:
+    """onnxruntime latency of each model side by side with MACs/params and ratios to the first, timed
+    interleaved over ``rounds`` rounds (bench.py).
 
     A model that is not ``.onnx`` is loaded like any MODEL and exported to a temporary ONNX first."""
-    from .bench import bench_onnx, compare_bench, model_cost
+    from .bench import BenchTarget, bench_interleaved, compare_bench, model_cost
     from .export import export_onnx
 
     if not models:
         raise BadInput("bench needs at least one MODEL")
-    if batch_size < 1 or threads < 1 or iters < 1 or warmup < 0:
-        raise BadInput("--batch-size, --threads and --iters must be ≥ 1, --warmup ≥ 0")
-    results, loaded_models = [], {}
+    if batch_size < 1 or threads < 1 or iters < 1 or warmup < 0 or rounds < 1:
+        raise BadInput("--batch-size, --threads, --iters and --rounds must be ≥ 1, --warmup ≥ 0")
+    targets, loaded_models = [], {}
     for path in map(Path, models):
         if path.suffix != ".onnx":
             loaded_models[path] = load_model(path, arch if not path.is_dir() else None, parse_arch_kwargs(arch_kwargs),
@@ -191,9 +192,7 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
             if path.suffix == ".onnx":
                 if not path.is_file():
                     raise BadInput(f"ONNX file {path} does not exist")
-                shape = _onnx_input_shape(path, input_size)
-                results.append(bench_onnx(path, shape, batch_size=batch_size, threads=threads, warmup=warmup,
-                                          iters=iters, seed=seed, label=str(path)))
+                targets.append(BenchTarget(path, _onnx_input_shape(path, input_size), None, str(path)))
                 continue
             loaded = loaded_models[path]
             pre = resolve_preprocessing(loaded.model, size, None, None, loaded.preprocessing)
@@ -201,9 +200,9 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
             onnx_path = Path(tmp) / f"m{k}" / "model.onnx"
             onnx_path.parent.mkdir()
             export_onnx(loaded.model, random_inputs(pre, 2, seed), onnx_path, opset=opset)
-            results.append(bench_onnx(onnx_path, shape, batch_size=batch_size, threads=threads, warmup=warmup,
-                                      iters=iters, seed=seed, cost=model_cost(loaded.model, shape), label=str(path)))
-    return compare_bench(results)
+            targets.append(BenchTarget(onnx_path, shape, model_cost(loaded.model, shape), str(path)))
+        return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
+                                               iters=iters, rounds=rounds, seed=seed))
 
 
 def _onnx_input_shape(path: Path, input_size: str | None) -> tuple[int, ...]:

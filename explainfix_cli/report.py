@@ -290,7 +290,10 @@ def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:
     for r in rows:
         def x(v):
             return "—" if v is None else f"{v:.3f}"
+        lat = x(r.get("latency_ratio"))
+        if r.get("latency_ratio_min") is not None and r is not rows[0]:
+            lat += f" ({r['latency_ratio_min']:.2f}–{r['latency_ratio_max']:.2f})"
         table.add_row(r["label"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", human(r.get("macs")), human(r.get("params")),
-                      x(r.get("latency_ratio")), x(r.get("macs_ratio")), x(r.get("params_ratio")))
-    table.caption = "ratios are to the first model"
+                      lat, x(r.get("macs_ratio")), x(r.get("params_ratio")))
+    table.caption = "ratios are to the first model; latency × is the median of same-round ratios (range)"
     console.print(table)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from explainfix_cli.bench import bench_onnx, compare_bench, model_cost
+from explainfix_cli.bench import BenchTarget, bench_interleaved, bench_onnx, compare_bench, model_cost
 from explainfix_cli.errors import BadInput
 from explainfix_cli.export import export_onnx
 from explainfix_cli.measure import count_macs, count_params
@@ -52,6 +52,22 @@ def test_compare_bench_ratios(files):
     assert rows[2]["params_ratio"] == pytest.approx(narrow_cost.params / wide_cost.params)
     assert rows[3]["macs_ratio"] is None and rows[3]["latency_ratio"] > 0  # no cost given
     assert compare_bench([]) == []
+
+
+def test_interleaved_rounds_pair_up_into_ratios(files):
+    models, out = files
+    wide_cost = model_cost(models["wide"], SHAPE)
+    runs = bench_interleaved([BenchTarget(out / "wide.onnx", SHAPE, wide_cost, "wide"),
+                              BenchTarget(out / "narrow.onnx", SHAPE, None, "narrow")],
+                             threads=1, warmup=1, iters=12, rounds=4)
+    assert [len(r.round_p50_ms) for r in runs] == [4, 4] and [r.iters for r in runs] == [12, 12]
+    rows = compare_bench(runs)
+    paired = sorted(n / w for n, w in zip(runs[1].round_p50_ms, runs[0].round_p50_ms))
+    assert rows[1]["latency_ratio"] == pytest.approx((paired[1] + paired[2]) / 2)  # median of same-round ratios
+    assert rows[1]["latency_ratio_min"] == pytest.approx(paired[0]) and rows[1]["latency_ratio_max"] == pytest.approx(paired[-1])
+    assert rows[0]["latency_ratio"] == 1.0 and rows[0]["params"] == wide_cost.params
+    with pytest.raises(BadInput, match="rounds"):
+        bench_interleaved([BenchTarget(out / "wide.onnx", SHAPE)], rounds=0)
 
 
 def test_bench_bad_arguments(files):

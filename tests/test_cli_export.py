@@ -101,9 +101,11 @@ def test_safetensors_export_of_tied_weights_reloads(tmp_path):
 
 
 def test_bench_side_by_side_with_ratios(pruned):
-    res = cli("bench", *FIXTURE[:3], pruned, "--iters", "20", "--warmup", "3", "--json")
+    res = cli("bench", *FIXTURE[:3], pruned, "--iters", "20", "--warmup", "3", "--rounds", "4", "--json")
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.stdout)["rows"]
+    doc = json.loads(res.stdout)
+    rows = doc["rows"]
+    assert doc["rounds"] == 4 and rows[1]["latency_ratio_min"] <= rows[1]["latency_ratio"] <= rows[1]["latency_ratio_max"]
     assert len(rows) == 2 and rows[0]["macs_ratio"] == 1.0
     assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["params_ratio"] < 1.0
     assert all(r["p50_ms"] > 0 and r["p50_ms"] <= r["p90_ms"] for r in rows)
