@@ -35,7 +35,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from explainfix_cli.bench import bench_onnx  # noqa: E402
+from explainfix_cli.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
 from explainfix_cli.export import export_onnx  # noqa: E402
 from explainfix_cli.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches  # noqa: E402
 from explainfix_cli.kernels import fix_spatial_conv2d  # noqa: E402
@@ -103,11 +103,17 @@ def train(model: nn.Module, x, y, opts: TrainOptions, bs: int, seed: int, label:
             "train_accuracy": res.epochs[-1].accuracy, "trainable_params": res.trainable_params}
 
 
-def latency_ms(model: nn.Module, threads: int, iters: int) -> float:
+def latencies(models: list[nn.Module], threads: int, iters: int) -> list[dict]:
+    """onnxruntime batch-1 latency of ``models`` timed interleaved (5 rounds): p50 ms and the median of the
+    same-round ratios to the first model."""
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.onnx"
-        export_onnx(model.eval(), torch.randn(2, 1, 28, 28), path)
-        return bench_onnx(path, (1, 28, 28), threads=threads, iters=iters, warmup=5).p50_ms
+        targets = []
+        for i, model in enumerate(models):
+            path = Path(d) / f"m{i}.onnx"
+            export_onnx(model.eval(), torch.randn(2, 1, 28, 28), path)
+            targets.append(BenchTarget(path, (1, 28, 28)))
+        rows = compare_bench(bench_interleaved(targets, threads=threads, iters=iters, warmup=5, rounds=5))
+    return [{"latency_ms": r["p50_ms"], "latency_ratio": r["latency_ratio"]} for r in rows]
 
 
 # -------------------------------------------------------------------------------------------- pruning
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     results["train"] = train(model, x, y, base_opts, a.batch_size, a.seed, "train ResNet-18 (learned filters)")
     base_acc = evaluate(model, xt, yt)
     base = {"accuracy": base_acc, "macs": count_macs(model, xt[:1]), "params": count_params(model),
-            "latency_ms": latency_ms(model, a.threads, a.bench_iters)}
+            **latencies([model], a.threads, a.bench_iters)[0]}
     results["base"] = base
     print(f"base: acc {100 * base_acc:.2f}%  MACs {base['macs'] / 1e6:.1f}M  params {base['params'] / 1e6:.2f}M  "
           f"p50 {base['latency_ms']:.3f} ms", file=sys.stderr)
@@ -237,16 +243,20 @@ def main(argv: list[str] | None = None) -> int:
             for crit in a.criteria:
                 m, ratio = tp_prune(model, target, crit, cx, cy, a.batch_size)
                 candidates.append((f"tp-{crit}", m, ratio))
+            pct_rows = []
             for method, m, ratio in candidates:
                 row = {"pct": pct, "method": method, "tp_ratio": ratio, "macs": count_macs(m, xt[:1]),
                        "params": count_params(m), "acc_pruned": evaluate(m, xt, yt)}
                 train(m, fx, fy, ft_opts, a.batch_size, a.seed, f"fine-tune {method} @ {pct:g}%")
                 row["acc_finetuned"] = evaluate(m, xt, yt)
-                row["latency_ms"] = latency_ms(m, a.threads, a.bench_iters)
+                pct_rows.append(row)
+            # the base and this pct's models timed interleaved: their ratios share the machine's state
+            for row, lat in zip(pct_rows, latencies([model] + [c[1] for c in candidates], a.threads, a.bench_iters)[1:]):
+                row.update(lat)
                 rows.append(row)
-                print(f"  {pct:>4g}% {method:<11} MACs {row['macs'] / 1e6:7.2f}M params {row['params'] / 1e6:6.3f}M "
-                      f"acc {100 * row['acc_pruned']:5.2f}% → {100 * row['acc_finetuned']:5.2f}%  p50 {row['latency_ms']:.3f} ms",
-                      file=sys.stderr)
+                print(f"  {pct:>4g}% {row['method']:<11} MACs {row['macs'] / 1e6:7.2f}M params {row['params'] / 1e6:6.3f}M "
+                      f"acc {100 * row['acc_pruned']:5.2f}% → {100 * row['acc_finetuned']:5.2f}%  "
+                      f"p50 {row['latency_ms']:.3f} ms (×{row['latency_ratio']:.2f} of the base)", file=sys.stderr)
             print(f"  pct {pct:g}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     results["prune"] = rows
     results["seconds"] = time.perf_counter() - t_start
@@ -257,18 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _x(ratio: float | None) -> str:
+    return "—" if ratio is None else f"×{ratio:.2f}"
+
+
 def markdown(r: dict) -> str:
     b = r["base"]
     lines = [f"Base ResNet-18: test accuracy {100 * b['accuracy']:.2f}%, {b['macs'] / 1e6:.1f} M MACs, "
              f"{b['params'] / 1e6:.2f} M params, onnxruntime p50 {b['latency_ms']:.3f} ms.", ""]
     if r.get("prune"):
-        lines += ["| pct | method | MACs | params | acc. pruned | acc. fine-tuned | p50 latency |",
+        lines += ["| pct | method | MACs | params | acc. pruned | acc. fine-tuned | p50 latency (× base, interleaved) |",
                   "|---:|---|---:|---:|---:|---:|---:|"]
         for row in r["prune"]:
             name = row["method"] + (f" (ratio {row['tp_ratio']:.3g})" if row["tp_ratio"] is not None else "")
             lines.append(f"| {row['pct']:g} | {name} | {row['macs'] / 1e6:.2f} M ({row['macs'] / b['macs']:.1%}) | "
                          f"{row['params'] / 1e6:.3f} M | {100 * row['acc_pruned']:.2f}% | {100 * row['acc_finetuned']:.2f}% | "
-                         f"{row['latency_ms']:.3f} ms |")
+                         f"{row['latency_ms']:.3f} ms ({_x(row.get('latency_ratio'))}) |")
         lines.append("")
     fv = r.get("fixed_vs_learned")
     if fv:
