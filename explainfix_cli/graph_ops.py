@@ -275,20 +275,25 @@ class Analyzer(fx.Interpreter):
         self.store(n, Lab(atoms.view(1, -1, 1, 1), zero.view(1, -1, 1, 1), bias.cpu().view(1, -1, 1, 1), shape))
 
     def conv_t(self, n: fx.Node, m: nn.ConvTranspose2d, x: Lab, shape: tuple) -> None:
+        """weight (in, out/g, kh, kw). Grouped: like Conv2d, the same in-group position goes from every group,
+        on both sides, so groups stay equal."""
         path = str(n.target)
         L, _, _, uniform = x.per_index(1)
         if not uniform:
             self.freeze(x, n, "input channels vary spatially")
-        if m.groups != 1:
-            self.freeze(x, n, "grouped ConvTranspose2d")
-            self.labs[n.name] = Lab.blank(shape)
-            return
+        g, s, t = m.groups, m.in_channels // m.groups, m.out_channels // m.groups
+        if g > 1:
+            for i in range(s):
+                self.union_all(L[i::s], f"grouped ConvTranspose2d input at {path}")
         nc = torch.zeros(len(L), dtype=torch.bool)  # a constant input is not spatially constant after it
-        self.consumers.append(Consumer(path, "convT", L, nc, torch.zeros(len(L), dtype=torch.float64)))
+        self.consumers.append(Consumer(path, "convT", L, nc, torch.zeros(len(L), dtype=torch.float64), g))
         atoms = self.new_atoms(m.out_channels)
+        if g > 1:
+            for j in range(t):
+                self.union_all(atoms[j::t], "")
         self.producers.append(Indexed(path, atoms))
-        w = m.weight.detach()
-        zero = (w.transpose(0, 1).flatten(1).abs().sum(1) == 0).cpu()
+        w = m.weight.detach().abs()
+        zero = (w.view(g, s, t, -1).sum(dim=(1, 3)).reshape(-1) == 0).cpu()  # output k·t + j
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
         self.store(n, Lab(atoms.view(1, -1, 1, 1), zero.view(1, -1, 1, 1), bias.view(1, -1, 1, 1), shape))
 

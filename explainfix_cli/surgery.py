@@ -8,7 +8,8 @@ pruned model from its architecture)::
         "layer1.0.bn1":   {"channels": [3, 7]},                            # BN, depthwise conv
         "fc":             {"in": [5], "in_block": 1, "out": [2]}}}          # Linear: block per channel
     # grouped Conv2d: "in"/"out" take the same in-group positions from every group (groups stays);
-    # ConvTranspose2d: "in"/"out" on weight dims 0/1; InstanceNorm, GroupNorm(groups=C), PReLU: "channels"
+    # ConvTranspose2d: "in"/"out" on weight dims 0/1 (grouped: the same in-group positions, as Conv2d);
+    # InstanceNorm, GroupNorm(groups=C), PReLU: "channels"
 
 * :func:`mask_and_fold` keeps every shape: it zeroes the consumers' columns of removed channels and adds
   their folded constants to the consumers' biases — the *masked equivalent*.
@@ -89,18 +90,22 @@ def slice_conv(m: nn.Conv2d, e: dict) -> None:
 
 
 def slice_conv_transpose(m: nn.ConvTranspose2d, e: dict) -> None:
-    """ConvTranspose2d (groups = 1): weight is (in, out, kh, kw)."""
-    if m.groups != 1:
-        raise CannotProcess(f"cannot slice a grouped ConvTranspose2d (groups={m.groups})")
+    """ConvTranspose2d: weight is (in, out/groups, kh, kw). Grouped: as for Conv2d, a removal takes the same
+    in-group positions from every group, so ``groups`` stays."""
     if e.get("add_bias"):
         _ensure_bias(m, m.out_channels)
     with torch.no_grad():
         if "out" in e:
+            per = m.out_channels // m.groups
+            local = _group_local(e["out"], m.out_channels, m.groups, "outputs") if m.groups > 1 else e["out"]
+            keep_local = keep_indices(per, local).to(m.weight.device)
             keep = keep_indices(m.out_channels, e["out"]).to(m.weight.device)
-            _set(m, "weight", m.weight[:, keep])
+            _set(m, "weight", m.weight[:, keep_local])
             _set(m, "bias", m.bias[keep] if m.bias is not None else None)
             m.out_channels = len(keep)
         if "in" in e:
+            if m.groups > 1:
+                _group_local(e["in"], m.in_channels, m.groups, "inputs")
             keep = keep_indices(m.in_channels, e["in"]).to(m.weight.device)
             _set(m, "weight", m.weight[keep])
             m.in_channels = len(keep)

@@ -222,6 +222,29 @@ def test_conv_transpose_and_upsample():
     assert m.up.out_channels == 4 and m.head.in_channels == 11
 
 
+def test_grouped_conv_transpose_keeps_groups_equal():
+    class GroupedUp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)  # weight (8, 3, 2, 2)
+            self.head = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.up(torch.relu(self.a(x)))))
+
+    m = GroupedUp()
+    prune(m, X, zero=[(m.a, [1])])  # position 1 of group 0 only: group 1's position 1 is alive, so it stays
+    assert m.a.out_channels == 8 and m.up.in_channels == 8
+    m = GroupedUp()
+    with torch.no_grad():
+        m.up.weight[:, 2] = 0.0  # output position 2 of both groups: outputs 2 and 5 are their (folded) bias
+        m.up.weight[[1, 5]] = 0.0  # inputs 1 and 5 (position 1 of both groups) unread: nothing folds into a convT
+    r = prune(m, X, zero=[(m.a, [1, 5])])
+    assert (m.a.out_channels, m.up.in_channels, m.up.out_channels, m.up.groups, m.head.in_channels) == (6, 6, 4, 2, 4)
+    assert r.edit["modules"]["up"]["out"] == [2, 5] and tuple(m.up.weight.shape) == (6, 2, 2, 2)
+
+
 class TwoInTwoOut(nn.Module):
     def __init__(self):
         super().__init__()

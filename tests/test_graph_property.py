@@ -1,5 +1,5 @@
 """Property: on random small CNNs built from the couplings the engine knows (add, cat, chunk, grouped conv,
-squeeze-excitation, flatten→Linear, PReLU), with random kernels and whole rows / columns zeroed, the
+squeeze-excitation, flatten→Linear, PReLU, grouped ConvTranspose2d), with random kernels and whole rows / columns zeroed, the
 pruned model ≡ its masked equivalent always, and ≡ the zeroed model whenever no non-zero constant was
 folded; the recipe edit replays on a freshly built model."""
 import copy
@@ -13,7 +13,7 @@ from torch import nn
 from explainfix_cli.prune import prune_model
 from explainfix_cli.surgery import apply_edit
 
-KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu")
+KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu", "up")
 
 
 def cbr(cin, cout, pad, groups=1):
@@ -36,6 +36,8 @@ class Block(nn.Module):
             self.pre, self.f, self.out = nn.Conv2d(c, 2 * w, 1), cbr(2 * w, 4 * w, pad, groups=2), 4 * w
         elif kind == "se":
             self.fc1, self.fc2, self.out = nn.Conv2d(c, w, 1), nn.Conv2d(w, c, 1), c
+        elif kind == "up":  # decoder step: grouped transposed conv up, pooled back to the same size
+            self.pre, self.f, self.out = nn.Conv2d(c, 2 * w, 1), nn.ConvTranspose2d(2 * w, 2 * w, 2, stride=2, groups=2), 2 * w
         else:  # prelu
             self.f, self.act, self.out = nn.Conv2d(c, w, 1), nn.PReLU(w), w
 
@@ -52,6 +54,8 @@ class Block(nn.Module):
             return torch.cat([a, self.f(b)], 1)
         if k == "group":
             return self.f(self.pre(x))
+        if k == "up":
+            return F.avg_pool2d(F.relu(self.f(self.pre(x))), 2)
         if k == "se":
             return x * torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
         return self.act(self.f(x))
@@ -94,6 +98,9 @@ def test_pruned_equals_masked_and_zeroed(spec, seed, pct, dead):
                 m.weight[:, cols] = 0.0
                 if torch.rand(1, generator=g).item() < 0.5:
                     m.bias[rows] = 0.0
+            if isinstance(m, nn.ConvTranspose2d):  # weight (in, out/groups): unread inputs, dead output positions
+                m.weight[torch.rand(m.weight.shape[0], generator=g) < dead] = 0.0
+                m.weight[:, torch.rand(m.weight.shape[1], generator=g) < dead] = 0.0
     fresh = copy.deepcopy(net)
     x = torch.randn(3, 3, 8, 8, generator=g)
     r = prune_model(net, pct, example=x[:1], criterion="magnitude", check_inputs=x)
