@@ -93,7 +93,23 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
     if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
         raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
                        hint="x must be (N, C, H, W) as the model expects it (already normalised)")
-    return Opened(loaded, pre, calib, dev)
+    opened = Opened(loaded, pre, calib, dev)
+    _probe(opened)
+    return opened
+
+
+def _probe(opened: Opened) -> None:
+    """Run the model once on one input so that a wrong input size is a clear bad-input error, not a crash
+    deep inside the pipeline."""
+    x = opened.example(1)
+    try:
+        with torch.no_grad():
+            sal.call_model(opened.model.eval(), x)
+    except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
+        shape = "×".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else "the example"
+        raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: "
+                       f"{(str(e).splitlines() or [''])[0][:200]}",
+                       hint="check --input-size (and --arch / --arch-kwargs) against what the model expects") from None
 
 
 def default_out(model_path: Path, suffix: str) -> Path:

@@ -80,6 +80,15 @@ def _corrupt_image(d):
             "-o", d / "out"]
 
 
+def _wrong_input_size(d):
+    (d / "fixed.py").write_text("import torch.nn as nn\n\n\nclass Fixed(nn.Sequential):\n    def __init__(self):\n"
+                                "        super().__init__(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), "
+                                "nn.Linear(4 * 8 * 8, 3))\n")
+    torch.save(small_net().state_dict(), d / "fixed.pt")  # the same layers: a Linear that needs 8×8 inputs
+    return ["prune", d / "fixed.pt", "--arch", f"{d / 'fixed.py'}:Fixed", "--input-size", "16", "--pct", "50",
+            "--criterion", "magnitude", "-o", d / "out"]
+
+
 @dataclass
 class Case:
     build: Callable[[Path], list]
@@ -107,6 +116,7 @@ CASES: dict[str, Case] = {
     "untrusted-pickle": Case(_malicious, "run code"),  # its payload would create ./pwned
     "torchscript": Case(_torchscript, "TorchScript"),
     "existing-output": Case(_existing_out, "exists"),
+    "wrong-input-size": Case(_wrong_input_size, "does not run on a 1×1×16×16 input"),
 }
 DEBUG_CASES: dict[str, Case] = {
     "debug-flag": Case(lambda d: prune(d / "missing.pt", "--pct", "50", "--debug", "-o", d / "out"), "does not exist"),
@@ -117,7 +127,8 @@ USAGE_CASES: dict[str, Case] = {
     "pct-not-a-number": Case(lambda d: prune(model_copy(d), "--pct", "abc", "-o", d / "out"), "--pct"),
 }
 HINTS = {"existing-output": ["--force"], "weights-without-arch": ["--arch"], "untrusted-pickle": ["--trust-pickle", "--arch"],
-         "torchscript": ["state_dict"], "wrong-arch": ["--arch"], "corrupt-image": ["replace"]}
+         "torchscript": ["state_dict"], "wrong-arch": ["--arch"], "corrupt-image": ["replace"],
+         "wrong-input-size": ["--input-size"]}
 
 
 @dataclass
