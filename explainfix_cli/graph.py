@@ -20,6 +20,10 @@ the output side), *channel-wise* layers (BN, InstanceNorm, PReLU, depthwise conv
 element the analysis also propagates whether it is a provable *constant* and its value (a zero conv row
 outputs its bias; BN, ReLU, pooling, ``+`` of constants stay constant) so that plan.py can fold it.
 
+A module called more than once (weight sharing) registers at its first call; every later call merges its
+channels position by position with the first call's and reuses the same output atoms, so one edit fits all
+call sites, and an input folds only if it is the same constant at every call (graph_ops.SHAREABLE).
+
 Grouped convolutions: input channel ``k·s + i`` (group k, position i) is merged with position ``i`` of
 every other group, and so are the outputs: a removal keeps every group the same size (see surgery.py).
 

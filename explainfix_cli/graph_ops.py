@@ -19,6 +19,10 @@ from .graph_rules import (
     _split_dims,
 )
 
+# stateful layers that may be called more than once: every call site's channels are merged position by
+# position with the first call's, so one edit of the module fits all of them
+SHAREABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+             nn.GroupNorm, nn.LayerNorm, nn.PReLU)
 MUL_OPS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}  # fx targets of an element-wise product
 
 
@@ -82,6 +86,20 @@ class Analyzer(fx.Interpreter):
         first = int(atoms[0])
         for a in atoms[1:].tolist():
             self.union(first, a)
+
+    def union_rows(self, first: torch.Tensor, again: torch.Tensor, why: str) -> None:
+        """A shared module's channel i at a later call site goes with its channel i at the first one."""
+        for a, b in zip(first.tolist(), again.tolist()):
+            if a >= 0 and b >= 0:
+                self.union(a, b)
+            elif a >= 0 or b >= 0:
+                self.freeze_atoms(torch.tensor([max(a, b)]), why)
+
+    def first_call(self, entries: list, path: str) -> Any:
+        """The entry (Consumer / Indexed) the first call of module ``path`` registered, or None."""
+        if self.calls.get(path, 0) <= 1:
+            return None
+        return next((e for e in entries if e.module == path), None)
 
     def freeze_atoms(self, atoms: torch.Tensor, why: str) -> None:
         for a in torch.unique(atoms[atoms >= 0]).tolist():
@@ -161,7 +179,7 @@ class Analyzer(fx.Interpreter):
         m = self.module.get_submodule(path)
         self.calls[path] = self.calls.get(path, 0) + 1
         stateful = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
-        if self.calls[path] > 1 and stateful:
+        if self.calls[path] > 1 and stateful and not isinstance(m, SHAREABLE):
             self.refuse(n, "the module is called more than once (shared weights)", hard=True)
         x = ins[0] if len(ins) == 1 and isinstance(value, torch.Tensor) else None
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
@@ -254,8 +272,13 @@ class Analyzer(fx.Interpreter):
             self.freeze(x, n, "input channels vary spatially")
         w = m.weight.detach()
         bias = m.bias.detach().double() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
+        shared = f"shared module {path} (its other call site has no atom there)"
         if is_depthwise(m):
-            self.channelwise.append(Indexed(path, L))
+            earlier = self.first_call(self.channelwise, path)
+            if earlier is None:
+                self.channelwise.append(Indexed(path, L))
+            else:
+                self.union_rows(earlier.labels, L, shared)
             k, v = _depthwise_const(m, K, V)
             self.store(n, Lab(L.view(1, -1, 1, 1), k.view(1, -1, 1, 1), v.view(1, -1, 1, 1), shape))
             return
@@ -264,13 +287,17 @@ class Analyzer(fx.Interpreter):
             s = m.in_channels // g
             for i in range(s):
                 self.union_all(L[i::s], f"grouped conv input at {path}")
-        self.consumers.append(Consumer(path, "conv", L, K, V, g))
-        atoms = self.new_atoms(m.out_channels)
-        if g > 1:
-            t = m.out_channels // g
-            for i in range(t):
-                self.union_all(atoms[i::t], "")
-        self.producers.append(Indexed(path, atoms))
+        earlier = self.first_call(self.consumers, path)
+        if earlier is None:
+            self.consumers.append(Consumer(path, "conv", L, K, V, g))
+            atoms = self.new_atoms(m.out_channels)
+            if g > 1:
+                t = m.out_channels // g
+                for i in range(t):
+                    self.union_all(atoms[i::t], "")
+            self.producers.append(Indexed(path, atoms))
+        else:
+            atoms = self.reuse(earlier, L, K, V, shared)
         zero = (w.flatten(1).abs().sum(1) == 0).cpu()
         self.store(n, Lab(atoms.view(1, -1, 1, 1), zero.view(1, -1, 1, 1), bias.cpu().view(1, -1, 1, 1), shape))
 
@@ -297,14 +324,25 @@ class Analyzer(fx.Interpreter):
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
         self.store(n, Lab(atoms.view(1, -1, 1, 1), zero.view(1, -1, 1, 1), bias.view(1, -1, 1, 1), shape))
 
+    def reuse(self, earlier: Consumer, L: torch.Tensor, K: torch.Tensor, V: torch.Tensor, why: str) -> torch.Tensor:
+        """A later call of a shared conv / Linear: inputs merged with the first call's, the same output atoms;
+        an input folds as a constant only if it is the same constant at every call."""
+        self.union_rows(earlier.labels, L, why)
+        earlier.is_const = earlier.is_const & K & (V == earlier.value)
+        return next(p.labels for p in self.producers if p.module == earlier.module)
+
     def linear(self, n: fx.Node, m: nn.Linear, x: Lab, shape: tuple) -> None:
         path = str(n.target)
         L, K, V, uniform = x.per_index(-1)
         if not uniform:
             self.freeze(x, n, "Linear input features vary along other dims")
-        self.consumers.append(Consumer(path, "linear", L, K, V))
-        atoms = self.new_atoms(m.out_features)
-        self.producers.append(Indexed(path, atoms))
+        earlier = self.first_call(self.consumers, path)
+        if earlier is None:
+            self.consumers.append(Consumer(path, "linear", L, K, V))
+            atoms = self.new_atoms(m.out_features)
+            self.producers.append(Indexed(path, atoms))
+        else:
+            atoms = self.reuse(earlier, L, K, V, f"shared module {path} (its other call site has no atom there)")
         zero = (m.weight.detach().abs().sum(1) == 0).cpu()
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(m.out_features, dtype=torch.float64)
         one = [1] * (len(shape) - 1)
@@ -314,7 +352,11 @@ class Analyzer(fx.Interpreter):
         L, K, V, uniform = x.per_index(1)
         if not uniform:
             self.freeze(x, n, "channels vary along other dims")
-        self.channelwise.append(Indexed(str(n.target), L))
+        earlier = self.first_call(self.channelwise, str(n.target))
+        if earlier is None:
+            self.channelwise.append(Indexed(str(n.target), L))
+        else:
+            self.union_rows(earlier.labels, L, f"shared module {n.target} (its other call site has no atom there)")
         one = [1] * (len(shape) - 2)
         k, v = K.view(1, -1, *one), V.view(1, -1, *one)
         if const_fn is not None and bool(K.any()):

@@ -376,7 +376,38 @@ def test_layer_on_constants_is_frozen_not_refused():
     assert m.mlp.out_features == 3 and m.a.out_channels == 6  # a feeds the output: frozen, but analysed
 
 
-def test_shared_module_is_refused():
-    conv = nn.Conv2d(3, 3, 1)
+def test_shared_modules_merge_their_call_sites():
+    class Siamese(nn.Module):  # one encoder applied to two inputs: one edit must fit both call sites
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, a, b):
+            return self.head(torch.cat([self.enc(a), self.enc(b)], 1).mean((2, 3)))
+
+    m = Siamese().eval()
+    with torch.no_grad():
+        m.enc[1].running_mean.uniform_(-0.5, 0.5)
+        m.enc[1].bias.uniform_(-0.2, 0.5)
+        m.enc[0].weight[[1, 4]] = 0.0  # constant channels, the same constant at both call sites: folded
+        m.enc[3].weight[2] = 0.0  # a dead output row, read by the head at both sites
+        m.head.weight[:, [2, 6]] = 0.0
+    fresh = copy.deepcopy(m)
+    x, y = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    r = prune_model(m, 1, example=(x[:1], y[:1]), criterion="magnitude", check_inputs=(x, y))
+    assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
+    assert (m.enc[0].out_channels, m.enc[1].num_features, m.enc[3].in_channels) == (4, 4, 4)
+    assert m.enc[3].out_channels == 3 and m.head.in_features == 6
+    apply_edit(fresh, r.edit)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+
+
+def test_shared_module_frozen_where_a_call_site_has_no_channels_and_refused_when_unsupported():
+    conv = nn.Conv2d(3, 3, 1)  # call 1 reads the model input, call 2 its own output: position-wise, no atom
+    m = nn.Sequential(conv, nn.ReLU(), conv).eval()
+    gm, g = build_graph(m, X[:1])
+    assert all(not s.prunable for s in g.spaces)
+    up = nn.ConvTranspose2d(3, 3, 1)
     with pytest.raises(UnsupportedOp, match="more than once"):
-        build_graph(nn.Sequential(conv, nn.ReLU(), conv).eval(), X[:1])
+        build_graph(nn.Sequential(nn.Conv2d(3, 3, 1), up, nn.ReLU(), up).eval(), X[:1])

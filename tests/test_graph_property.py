@@ -1,5 +1,5 @@
 """Property: on random small CNNs built from the couplings the engine knows (add, cat, chunk, grouped conv,
-squeeze-excitation, flatten→Linear, PReLU, grouped ConvTranspose2d), with random kernels and whole rows / columns zeroed, the
+squeeze-excitation, flatten→Linear, PReLU, grouped ConvTranspose2d, a conv+BN called twice), with random kernels and whole rows / columns zeroed, the
 pruned model ≡ its masked equivalent always, and ≡ the zeroed model whenever no non-zero constant was
 folded; the recipe edit replays on a freshly built model."""
 import copy
@@ -13,7 +13,7 @@ from torch import nn
 from explainfix_cli.prune import prune_model
 from explainfix_cli.surgery import apply_edit
 
-KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu", "up")
+KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu", "up", "shared")
 
 
 def cbr(cin, cout, pad, groups=1):
@@ -36,6 +36,8 @@ class Block(nn.Module):
             self.pre, self.f, self.out = nn.Conv2d(c, 2 * w, 1), cbr(2 * w, 4 * w, pad, groups=2), 4 * w
         elif kind == "se":
             self.fc1, self.fc2, self.out = nn.Conv2d(c, w, 1), nn.Conv2d(w, c, 1), c
+        elif kind == "shared":  # one conv + BN applied twice (weight sharing, recurrent-style)
+            self.f, self.bn, self.out = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), c
         elif kind == "up":  # decoder step: grouped transposed conv up, pooled back to the same size
             self.pre, self.f, self.out = nn.Conv2d(c, 2 * w, 1), nn.ConvTranspose2d(2 * w, 2 * w, 2, stride=2, groups=2), 2 * w
         else:  # prelu
@@ -54,6 +56,8 @@ class Block(nn.Module):
             return torch.cat([a, self.f(b)], 1)
         if k == "group":
             return self.f(self.pre(x))
+        if k == "shared":
+            return x + self.bn(self.f(F.relu(self.bn(self.f(x)))))
         if k == "up":
             return F.avg_pool2d(F.relu(self.f(self.pre(x))), 2)
         if k == "se":
@@ -84,7 +88,7 @@ block = st.tuples(st.sampled_from(KINDS), st.integers(1, 4), st.sampled_from([0,
        dead=st.floats(0, 0.5))
 def test_pruned_equals_masked_and_zeroed(spec, seed, pct, dead):
     torch.manual_seed(seed)
-    net = Net(spec, 8).eval()
+    net = Net(spec, 10).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
@@ -102,7 +106,7 @@ def test_pruned_equals_masked_and_zeroed(spec, seed, pct, dead):
                 m.weight[torch.rand(m.weight.shape[0], generator=g) < dead] = 0.0
                 m.weight[:, torch.rand(m.weight.shape[1], generator=g) < dead] = 0.0
     fresh = copy.deepcopy(net)
-    x = torch.randn(3, 3, 8, 8, generator=g)
+    x = torch.randn(3, 3, 10, 10, generator=g)  # 4 unpadded 3×3 convs leave 2×2
     r = prune_model(net, pct, example=x[:1], criterion="magnitude", check_inputs=x)
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
     if r.nonzero_folds == 0:
