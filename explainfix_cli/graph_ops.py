@@ -181,6 +181,12 @@ class Analyzer(fx.Interpreter):
         stateful = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
         if self.calls[path] > 1 and stateful and not isinstance(m, SHAREABLE):
             self.refuse(n, "the module is called more than once (shared weights)", hard=True)
+        if self.calls[path] > 1 and stateful and not any(e.module == path for e in self.consumers + self.channelwise):
+            # its first call registered nothing (no channels reached it, or it was run as it is): no edit of
+            # the module may happen, so this call is run as it is too, its channels frozen
+            self.freeze(ins, n, f"shared module {path} whose first call is not edited")
+            self.labs[n.name] = _blank_like(value)
+            return
         x = ins[0] if len(ins) == 1 and isinstance(value, torch.Tensor) else None
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):

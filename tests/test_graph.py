@@ -408,6 +408,20 @@ def test_shared_module_frozen_where_a_call_site_has_no_channels_and_refused_when
     m = nn.Sequential(conv, nn.ReLU(), conv).eval()
     gm, g = build_graph(m, X[:1])
     assert all(not s.prunable for s in g.spaces)
+
+    class BufferFirst(nn.Module):  # the shared BN's first call sees no channels: no call site may slice it
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 3, padding=1)
+            self.register_buffer("t", torch.randn(1, 6, 8, 8))
+
+        def forward(self, x):
+            z = self.bn(self.t)
+            return self.b(self.bn(torch.relu(self.a(x)))) + z.mean()
+
+    m = BufferFirst()
+    prune(m, X, zero=[(m.a, [1, 3])])
+    assert m.a.out_channels == 6 and m.bn.num_features == 6
     up = nn.ConvTranspose2d(3, 3, 1)
     with pytest.raises(UnsupportedOp, match="more than once"):
         build_graph(nn.Sequential(nn.Conv2d(3, 3, 1), up, nn.ReLU(), up).eval(), X[:1])
