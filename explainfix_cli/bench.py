@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BadInput
+from .errors import BadInput, first_line
 from .measure import count_macs, count_params
-from .verify import ORT_NUMPY_TYPES, first_line, open_session
+from .verify import ORT_NUMPY_TYPES, open_session
 
 Shape = Sequence[int]
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import jobs
-from .errors import ExplainFixError
+from .errors import ExplainFixError, first_line
 
 app = typer.Typer(
     name="explainfix",
@@ -84,8 +84,7 @@ def command(fn: Callable) -> Callable:
         except Exception as e:  # a bug or an unexpected library error: one line, exit 3
             if debug:
                 traceback.print_exc()
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            _fail(3, f"unexpected {type(e).__name__}: {first}", "rerun with --debug for the traceback, and report it")
+            _fail(3, f"unexpected {type(e).__name__}: {first_line(e)}", "rerun with --debug for the traceback, and report it")
 
     return wrapper
 

@@ -10,6 +10,12 @@ Every error carries a one-line message and an optional hint ("what to do").
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when there is none), cut to ``limit``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class ExplainFixError(Exception):
     exit_code = 3
 

@@ -42,7 +42,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import ExplainFixError, UnsupportedOp
+from .errors import ExplainFixError, UnsupportedOp, first_line
 from .tracing import check_guards, trace_model
 
 
@@ -225,7 +225,7 @@ def analyse(gm: fx.GraphModule) -> ChannelGraph:
         node = an.current
         where = _where(node) if node is not None else type(gm).__name__
         op = _op_name(node) if node is not None else "forward"
-        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
+        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {first_line(e, 160)}") from None
     return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
 
 

@@ -20,7 +20,7 @@ from . import graph as graph_mod
 from . import saliency as sal
 from .checkpoint import LoadedModel, load_model, parse_arch_kwargs, save_model_dir, check_output_dir
 from .data import CalibrationSet, Preprocessing, load_calibration, parse_input_size, random_inputs, resolve_preprocessing
-from .errors import BadInput, ExplainFixError
+from .errors import BadInput, ExplainFixError, first_line
 from .measure import count_macs, count_params
 from .prune import Progress, PruneResult, prune_model
 
@@ -107,8 +107,7 @@ def _probe(opened: Opened) -> None:
             sal.call_model(opened.model.eval(), x)
     except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
         shape = "×".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else "the example"
-        raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: "
-                       f"{(str(e).splitlines() or [''])[0][:200]}",
+        raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: {first_line(e, 200)}",
                        hint="check --input-size (and --arch / --arch-kwargs) against what the model expects") from None
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import graph as graph_mod
 from . import saliency as sal
-from .errors import BadInput, CannotProcess
+from .errors import BadInput, CannotProcess, first_line
 from .measure import count_macs, count_params
 from .plan import Plan, plan_removal
 from .surgery import apply_edit, mask_and_fold
@@ -245,7 +245,7 @@ def prune_model(
     try:
         out_pruned = _run(model, check_inputs)
     except Exception as e:
-        raise CannotProcess(f"the pruned model fails to run: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+        raise CannotProcess(f"the pruned model fails to run: {type(e).__name__}: {first_line(e, 200)}",
                             hint="its forward probably hard-codes a channel count; nothing was written") from None
     pm_abs, pm_rel = _distance(out_pruned, out_masked)
     mz_abs, mz_rel = _distance(out_masked, out_zeroed)

@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.proxy import Attribute
 
-from .errors import CannotProcess, UnsupportedOp
+from .errors import CannotProcess, UnsupportedOp, first_line
 
 # nn.Module's own __call__/__getattr__, saved before fx patches them while tracing
 _MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__
@@ -235,7 +235,7 @@ def trace_model(model: nn.Module, example_args: tuple) -> Traced:
                 node.meta.pop("concrete", None)
             return Traced(graph, tracer.root, opaque, tracer.guards)
         except Exception as e:  # noqa: BLE001 - any failure names where it happened
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e, 200)
             kind = "data-dependent control flow" if isinstance(e, DataDependent) else type(e).__name__
             where = tracer.failed_at
             if not where or where in opaque:
@@ -254,7 +254,7 @@ def check_guards(model: nn.Module, example_args: tuple, traced: Traced) -> None:
     try:
         tracer.trace(model)
     except Exception as e:  # noqa: BLE001
-        raise CannotProcess(f"the pruned model no longer traces: {(str(e).splitlines() or [type(e).__name__])[0][:200]}",
+        raise CannotProcess(f"the pruned model no longer traces: {first_line(e, 200)}",
                             hint="its forward depends on a channel count; nothing was written") from None
     for (where, before), (_, after) in zip(traced.guards, tracer.guards):
         if before != after:

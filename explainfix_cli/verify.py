@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BadInput
+from .errors import BadInput, first_line
 from .export import as_input_tuple, eval_mode, flatten_outputs
 
 _TINY = 1e-12
@@ -207,11 +207,6 @@ def open_session(onnx_path: str | os.PathLike, threads: int | None = None):
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise BadInput(f"onnxruntime cannot load {path}: {first_line(exc)}",
                        hint="is it an ONNX file? re-export it with `explainfix export`") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def verify_onnx(
