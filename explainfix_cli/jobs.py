@@ -51,6 +51,7 @@ class Opened:
     pre: Preprocessing
     calib: CalibrationSet | None
     device: torch.device
+    macs: int = 0  # of one input, counted by the probe forward in open_inputs
 
     @property
     def model(self) -> nn.Module:
@@ -94,17 +95,16 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
         raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
                        hint="x must be (N, C, H, W) as the model expects it (already normalised)")
     opened = Opened(loaded, pre, calib, dev)
-    _probe(opened)
+    opened.macs = _probe(opened)
     return opened
 
 
-def _probe(opened: Opened) -> None:
-    """Run the model once on one input so that a wrong input size is a clear bad-input error, not a crash
-    deep inside the pipeline."""
+def _probe(opened: Opened) -> int:
+    """Run the model once on one input — counting its MACs, which every command reports — so that a wrong
+    input size is a clear bad-input error, not a crash deep inside the pipeline."""
     x = opened.example(1)
     try:
-        with torch.no_grad():
-            sal.call_model(opened.model.eval(), x)
+        return count_macs(opened.model, x)
     except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
         shape = "×".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else "the example"
         raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: {first_line(e, 200)}",
@@ -190,7 +190,7 @@ def prune_opened(
     result = prune_model(
         opened.model, pct, example=check_x[:1], batches=batches, num_batches=data.batches, criterion=criterion,
         fill=fill, device=opened.device, target_fn=sal.onehot_targets, check_inputs=check_x, seed=seed,
-        round_to=round_to, progress=_with_total(progress, calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None),
+        round_to=round_to, macs_before=opened.macs, progress=_with_total(progress, calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None),
     )
     recipe = dict(opened.loaded.recipe)
     recipe["preprocessing"] = opened.pre.to_dict()
@@ -240,7 +240,7 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
         "source_format": opened.loaded.source_format,
         "arch": opened.loaded.recipe.get("arch"),
         "params": count_params(m),
-        "macs": count_macs(m, x),
+        "macs": opened.macs,
         "input_shape": list(x.shape[1:]),
         "preprocessing": opened.pre.to_dict(),
         "spatial_layers": len(layers),

@@ -155,9 +155,11 @@ def prune_model(
     seed: int = 0,
     round_to: int | None = None,
     progress: Progress | None = None,
+    macs_before: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
-    ``example`` is one input batch used to trace the model and count MACs."""
+    ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
+    counted by the caller for one input of the same size)."""
     if not 0 < pct < 100:
         raise BadInput(f"--pct must be in (0, 100), got {pct}")
     if criterion not in CRITERIA:
@@ -180,7 +182,8 @@ def prune_model(
     model.eval().to(device)
     example = sal.to_device(example, device)
     params_before = count_params(model)
-    macs_before = count_macs(model, example)
+    if macs_before is None:
+        macs_before = count_macs(model, example)
     gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
     lap("trace")
 
