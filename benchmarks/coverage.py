@@ -52,8 +52,8 @@ def build(name: str):
 
 
 def run_ours(name: str, pct: float) -> dict:
-    from explainfix_cli.errors import CannotProcess
-    from explainfix_cli.prune import prune_model
+    from explainfix_cli.core.errors import CannotProcess
+    from explainfix_cli.prune.pipeline import prune_model
 
     model, x = build(name)
     t0 = time.perf_counter()

@@ -15,9 +15,10 @@ import time
 import torch
 import torchvision
 
-from explainfix_cli import saliency as sal
-from explainfix_cli.data import load_calibration, resolve_preprocessing
-from explainfix_cli.explain import explain_model
+from explainfix_cli.core.gradients import onehot_targets
+from explainfix_cli.prune.saliency import get_spatial_filter_saliency
+from explainfix_cli.io.data import load_calibration, resolve_preprocessing
+from explainfix_cli.explain.spectra import explain_model
 
 from prune_speed import ROOT
 
@@ -46,8 +47,8 @@ def main() -> None:
     calib = load_calibration(ROOT / "fixtures" / "digits" / "eval", pre)
     calib.files, calib.labels = calib.files[: args.images], calib.labels[: args.images]
     batches = [b for b in calib.batches(args.batch_size)]  # decode once: time the passes, not PNG decoding
-    t_sal = timed(lambda: sal.get_spatial_filter_saliency(model, batches, "cpu", target_fn=sal.onehot_targets))
-    t_exp = timed(lambda: explain_model(model, batches, "cpu", target_fn=sal.onehot_targets))
+    t_sal = timed(lambda: get_spatial_filter_saliency(model, batches, "cpu", target_fn=onehot_targets))
+    t_exp = timed(lambda: explain_model(model, batches, "cpu", target_fn=onehot_targets))
     print(f"# explain speed: {args.arch} @{args.size}², {args.images} images, batch {args.batch_size}, "
           f"{args.threads} threads, torch {torch.__version__}")
     print(f"prune saliency pass      {t_sal:8.2f} s")

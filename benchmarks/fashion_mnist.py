@@ -35,12 +35,12 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from explainfix_cli.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
-from explainfix_cli.export import export_onnx  # noqa: E402
-from explainfix_cli.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches  # noqa: E402
-from explainfix_cli.kernels import fix_spatial_conv2d  # noqa: E402
-from explainfix_cli.measure import count_macs, count_params  # noqa: E402
-from explainfix_cli.prune import prune_model  # noqa: E402
+from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
+from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
+from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches  # noqa: E402
+from explainfix_cli.explain.kernels import fix_spatial_conv2d  # noqa: E402
+from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
+from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 CLASSES = 10

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from explainfix_cli import saliency as sal
-from explainfix_cli.checkpoint import load_model, safetensors_bytes
-from explainfix_cli.data import load_calibration, resolve_preprocessing
+from explainfix_cli.core.model import iter_spatial_convs
+from explainfix_cli.io.checkpoint import load_model
+from explainfix_cli.io.codec import safetensors_bytes
+from explainfix_cli.io.data import load_calibration, resolve_preprocessing
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def bare(ckpt: Path, arch: str, data: Path, size: int, batch_size: int, out: Pat
     model = loaded.model
     pre = resolve_preprocessing(model, (size, size))
     calib = load_calibration(data, pre)
-    weights = [m.weight for _, m in sal.iter_spatial_convs(model)]
+    weights = [m.weight for _, m in iter_spatial_convs(model)]
     t0 = time.perf_counter()
     for x, y in calib.batches(batch_size):
         out_ = model(x)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from explainfix_cli.bench import BenchTarget, bench_interleaved, compare_bench
-from explainfix_cli.export import export_onnx
+from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench
+from explainfix_cli.deploy.onnx import export_onnx
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def main() -> None:
             spec = ModelSpec(ckpt, f"torchvision.models:{arch}", '{"num_classes": 10}')
             base_onnx = tmp / arch / "model.onnx"
             base_onnx.parent.mkdir()
-            from explainfix_cli.checkpoint import load_model
+            from explainfix_cli.io.checkpoint import load_model
 
             original = load_model(ckpt, spec.arch, {"num_classes": 10}).model
             export_onnx(original, torch.randn(2, *shape), base_onnx)

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from explainfix_cli.bench import BenchTarget, bench_interleaved, bench_onnx, compare_bench, model_cost
-from explainfix_cli.errors import BadInput
-from explainfix_cli.export import export_onnx
-from explainfix_cli.measure import count_macs, count_params
+from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, bench_onnx, compare_bench, model_cost
+from explainfix_cli.core.errors import BadInput
+from explainfix_cli.deploy.onnx import export_onnx
+from explainfix_cli.core.model import count_macs, count_params
 
 SHAPE = (3, 16, 16)
 

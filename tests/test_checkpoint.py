@@ -12,9 +12,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from explainfix_cli import checkpoint
-from explainfix_cli.checkpoint import load_model, save_model_dir, write_output_dir
-from explainfix_cli.errors import BadInput
+from explainfix_cli.io.arch import arch_spec, build_arch, parse_arch_kwargs
+from explainfix_cli.io.checkpoint import sniff_format
+from explainfix_cli.io.model_dir import load
+from explainfix_cli.io.recipe import RECIPE_FORMAT
+from explainfix_cli.io.checkpoint import load_model
+from explainfix_cli.io.model_dir import save_model_dir
+from explainfix_cli.io.outdir import write_output_dir
+from explainfix_cli.core.errors import BadInput
 
 from conftest import sha256
 
@@ -77,7 +82,7 @@ def test_wrapped_state_dict(tmp_path, key, fixture_arch, fixture_sd):
 
 @pytest.mark.parametrize("wrap", [None, "state_dict"])
 def test_dataparallel_prefix(tmp_path, wrap, fixture_arch, fixture_sd):
-    base = checkpoint.build_arch(checkpoint.arch_spec(fixture_arch, {}))
+    base = build_arch(arch_spec(fixture_arch, {}))
     base.load_state_dict(fixture_sd)
     dp_sd = nn.DataParallel(base).state_dict()
     assert all(k.startswith("module.") for k in dp_sd)
@@ -146,12 +151,12 @@ def test_arch_from_a_python_file(tmp_path):
 
 
 def test_arch_kwargs_parsing():
-    assert checkpoint.parse_arch_kwargs('{"num_classes": 10}') == {"num_classes": 10}
-    assert checkpoint.parse_arch_kwargs(None) == {}
+    assert parse_arch_kwargs('{"num_classes": 10}') == {"num_classes": 10}
+    assert parse_arch_kwargs(None) == {}
     with pytest.raises(BadInput, match="not valid JSON"):
-        checkpoint.parse_arch_kwargs("{num_classes: 10}")
+        parse_arch_kwargs("{num_classes: 10}")
     with pytest.raises(BadInput, match="JSON object"):
-        checkpoint.parse_arch_kwargs("[10]")
+        parse_arch_kwargs("[10]")
 
 
 # ----------------------------------------------------------------- weights that do not fit
@@ -256,7 +261,7 @@ def test_torchscript_refused_by_name(tmp_path):
     net = small_net().eval()
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 1, 8, 8)), path)
-    assert checkpoint.sniff_format(path) == "torchscript"
+    assert sniff_format(path) == "torchscript"
     with pytest.raises(BadInput, match="TorchScript") as e:
         load_model(path)
     assert "state_dict" in e.value.hint
@@ -268,7 +273,7 @@ def test_torch_export_refused_by_name(tmp_path):
     net = small_net().eval()
     path = tmp_path / "exported.pt2"
     torch.export.save(torch.export.export(net, (torch.zeros(2, 1, 8, 8),)), path)
-    assert checkpoint.sniff_format(path) == "torch-export"
+    assert sniff_format(path) == "torch-export"
     with pytest.raises(BadInput, match="torch.export archive"):
         load_model(path)
     renamed = tmp_path / "exported.pt"
@@ -349,8 +354,8 @@ def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_s
     assert again.preprocessing == recipe["preprocessing"]
     assert_same_state(again.model.state_dict(), fixture_sd)
     assert not again.model.conv1.weight.requires_grad and again.model.fc.weight.requires_grad
-    assert_same_state(checkpoint.load(out).state_dict(), fixture_sd)
-    assert_same_state(checkpoint.load(out / "model.safetensors").state_dict(), fixture_sd)
+    assert_same_state(load(out).state_dict(), fixture_sd)
+    assert_same_state(load(out / "model.safetensors").state_dict(), fixture_sd)
     assert_same_state(load_model(out / "model.safetensors").model.state_dict(), fixture_sd)
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -360,7 +365,7 @@ def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_s
 
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == checkpoint.RECIPE_FORMAT and meta["arch"].endswith(":DigitsResNet")
+    assert meta["format"] == RECIPE_FORMAT and meta["arch"].endswith(":DigitsResNet")
 
 
 def test_explainfix_dir_with_damaged_recipe(tmp_path, fixture_pt, fixture_arch):
@@ -445,7 +450,9 @@ def test_output_dir_ships_its_architecture_file_and_reloads_after_a_move(tmp_pat
     copied elsewhere and the original file is gone; an edited copy is refused by its sha256."""
     import shutil
 
-    from explainfix_cli.checkpoint import load, load_model, save_model_dir
+    from explainfix_cli.io.model_dir import load, save_model_dir
+
+    from explainfix_cli.io.checkpoint import load_model
 
     arch_src = tmp_path / "net.py"
     shutil.copy("fixtures/digits_resnet.py", arch_src)

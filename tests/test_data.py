@@ -16,17 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from explainfix_cli import data
-from explainfix_cli.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Preprocessing,
-    load_calibration,
-    load_image,
-    parse_input_size,
-    resolve_preprocessing,
-)
-from explainfix_cli.errors import BadInput
+from explainfix_cli.io.data import random_inputs
+from explainfix_cli.io.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_calibration, load_image, parse_input_size, resolve_preprocessing
+from explainfix_cli.core.errors import BadInput
 
 GRAY32 = Preprocessing(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,))
 RGB32 = Preprocessing(input_size=(32, 32), channels=3, mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD))
@@ -239,9 +231,9 @@ def test_parse_input_size_round_trip(h, w):
 
 
 def test_random_inputs_seeded():
-    a = data.random_inputs(GRAY32, 3, seed=5)
-    assert a.shape == (3, 1, 32, 32) and torch.equal(a, data.random_inputs(GRAY32, 3, seed=5))
-    assert not torch.equal(a, data.random_inputs(GRAY32, 3, seed=6))
+    a = random_inputs(GRAY32, 3, seed=5)
+    assert a.shape == (3, 1, 32, 32) and torch.equal(a, random_inputs(GRAY32, 3, seed=5))
+    assert not torch.equal(a, random_inputs(GRAY32, 3, seed=6))
 
 
 # ------------------------------------------------------------------------------------------ errors

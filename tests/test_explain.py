@@ -9,17 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from explainfix_cli import saliency
-from explainfix_cli.errors import BadInput
-from explainfix_cli.explain import (
-    diagonal_order,
-    energy_shares,
-    explain_model,
-    explainsteer_layerwise_with_saliency,
-    explainsteer_layerwise_without_saliency,
-    get_spectra,
-)
-from explainfix_cli.kernels import dct_basis_nd, fix_spatial_conv2d
+from explainfix_cli.core.gradients import onehot_targets
+from explainfix_cli.core.model import iter_spatial_convs
+from explainfix_cli.core.errors import BadInput
+from explainfix_cli.explain.spectra import diagonal_order, energy_shares, explain_model, explainsteer_layerwise_with_saliency, explainsteer_layerwise_without_saliency, get_spectra
+from explainfix_cli.explain.kernels import dct_basis_nd, fix_spatial_conv2d
 
 ORDER_3x3 = [(0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, 2), (2, 1), (2, 2)]
 
@@ -139,7 +133,7 @@ def test_saliency_spectra_match_hand_computed_gradients():
     torch.manual_seed(0)
     m = TwoConv(((3, 3), (3, 3))).eval()
     data = batches_for(2, 3, 4)
-    res = explainsteer_layerwise_with_saliency(m, data, "cpu", target_fn=saliency.onehot_targets)
+    res = explainsteer_layerwise_with_saliency(m, data, "cpu", target_fn=onehot_targets)
     assert res.saliency and res.num_batches == 3
     # independent computation: per batch dC/dW with C = Σ onehot(y)·ŷ (ŷ/ŷ trick leaves grads unchanged)
     weights = [m.c1.weight, m.c2.weight]
@@ -162,7 +156,7 @@ def test_saliency_spectra_match_hand_computed_gradients():
         np.testing.assert_allclose(res.e1[k].numpy(), e1_tot[k], rtol=1e-4)
         np.testing.assert_allclose(res.e0[k].numpy(), e1_tot[k][:3] + e1_tot[k][3:], rtol=1e-4)
     # num_minibatches limits the loop
-    assert explainsteer_layerwise_with_saliency(m, data, "cpu", 1, target_fn=saliency.onehot_targets).num_batches == 1
+    assert explainsteer_layerwise_with_saliency(m, data, "cpu", 1, target_fn=onehot_targets).num_batches == 1
 
 
 def test_saliency_resnet18_lengths_finite():
@@ -171,9 +165,9 @@ def test_saliency_resnet18_lengths_finite():
     m = torchvision.models.resnet18(num_classes=10)
     data = [(torch.randn(1, 3, 32, 32), torch.tensor([i])) for i in range(3)]
     ticks = []
-    report = explain_model(m, data, target_fn=saliency.onehot_targets, progress=ticks.append)
+    report = explain_model(m, data, target_fn=onehot_targets, progress=ticks.append)
     assert sum(ticks) == 3
-    names = [n for n, _ in saliency.iter_spatial_convs(m)]
+    names = [n for n, _ in iter_spatial_convs(m)]
     for res in (report.without_saliency, report.with_saliency):
         assert res.names == names and len(res) == 17
         for (ed, e1, e0), shape in zip(res, res.kernel_shapes):
@@ -196,7 +190,7 @@ def test_saliency_resnet18_lengths_finite():
 def test_fixed_model_saliency_restores_flags():
     m = TwoConv()
     fix_spatial_conv2d(m, "dct", seed=0)
-    res = explainsteer_layerwise_with_saliency(m, batches_for(2, 2, 4), "cpu", target_fn=saliency.onehot_targets)
+    res = explainsteer_layerwise_with_saliency(m, batches_for(2, 2, 4), "cpu", target_fn=onehot_targets)
     assert all(float(e.sum()) > 0 for e in res.ed)
     assert not m.c1.weight.requires_grad and not m.c2.weight.requires_grad
     # each DCT-fixed kernel is one basis filter, so without saliency e^d is a histogram of basis use
@@ -240,10 +234,10 @@ def test_energy_shares():
 def test_save_spectra_png_and_plot(tmp_path):
     from PIL import Image
 
-    from explainfix_cli.figures import plot_spectrum_ed, save_spectra_png
+    from explainfix_cli.explain.figures import plot_spectrum_ed, save_spectra_png
 
     m = TwoConv(((3, 3), (5, 5)))
-    report = explain_model(m, batches_for(2, 2, 4), target_fn=saliency.onehot_targets)
+    report = explain_model(m, batches_for(2, 2, 4), target_fn=onehot_targets)
     out = save_spectra_png(report, tmp_path / "sub" / "spectra.png")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
@@ -263,7 +257,7 @@ def test_shared_weight_between_two_convs():
     m = TwoConv(((3, 3), (3, 3)))
     m.c3 = nn.Conv2d(2, 3, 3, padding=1, bias=False)
     m.c3.weight = m.c1.weight  # tied: both convs are listed, both must get spectra
-    res = explainsteer_layerwise_with_saliency(m, batches_for(2, 2, 4), "cpu", target_fn=saliency.onehot_targets)
+    res = explainsteer_layerwise_with_saliency(m, batches_for(2, 2, 4), "cpu", target_fn=onehot_targets)
     assert res.names == ["c1", "c2", "c3"]
     torch.testing.assert_close(res.ed[0], res.ed[2])
     torch.testing.assert_close(res.e1[0], res.e1[2])

@@ -8,11 +8,10 @@ import torchvision
 from safetensors import safe_open
 from torch import nn
 
-from explainfix_cli.errors import BadInput, CannotProcess
-from explainfix_cli.export import (
-    ALIASES_KEY, export_onnx, export_safetensors, flatten_outputs, load_safetensors_into,
-)
-from explainfix_cli.verify import verify_onnx
+from explainfix_cli.core.errors import BadInput, CannotProcess
+from explainfix_cli.io.codec import ALIASES_KEY, export_safetensors, load_safetensors_into
+from explainfix_cli.deploy.onnx import export_onnx, flatten_outputs
+from explainfix_cli.deploy.verify import verify_onnx
 
 
 @torch.library.custom_op("efx_test::mystery", mutates_args=())

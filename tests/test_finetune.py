@@ -7,9 +7,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from explainfix_cli import load
-from explainfix_cli.checkpoint import read_safetensors
+from explainfix_cli.io.codec import read_safetensors
 from explainfix_cli.cli import app
-from explainfix_cli.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches
+from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches
 
 from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT, FIXTURES
 

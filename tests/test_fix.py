@@ -6,10 +6,11 @@ import torch
 from typer.testing import CliRunner
 
 from explainfix_cli import load
-from explainfix_cli.checkpoint import read_safetensors, sha256_file
+from explainfix_cli.io.codec import read_safetensors
+from explainfix_cli.io.arch import sha256_file
 from explainfix_cli.cli import app
-from explainfix_cli.kernels import dct_basis_nd, fix_spatial_conv2d
-from explainfix_cli.saliency import iter_spatial_convs
+from explainfix_cli.explain.kernels import dct_basis_nd, fix_spatial_conv2d
+from explainfix_cli.core.model import iter_spatial_convs
 
 from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT
 
@@ -24,7 +25,7 @@ def fix(tmp_path, init, *extra):
 
 
 def original():
-    from explainfix_cli.checkpoint import load_model
+    from explainfix_cli.io.checkpoint import load_model
 
     return load_model(FIXTURE_PT, FIXTURE_ARCH).model
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainfix_cli.errors import UnsupportedOp
-from explainfix_cli.graph import build_graph
-from explainfix_cli.prune import prune_model
-from explainfix_cli.surgery import apply_edit
+from explainfix_cli.core.errors import UnsupportedOp
+from explainfix_cli.channels.graph import build_graph
+from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.io.edits import apply_edit
 
 
 def prune(model, x, zero=()):
@@ -334,7 +334,7 @@ def test_python_uses_of_shapes_are_decided_and_item_makes_its_module_opaque():
 def test_branch_on_a_channel_count_is_refused_after_surgery():
     from tests.models_for_tests import Decoder
 
-    from explainfix_cli.errors import CannotProcess
+    from explainfix_cli.core.errors import CannotProcess
 
     m = Decoder(branch_on_channels=True).zero_some_rows().eval()
     x = torch.randn(2, 3, 16, 16)

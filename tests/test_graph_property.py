@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from explainfix_cli.prune import prune_model
-from explainfix_cli.surgery import apply_edit
+from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.io.edits import apply_edit
 
 KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu", "up", "shared")
 

@@ -9,16 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from explainfix_cli.errors import BadInput
-from explainfix_cli.kernels import (
-    FIX_METHODS,
-    dct_basis_1d,
-    dct_basis_nd,
-    dct_steered_2d,
-    fix_spatial_conv2d,
-    ghaar2d,
-    ghaar4_2d,
-)
+from explainfix_cli.core.errors import BadInput
+from explainfix_cli.explain.kernels import FIX_METHODS, dct_basis_1d, dct_basis_nd, dct_steered_2d, fix_spatial_conv2d, ghaar2d, ghaar4_2d
 
 
 def np_dct(n: int, basis: str = "DCT-II") -> np.ndarray:

@@ -7,11 +7,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from explainfix_cli import load
-from explainfix_cli.checkpoint import sha256_file
+from explainfix_cli.io.arch import sha256_file
 from explainfix_cli.cli import app
-from explainfix_cli.errors import UnsupportedOp
+from explainfix_cli.core.errors import UnsupportedOp
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
-from explainfix_cli.prune import prune_model
+from explainfix_cli.prune.pipeline import prune_model
 
 FIXTURE = "fixtures/digits_resnet.pt"
 ARCH = "fixtures/digits_resnet.py:DigitsResNet"

@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from explainfix_cli import saliency as sal
-from explainfix_cli.prune import fill_zero_initialization, prune_model
+from explainfix_cli.core.gradients import normalise_output, onehot_targets
+from explainfix_cli.core.model import iter_spatial_convs
+from explainfix_cli.prune.saliency import get_spatial_filter_magnitude, get_spatial_filter_saliency, global_lowest
+from explainfix_cli.prune.pipeline import fill_zero_initialization, prune_model
 
 
 def tiny_net(seed=0):
@@ -18,7 +20,7 @@ def test_saliency_matches_hand_computation():
     model = tiny_net()
     x = torch.randn(5, 1, 4, 4)
     y = torch.tensor([0, 2, 1, 1, 0])
-    scores = sal.get_spatial_filter_saliency(model, [(x, y)], "cpu", target_fn=sal.onehot_targets)
+    scores = get_spatial_filter_saliency(model, [(x, y)], "cpu", target_fn=onehot_targets)
     # by hand: C = Σ_n ŷ[n, y_n]; ∂C/∂W through the linear map, no normalisation effect on the gradient
     w = model[0].weight.detach().clone().requires_grad_(True)
     out = torch.nn.functional.conv2d(x, w).flatten(1) @ model[2].weight.detach().T
@@ -33,10 +35,10 @@ def test_saliency_sums_over_batches_and_respects_num_minibatches():
     model = tiny_net()
     x1, x2 = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
     y = torch.tensor([0, 1, 2])
-    one = sal.get_spatial_filter_saliency(model, [(x1, y)], "cpu", target_fn=sal.onehot_targets)[0]
-    two = sal.get_spatial_filter_saliency(model, [(x2, y)], "cpu", target_fn=sal.onehot_targets)[0]
-    both = sal.get_spatial_filter_saliency(model, [(x1, y), (x2, y)], "cpu", target_fn=sal.onehot_targets)[0]
-    capped = sal.get_spatial_filter_saliency(model, [(x1, y), (x2, y)], "cpu", num_minibatches=1, target_fn=sal.onehot_targets)[0]
+    one = get_spatial_filter_saliency(model, [(x1, y)], "cpu", target_fn=onehot_targets)[0]
+    two = get_spatial_filter_saliency(model, [(x2, y)], "cpu", target_fn=onehot_targets)[0]
+    both = get_spatial_filter_saliency(model, [(x1, y), (x2, y)], "cpu", target_fn=onehot_targets)[0]
+    capped = get_spatial_filter_saliency(model, [(x1, y), (x2, y)], "cpu", num_minibatches=1, target_fn=onehot_targets)[0]
     torch.testing.assert_close(both, one + two)
     torch.testing.assert_close(capped, one)
     assert all(p.requires_grad for p in model.parameters())  # flags restored
@@ -44,13 +46,13 @@ def test_saliency_sums_over_batches_and_respects_num_minibatches():
 
 def test_pseudo_labels_use_the_models_top_class():
     yhat = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 1.0]])
-    t = sal.onehot_targets(yhat, torch.tensor([-1, 2]))
+    t = onehot_targets(yhat, torch.tensor([-1, 2]))
     assert t.tolist() == [[0, 1, 0], [0, 0, 1]]
 
 
 def test_output_normalisation_keeps_gradient_identity():
     yhat = torch.tensor([2.0, -3.0], requires_grad=True)
-    n = sal.normalise_output(yhat)
+    n = normalise_output(yhat)
     assert n.tolist() == [1.0, 1.0]
     (g,) = torch.autograd.grad((n * torch.tensor([5.0, 7.0])).sum(), yhat)
     assert g.tolist() == [5.0, 7.0]
@@ -58,17 +60,17 @@ def test_output_normalisation_keeps_gradient_identity():
 
 def test_global_ranking_is_across_layers_and_floors_the_count():
     scores = [torch.tensor([[5.0, 1.0]]), torch.tensor([[0.5], [9.0], [2.0]])]
-    masks = sal.global_lowest(scores, 60)  # int(0.6 * 5) = 3 lowest: 0.5, 1.0, 2.0
+    masks = global_lowest(scores, 60)  # int(0.6 * 5) = 3 lowest: 0.5, 1.0, 2.0
     assert masks[0].tolist() == [[False, True]]
     assert masks[1].tolist() == [[True], [False], [True]]
-    assert sum(int(m.sum()) for m in sal.global_lowest(scores, 39)) == 1
+    assert sum(int(m.sum()) for m in global_lowest(scores, 39)) == 1
     with pytest.raises(ValueError):
-        sal.global_lowest(scores, 101)
+        global_lowest(scores, 101)
 
 
 def test_magnitude_criterion_is_sum_of_abs():
     model = tiny_net()
-    (m,) = sal.get_spatial_filter_magnitude(model)
+    (m,) = get_spatial_filter_magnitude(model)
     torch.testing.assert_close(m, model[0].weight.abs().sum(dim=(2, 3)))
 
 
@@ -112,7 +114,7 @@ def test_fill_modes(fill):
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     r = prune_model(model, 60, example=x[:1], batches=lambda: [(x, y)], fill=fill, check_inputs=x)
     assert r.check.passed
-    kept_zero = sum(int((m.weight.flatten(2).abs().sum(2) == 0).sum()) for _, m in sal.iter_spatial_convs(model))
+    kept_zero = sum(int((m.weight.flatten(2).abs().sum(2) == 0).sum()) for _, m in iter_spatial_convs(model))
     if fill == "none":
         assert kept_zero > 0  # zeroed kernels that stayed are still zero
     elif fill == "fillzero":

@@ -8,9 +8,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from explainfix_cli.errors import BadInput
-from explainfix_cli.export import export_onnx
-from explainfix_cli.verify import compare_outputs, verify_onnx
+from explainfix_cli.core.errors import BadInput
+from explainfix_cli.deploy.onnx import export_onnx
+from explainfix_cli.deploy.verify import compare_outputs, verify_onnx
 
 
 def small_cnn():

@@ -11,8 +11,8 @@ import torch
 
 tv = pytest.importorskip("torchvision")
 
-from explainfix_cli.errors import CannotProcess, UnsupportedOp  # noqa: E402
-from explainfix_cli.prune import prune_model  # noqa: E402
+from explainfix_cli.core.errors import CannotProcess, UnsupportedOp  # noqa: E402
+from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
 
 ALL = tv.models.list_models(module=tv.models)
 # model → expected outcome in CI (pruned / refused)
@@ -66,7 +66,7 @@ def test_zoo_model_prunes_or_is_refused(name):
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "shufflenet_v2_x0_5", "efficientnet_b0", "swin_t"])
 def test_concrete_tracer_reproduces_symbolic_tracing(name):
     """The fallback route (concrete values on every proxy) must build the same graph where fx alone works."""
-    from explainfix_cli.tracing import ConcreteTracer
+    from explainfix_cli.channels.tracing import ConcreteTracer
 
     model = tv.models.get_model(name, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -1,0 +1,1 @@
+"""The channel-dependency engine: tracing, label maps, op handlers and tables, the removal plan."""

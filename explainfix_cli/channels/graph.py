@@ -1,0 +1,102 @@
+"""Trace a model and find which channels must be removed together.
+
+Every output channel of a *producer* (Conv2d, ConvTranspose2d, Linear) is an **atom**. The analysis runs
+the model once (fx interpreter, a 2-sample copy of the example) and carries, next to every tensor, a
+*label map*: for each element, the atom it belongs to (``-1``: none — model inputs, parameters, mixtures).
+Shape ops (view / flatten / permute / cat / chunk / getitem …) are evaluated on the label map itself, so
+offsets into a concatenation, a channel shuffle or a flatten into a Linear come out exactly.
+
+Atoms are merged (union-find) when their channels must go together: the two sides of ``+``/``*``
+(residuals, squeeze-excitation), the same in-group position of every group of a grouped conv. A merged
+class is a *space*; removing it deletes every element labelled with one of its atoms, everywhere.
+
+A space is **frozen** (never pruned) when it touches a model output, meets an element with no atom
+(``x + input``, a per-channel parameter), is normalised across channels (LayerNorm, GroupNorm with
+groups < C, softmax), reduced across channels, or cut by an op whose sizes would change with it (chunk,
+split, slicing, a view that splits the channel dim — channel shuffle). Freezing is always exact.
+
+Its boundary: *consumers* (convs / Linears reading it; sliced on the input side), *producers* (sliced on
+the output side), *channel-wise* layers (BN, InstanceNorm, PReLU, depthwise conv; sliced along). Per
+element the analysis also propagates whether it is a provable *constant* and its value (a zero conv row
+outputs its bias; BN, ReLU, pooling, ``+`` of constants stay constant) so that plan.py can fold it.
+
+A module called more than once (weight sharing) registers at its first call; every later call merges its
+channels position by position with the first call's and reuses the same output atoms, so one edit fits all
+call sites, and an input folds only if it is the same constant at every call (analyzer.SHAREABLE).
+
+Grouped convolutions: input channel ``k·s + i`` (group k, position i) is merged with position ``i`` of
+every other group, and so are the outputs: a removal keeps every group the same size (see surgery.py).
+
+Anything it does not understand on a tensor that carries atoms raises :class:`UnsupportedOp` naming the
+op and the module path; ops on atom-free tensors (input preprocessing, positional tables) are harmless, and
+so are ops whose every incoming atom is already frozen (freezing is final): they run as they are, their
+output carries no atoms, and ``ChannelGraph.passed`` names them. Tracing (including models plain torch.fx
+rejects, and submodules kept opaque) is tracing.py's.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..core.errors import ExplainFixError, UnsupportedOp, first_line
+from .analyzer import Analyzer
+from .labels import ChannelGraph, op_name, where_of
+from .tracing import check_guards, trace_model
+
+
+def _example_args(example: Any) -> tuple:
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+    def two(t: Any) -> Any:  # a second sample makes ops that mix the batch dim visible
+        return torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t
+    return tuple(two(a) for a in args)
+
+
+def trace(model: nn.Module, example: Any) -> fx.GraphModule:
+    """Trace (tracing.py: concrete-shape fx tracing, opaque submodules where values drive control flow),
+    then one analysis pass on ``example`` (so an unsupported op fails fast). ``gm.meta`` keeps the example,
+    the opaque modules and the shape guards (see :func:`tracing.check_guards`)."""
+    args = _example_args(example)
+    traced = trace_model(model, args)
+    gm = fx.GraphModule(traced.root, traced.graph)
+    gm.meta["explainfix_example"] = args
+    gm.meta["explainfix_traced"] = traced
+    analyse(gm)
+    return gm
+
+
+def check_control_flow(model: nn.Module, gm: fx.GraphModule) -> None:
+    """After surgery: refuse if a shape decision taken while tracing ``gm`` comes out differently now."""
+    check_guards(model, gm.meta["explainfix_example"], gm.meta["explainfix_traced"])
+
+
+def opaque_modules(gm: fx.GraphModule) -> dict[str, str]:
+    """Submodules kept whole because they could not be traced (path -> reason)."""
+    traced = gm.meta.get("explainfix_traced")
+    return dict(traced.opaque) if traced is not None else {}
+
+
+def analyse(gm: fx.GraphModule) -> ChannelGraph:
+    """Atoms, couplings and constant facts from the model's *current* weights (re-run after zeroing)."""
+    an = Analyzer(gm)
+    node = None
+    try:
+        with torch.no_grad():
+            an.run(*gm.meta["explainfix_example"])
+    except ExplainFixError:
+        raise
+    except Exception as e:  # never crash: an op we could not analyse is refused, naming it
+        node = an.current
+        where = where_of(node) if node is not None else type(gm).__name__
+        op = op_name(node) if node is not None else "forward"
+        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {first_line(e, 160)}") from None
+    return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
+
+
+def build_graph(model: nn.Module, example: Any) -> tuple[fx.GraphModule, ChannelGraph]:
+    """Trace ``model`` on ``example`` and analyse it."""
+    gm = trace(model, example)
+    return gm, analyse(gm)

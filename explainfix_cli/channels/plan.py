@@ -1,0 +1,146 @@
+"""Decide which channels can go, given a traced model whose least salient kernels were zeroed.
+
+A space (a class of merged atoms, see graph.py) is removed when it is not frozen and, at *every* input
+index of every consumer labelled with one of its atoms, the consumer either ignores it (its weights for
+that index are all zero) or reads a constant there (a producer row of zeros gives its bias; BN/ReLU/pool/+
+keep it constant), in which case ``value · Σ W[:, index]`` is folded into that consumer's bias.
+
+Folding is exact for Linear consumers, for convs without zero padding, and whenever the folded value is
+0. A conv with zero padding sees zeros, not the constant, in its border windows, so there the pruned
+model differs from the zeroed one (it equals the masked equivalent exactly); the self-check measures it.
+ConvTranspose2d consumers never fold (a constant input is not constant at their output).
+No layer loses all its channels: when a removal would empty a producer, consumer or channel-wise layer,
+the space of its lowest index stays (repeated until nothing changes). With ``round_to=N`` a layer that
+loses channels keeps a multiple of N of them (:func:`round_removal`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .labels import ChannelGraph, Consumer
+
+
+@dataclass
+class Plan:
+    edit: dict  # the recipe edit, see surgery.py
+    folds: list[dict] = field(default_factory=list)
+    masked_inputs: dict[str, dict] = field(default_factory=dict)
+    removed_per_space: dict[int, list[int]] = field(default_factory=dict)  # space root → removed atoms
+    inexact_folds: int = 0  # channel·consumer pairs folded into a zero-padded conv with a non-zero value
+    nonzero_folds: int = 0
+
+    @property
+    def modules(self) -> dict[str, dict]:
+        return self.edit["modules"]
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(len(v) for v in self.removed_per_space.values())
+
+
+def column_mass(m: nn.Module, c: Consumer) -> torch.Tensor:
+    """Σ|W| per input index of a consumer (zero ⇔ the consumer ignores that input)."""
+    w = m.weight.detach().abs()
+    if c.kind == "linear":
+        return w.sum(0).cpu()
+    if c.kind == "convT":
+        return w.sum(dim=(1, 2, 3)).cpu()
+    g = c.groups
+    per_row = w.sum(dim=(2, 3))  # (out, in/g)
+    if g == 1:
+        return per_row.sum(0).cpu()
+    t = per_row.shape[0] // g
+    return per_row.view(g, t, -1).sum(1).reshape(-1).cpu()  # group k, position i → index k·s + i
+
+
+def _zero_padded(m: nn.Module) -> bool:
+    if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
+        return False
+    pad = m.padding
+    return pad == "same" or (isinstance(pad, tuple) and any(p != 0 for p in pad))
+
+
+def round_removal(graph: ChannelGraph, removable: set[int], producers: list, multiple: int) -> None:
+    """Give back removable spaces until every producer that loses channels keeps a multiple of
+    ``multiple`` (e.g. 8 or 16: vectorised conv kernels run faster on such counts). Any subset of the
+    removable spaces is exact, so this only trades size for speed. Deterministic: a layer gives back its
+    highest-index removed channels first; repeated until no layer needs more."""
+    changed = True
+    while changed:
+        changed = False
+        for p in producers:
+            roots = [graph.root(a) if a >= 0 else -1 for a in p.labels.tolist()]
+            gone = [i for i, r in enumerate(roots) if r in removable]
+            kept = len(roots) - len(gone)
+            if gone and kept % multiple:
+                removable.discard(roots[gone[-1]])
+                changed = True
+
+
+def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None = None) -> Plan:
+    modules: dict[str, dict] = {}
+    plan = Plan(edit={"op": "prune", "modules": modules})
+    frozen = graph.frozen_roots()
+    ok: dict[int, bool] = {}
+    ignored: list[torch.Tensor] = []
+    for c in graph.consumers:
+        ign = column_mass(gm.get_submodule(c.module), c) == 0
+        ignored.append(ign)
+        good = (ign | c.is_const).tolist()
+        for lab, g in zip(c.labels.tolist(), good):
+            if lab >= 0:
+                r = graph.root(lab)
+                ok[r] = ok.get(r, True) and g
+    removable = {r for r, g in ok.items() if g and r not in frozen}
+    lists = [p.labels for p in graph.producers] + [c.labels for c in graph.consumers] + [w.labels for w in graph.channelwise]
+    changed = True
+    while changed and removable:
+        changed = False
+        for labels in lists:
+            if len(labels) and bool((labels >= 0).all()):
+                roots = [graph.root(a) for a in labels.tolist()]
+                if all(r in removable for r in roots):
+                    removable.discard(roots[0])
+                    changed = True
+
+    if round_to and round_to > 1:
+        round_removal(graph, removable, graph.producers, round_to)
+
+    def removed(labels: torch.Tensor) -> list[int]:
+        return [i for i, a in enumerate(labels.tolist()) if a >= 0 and graph.root(a) in removable]
+
+    for p in graph.producers:
+        out = removed(p.labels)
+        if out:
+            modules.setdefault(p.module, {})["out"] = out
+            for i in out:
+                plan.removed_per_space.setdefault(graph.root(int(p.labels[i])), []).append(int(p.labels[i]))
+    for w in graph.channelwise:
+        ch = removed(w.labels)
+        if ch:
+            modules.setdefault(w.module, {})["channels"] = ch
+    for c, ign in zip(graph.consumers, ignored):
+        cols = removed(c.labels)
+        if not cols:
+            continue
+        m = gm.get_submodule(c.module)
+        e = modules.setdefault(c.module, {})
+        e["in"] = cols
+        if c.kind == "linear":
+            e["in_block"] = 1
+        plan.masked_inputs[c.module] = {"in": cols, "in_block": 1, "kind": c.kind, "groups": c.groups}
+        fold = [j for j in cols if not bool(ign[j]) and float(c.value[j]) != 0.0]
+        if not fold:
+            continue  # ignored, or a constant 0: nothing to fold
+        plan.folds.append({"module": c.module, "kind": c.kind, "groups": c.groups, "block": 1, "channels": fold,
+                           "values": c.value[fold].tolist()})
+        plan.nonzero_folds += len(fold)
+        if getattr(m, "bias", None) is None:
+            e["add_bias"] = True
+        if _zero_padded(m):
+            plan.inexact_folds += len(fold)
+    return plan

@@ -1,0 +1,305 @@
+"""Rendering for people: rich tables on stderr, built from the library's result objects.
+
+Nothing here computes; everything here may be swapped for ``--json`` output without losing information.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from ..core.fmt import human, pct, ratio
+
+console = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Any]:
+    """A callback ``(stage, completed, total)`` drawing one bar per stage on stderr. The live display
+    starts with the first update and is removed at the end, so a run that fails early prints nothing."""
+    if not enabled:
+        yield None
+        return
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, completed: int, total: int | None) -> None:
+        if not tasks:
+            bars.start()
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=completed, total=total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
+
+
+def _changed(before: int, after: int) -> str:
+    return f"{before}" if before == after else f"{before} → [bold green]{after}[/]"
+
+
+def render_prune(job: Any) -> None:
+    r = job.result
+    table = Table(title=f"explainfix prune · {r.pct:g}% of spatial filters zeroed by {r.criterion}", title_justify="left")
+    for col in ("layer", "kind", "in", "out", "filters zeroed"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for row in r.layers:
+        if row.in_before == row.in_after and row.out_before == row.out_after and not row.zeroed:
+            continue
+        zeroed = f"{row.zeroed}/{row.filters}" if row.filters else "—"
+        table.add_row(row.name, row.kind, _changed(row.in_before, row.in_after), _changed(row.out_before, row.out_after), zeroed)
+    hidden = sum(1 for row in r.layers if row.in_before == row.in_after and row.out_before == row.out_after and not row.zeroed)
+    if hidden:
+        table.caption = f"{hidden} unchanged layers not shown"
+    console.print(table)
+
+    totals = Table(show_header=True, title="totals", title_justify="left")
+    for col in ("", "before", "after", "ratio"):
+        totals.add_column(col, justify="left" if not col else "right")
+    totals.add_row("params", human(r.params_before), human(r.params_after), ratio(r.params_after, r.params_before))
+    totals.add_row("MACs", human(r.macs_before), human(r.macs_after), ratio(r.macs_after, r.macs_before))
+    totals.add_row("spatial filters", str(r.filters_total), f"{r.filters_total - r.filters_zeroed} kept", "")
+    totals.add_row("channels", str(r.channels_before), str(r.channels_before - r.channels_removed),
+                   ratio(r.channels_before - r.channels_removed, r.channels_before))
+    if r.agreement is not None:
+        totals.add_row("top-1 agreement", "100.0%", pct(r.agreement), f"on {r.eval_samples} {r.eval_source}")
+    if r.accuracy_before is not None:
+        totals.add_row("accuracy", pct(r.accuracy_before), pct(r.accuracy_after), "")
+    console.print(totals)
+    for path, why in list(r.opaque.items())[:5]:
+        console.print(f"[yellow]kept whole[/] {path}: {why}")
+    if len(r.opaque) > 5:
+        console.print(f"[yellow]kept whole[/] … and {len(r.opaque) - 5} more (report.json: opaque)")
+    c = r.check
+    folds = (f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
+             + (f", {r.inexact_folds} into zero-padded convs (differ at borders)" if r.inexact_folds else ""))
+    console.print(
+        f"self-check [bold green]passed[/]: pruned ≡ masked equivalent (max rel err {c.pruned_vs_masked_rel:.1e}); "
+        f"distance to zeroed model {c.masked_vs_zeroed_rel:.1e} ({folds}) on {c.samples} inputs"
+    )
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
+
+
+def render_info(info: dict) -> None:
+    console.print(f"[bold]{info['model']}[/] ({info['source_format']})")
+    summary = Table(show_header=False)
+    summary.add_column(justify="left")
+    summary.add_column(justify="right")
+    summary.add_row("params", human(info["params"]))
+    summary.add_row("MACs (1 input)", f"{human(info['macs'])} at {'×'.join(map(str, info['input_shape']))}")
+    summary.add_row("spatial conv layers", str(info["spatial_layers"]))
+    summary.add_row("spatial filters", f"{info['spatial_filters']} ({info['zero_spatial_filters']} all-zero)")
+    g = info["channel_groups"]
+    if g.get("traced"):
+        summary.add_row("prunable channel groups", f"{g['prunable']} of {g['spaces']} ({g['prunable_channels']} channels)")
+        if g.get("opaque"):
+            kept = list(g["opaque"])
+            summary.add_row("kept whole (not seen through)", ", ".join(kept[:5]) + (f" … +{len(kept) - 5}" if len(kept) > 5 else ""))
+    else:
+        summary.add_row("prunable channel groups", f"[yellow]none: {g['reason']}[/]")
+    if info["edits"]:
+        summary.add_row("structural edits in recipe", str(info["edits"]))
+    if info.get("frozen_params"):
+        summary.add_row("frozen (fixed) tensors", str(info["frozen_params"]))
+    console.print(summary)
+    layers = Table(title="spatial conv layers", title_justify="left")
+    for col in ("layer", "kernel", "in", "out", "groups", "filters"):
+        layers.add_column(col, justify="left" if col == "layer" else "right")
+    for layer in info["layers"]:
+        layers.add_row(layer["name"], "×".join(map(str, layer["kernel"])), str(layer["in"]), str(layer["out"]),
+                       str(layer["groups"]), str(layer["filters"]))
+    console.print(layers)
+
+
+def _bands(shares: dict) -> str:
+    return " · ".join(f"{100 * shares[b]:4.1f}" for b in ("low", "mid", "high"))
+
+
+def render_explain(job: Any) -> None:
+    doc = job.doc
+    sal = doc["saliency"]
+    table = Table(title="ExplainSteer · % of spectral energy per layer", title_justify="left")
+    table.add_column("layer", overflow="fold")
+    table.add_column("kernel", justify="right")
+    table.add_column("low · mid · high", justify="right")
+    if sal:
+        table.add_column("with saliency", justify="right")
+    for layer in doc["layers"]:
+        row = [layer["name"], "×".join(map(str, layer["kernel_shape"])), _bands(layer["without_saliency"]["shares"])]
+        if sal and layer["with_saliency"]:
+            row.append(_bands(layer["with_saliency"]["shares"]))
+        table.add_row(*row)
+    table.caption = "e^0 (e^d for non-square kernels) in thirds, low→high frequency" + (
+        f"; saliency over {doc['num_batches']} batches" if sal else "; --data adds saliency-weighted spectra")
+    console.print(table)
+    for note in doc.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"wrote {job.out}/ (spectra.png, spectra.json)")
+
+
+# ------------------------------------------------------------------------- fix / finetune / compress
+@contextmanager
+def work_progress(enabled: bool = True) -> Iterator[Any]:
+    """One live display for a whole job: ``cb(stage, completed, total)`` draws a bar per stage and
+    ``cb.step(train_step)`` a bar per training epoch with the running loss and accuracy."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import TaskProgressColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    class Callback:
+        def __call__(self, stage: str, completed: int, total: int | None) -> None:
+            for name, task in tasks.items():  # a new stage ends the previous ones
+                if name != stage and not bars.tasks[task].finished and bars.tasks[task].total:
+                    bars.update(task, completed=bars.tasks[task].total)
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total, info="")
+            bars.update(tasks[stage], completed=completed, total=total)
+
+        def step(self, s: Any) -> None:
+            key = f"epoch {s.epoch}/{s.epochs}"
+            if key not in tasks:
+                tasks[key] = bars.add_task(key, total=s.steps, info="")
+            bars.update(tasks[key], completed=s.step, total=s.steps,
+                        info=f"loss {s.loss:.4f} · acc {100 * s.accuracy:.1f}% · lr {s.lr:.2g}")
+
+    with bars:
+        yield Callback()
+
+
+def render_fix(job: Any) -> None:
+    r = job.report
+    console.print(f"explainfix fix · {r['init']} (seed {r['seed']}): {len(r['layers'])} spatial conv layers, "
+                  f"{r['spatial_filters']} filters fixed and frozen")
+    t = Table(show_header=True)
+    for col in ("", "before", "after"):
+        t.add_column(col, justify="left" if not col else "right")
+    t.add_row("trainable params", human(r["trainable_params_before"]), human(r["trainable_params_after"]))
+    t.add_row("frozen tensors", "", str(len(r["frozen"])))
+    if r["accuracy_before"] is not None:
+        t.add_row("accuracy (no training yet)", pct(r["accuracy_before"]), pct(r["accuracy_after"]))
+    if r["agreement"] is not None:
+        t.add_row("top-1 agreement", "100.0%", pct(r["agreement"]))
+    console.print(t)
+    if r["init"] != "keep":
+        console.print("[dim]the filters changed: run `explainfix finetune` to train the rest of the network around them[/]")
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
+
+
+def _epochs_table(res: Any) -> Table:
+    t = Table(title="fine-tuning", title_justify="left")
+    for col in ("epoch", "loss", "train acc", "eval acc", "lr", "time"):
+        t.add_column(col, justify="right")
+    for e in res.epochs:
+        t.add_row(str(e.epoch), f"{e.loss:.4f}", pct(e.accuracy), pct(e.eval_accuracy), f"{e.lr:.2g}", f"{e.seconds:.1f}s")
+    return t
+
+
+def render_finetune(job: Any) -> None:
+    res = job.result
+    o = res.options
+    console.print(_epochs_table(res))
+    frozen = (f"{len(res.frozen_tensors)} frozen tensors ({human(res.frozen_params)} params) unchanged"
+              if res.frozen_tensors else "no frozen tensors")
+    console.print(f"{o['optimizer']} lr {o['lr']:g} wd {o['weight_decay']:g} {o['schedule']}; "
+                  f"{human(res.trainable_params)} trainable params; {frozen}")
+    if res.eval_accuracy_before is not None:
+        console.print(f"eval accuracy {pct(res.eval_accuracy_before)} → [bold]{pct(res.eval_accuracy_after)}[/]")
+    console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
+
+
+def render_compress(job: Any) -> None:
+    r = job.report
+    o, c = r["original"], r["compressed"]
+    t = Table(title=f"explainfix compress · {r['pct']:g}% of spatial filters", title_justify="left")
+    for col in ("", "original", "compressed", "ratio"):
+        t.add_column(col, justify="left" if not col else "right")
+    t.add_row("params", human(o["params"]), human(c["params"]), ratio(c["params"], o["params"]))
+    t.add_row("MACs", human(o["macs"]), human(c["macs"]), ratio(c["macs"], o["macs"]))
+    if r.get("bench"):
+        rows = {row["label"]: row for row in r["bench"]["rows"]}
+        lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
+        t.add_row(f"latency p50 ({r['bench']['threads']} threads)", f"{lo:.3f} ms", f"{lc:.3f} ms", ratio(lc, lo))
+    t.add_row(f"accuracy ({r['eval_samples']} eval)", pct(o["accuracy"]), pct(c["accuracy"]), "")
+    t.add_row("  after pruning only", "", pct(c["accuracy_after_prune"]), "")
+    t.add_row("top-1 agreement", "100.0%", pct(c["agreement"]), "")
+    console.print(t)
+    if r.get("finetune"):
+        from types import SimpleNamespace
+
+        ft = r["finetune"]
+        console.print(_epochs_table(SimpleNamespace(epochs=[SimpleNamespace(**e) for e in ft["epochs"]])))
+    g = Table(title="gates", title_justify="left")
+    for col in ("gate", "needs", "value", "result"):
+        g.add_column(col)
+    for gate in job.gates:
+        g.add_row(gate.name, gate.threshold, gate.value, "[green]pass[/]" if gate.passed else "[bold red]FAIL[/]")
+    console.print(g)
+    console.print(r["verify_summary"], soft_wrap=True)
+    console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, model.onnx, report.json, summary.md)")
+
+
+def _sci(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2e}"
+
+
+def render_verify(result: Any) -> None:
+    table = Table(title="onnxruntime vs torch", title_justify="left")
+    for col in ("output", "shape", "max abs", "p99 abs", "max rel", "top-1", "NaN/Inf", ""):
+        table.add_column(col, justify="left" if col in ("output", "") else "right", overflow="fold")
+    for o in result.outputs:
+        nonfinite = (o.nonfinite_reference or 0) + (o.nonfinite_candidate or 0)
+        table.add_row(
+            o.name, "×".join(map(str, o.shape)) if o.shape else "—", _sci(o.max_abs), _sci(o.p99_abs), _sci(o.max_rel),
+            pct(o.top1_agreement) if o.top1_agreement is not None else "—", str(nonfinite),
+            "[green]ok[/]" if o.passed else f"[red]{o.reason or 'FAILED'}[/]",
+        )
+    table.caption = "mean/median errors: --json"
+    console.print(table)
+    line = result.summary_line()
+    console.print(f"[bold {'green' if result.passed else 'red'}]{line}[/]", soft_wrap=True)
+
+
+def render_export(job: Any) -> None:
+    if job.export is not None:
+        e = job.export
+        fallback = f" (fell back: {e.fallback_reason})" if e.fallback_reason else ""
+        console.print(f"exported with the {e.exporter} exporter{fallback}, opset {e.opset}, "
+                      f"inputs {e.input_names}, outputs {e.output_names}, {human(e.file_bytes, 'B')}")
+    if job.verify is not None:
+        render_verify(job.verify)
+    console.print(f"wrote {', '.join(str(job.out / f) for f in job.files)}")
+
+
+def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:
+    table = Table(title=f"onnxruntime latency · batch {batch_size} · {threads} threads", title_justify="left")
+    for col in ("model", "p50 ms", "p90 ms", "MACs", "params", "latency ×", "MACs ×", "params ×"):
+        table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
+    for r in rows:
+        def x(v):
+            return "—" if v is None else f"{v:.3f}"
+        lat = x(r.get("latency_ratio"))
+        if r.get("latency_ratio_min") is not None and r is not rows[0]:
+            lat += f" ({r['latency_ratio_min']:.2f}–{r['latency_ratio_max']:.2f})"
+        table.add_row(r["label"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", human(r.get("macs")), human(r.get("params")),
+                      lat, x(r.get("macs_ratio")), x(r.get("params_ratio")))
+    table.caption = "ratios are to the first model; latency × is the median of same-round ratios (range)"
+    console.print(table)

@@ -1,0 +1,1 @@
+"""The basics every stage shares: the error family, model helpers (spatial convs, calling, MACs), the gradient loop, formatting."""

@@ -1,0 +1,96 @@
+"""The one gradient loop over spatial filters, shared by saliency (prune) and ExplainSteer (explain).
+
+A *spatial filter* is one k×k kernel ``W[o, i]`` of a Conv2d whose kernel_size is not (1, 1).
+Saliency follows the ExplainFix reference exactly::
+
+    s[o, i] = Σ_batches Σ_hw |W[o, i] · ∂C/∂W[o, i]|,   C = grad_cost_fn(ŷ, y)   (default Σ y·ŷ)
+
+where ŷ is first normalised under no_grad (``ŷ /= ŷ``): its values become 1 but the gradient path is
+untouched, so ∂C/∂W is the gradient of the selected outputs themselves.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .model import call_model, first_output, iter_spatial_convs, to_device
+
+Progress = Callable[[int], None]  # called with the number of batches just processed
+
+
+def default_grad_cost(yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference cost ``C = Σ y·ŷ`` (y one-hot selects each sample's class)."""
+    return (y * yhat).sum()
+
+
+def onehot_targets(yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Integer labels → one-hot over ŷ's classes; a negative label means *unlabeled* and is replaced by
+    the model's own top class (pseudo-label). Anything that is not a 1-D integer tensor passes through."""
+    if y.ndim != 1 or y.dtype.is_floating_point:
+        return y
+    labels = torch.where(y < 0, yhat.argmax(dim=1), y)
+    return torch.nn.functional.one_hot(labels, num_classes=yhat.shape[1]).to(yhat.dtype)
+
+
+def normalise_output(yhat: torch.Tensor) -> torch.Tensor:
+    """Value ``ŷ/ŷ``, gradient identity: the reference's in-place ``ŷ /= ŷ`` without mutating a tensor
+    that autograd may have saved."""
+    with torch.no_grad():
+        ratio = yhat / yhat
+    return yhat - yhat.detach() + ratio
+
+
+def spatial_grad_scores(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    num_minibatches: float = math.inf,
+    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> list[torch.Tensor]:
+    """Accumulate ``score_fn(W, ∂C/∂W)`` (shape (O, I)) over batches for every spatial conv.
+
+    The one gradient loop behind saliency (prune) and ExplainSteer's weights (explain). ``target_fn``
+    maps (raw ŷ, y) to the target handed to ``grad_cost_fn`` (the CLI uses :func:`onehot_targets`).
+    The model is put in eval mode and moved to ``device``; requires_grad flags are restored after.
+    """
+    if score_fn is None:
+        score_fn = saliency_score
+    model.eval().to(device)
+    convs = iter_spatial_convs(model)
+    weights = [m.weight for _, m in convs]
+    flags = [w.requires_grad for w in weights]
+    scores = [w.new_zeros(w.shape[:2]) for w in weights]
+    if not weights:
+        return scores
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        for n, batch in enumerate(loader):
+            if n >= num_minibatches:
+                break
+            x, y = batch[0], batch[1]
+            x, y = to_device(x, device), to_device(y, device)
+            yhat = first_output(call_model(model, x))
+            target = target_fn(yhat.detach(), y) if target_fn is not None else y
+            cost = grad_cost_fn(normalise_output(yhat), target)
+            grads = torch.autograd.grad(cost, weights, allow_unused=True)
+            with torch.no_grad():
+                for s, w, g in zip(scores, weights, grads):
+                    if g is not None:
+                        s += score_fn(w, g)
+            if progress is not None:
+                progress(1)
+    finally:
+        for w, f in zip(weights, flags):
+            w.requires_grad_(f)
+    return scores
+
+
+def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (w * g).abs().sum(dim=tuple(range(2, w.ndim)))

@@ -1,0 +1,1 @@
+"""Shipping a model: ONNX export, onnxruntime verification, latency benchmarks."""

@@ -1,0 +1,1 @@
+"""ExplainSteer spectra, fixed spatial filters (DCT, GHaar), figures."""

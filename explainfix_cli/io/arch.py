@@ -1,0 +1,98 @@
+"""Architectures: how ``--arch`` names one, how the recipe records it, and how it is built (random init)."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..core.errors import BadInput
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_arch_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"--arch-kwargs is not valid JSON: {e.msg} at char {e.pos}", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'') from None
+    if not isinstance(kwargs, dict):
+        raise BadInput("--arch-kwargs must be a JSON object", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'')
+    return kwargs
+
+
+def arch_spec(arch: str, kwargs: dict) -> dict:
+    """The recipe's record of an architecture: importable ``module:callable`` or ``file.py:Name``."""
+    if ":" not in arch:
+        raise BadInput(f"--arch {arch!r} must be MODULE:CALLABLE or path/to/file.py:ClassName", hint="e.g. --arch torchvision.models:resnet18")
+    where, _, name = arch.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise BadInput(f"architecture file {path} does not exist")
+        return {"kind": "file", "path": str(path.resolve()), "name": name, "kwargs": kwargs, "sha256": sha256_file(path)}
+    return {"kind": "import", "module": where, "name": name, "kwargs": kwargs}
+
+
+def arch_label(spec: dict) -> str:
+    if spec["kind"] == "file":
+        return f"{spec['path']}:{spec['name']}"
+    if spec["kind"] == "import":
+        return f"{spec['module']}:{spec['name']}"
+    return f"pickle:{spec.get('path')}"
+
+
+def build_arch(spec: dict) -> nn.Module:
+    """Instantiate an architecture from its recipe record (random init)."""
+    kind = spec["kind"]
+    if kind == "import":
+        try:
+            module = importlib.import_module(spec["module"])
+        except ImportError as e:
+            raise BadInput(f"cannot import {spec['module']}: {e}", hint="install the package that defines the architecture") from None
+    elif kind == "file":
+        path = Path(spec["path"])
+        if not path.is_file():
+            raise BadInput(f"architecture file {path} does not exist", hint="the recipe points to it; restore it or pass --arch")
+        sha = sha256_file(path)
+        if spec.get("sha256") and sha != spec["sha256"]:
+            raise BadInput(f"architecture file {path} changed since the recipe was written (sha256 differs)",
+                           hint="restore it, or start again from the original checkpoint with --arch")
+        mod_name = f"_explainfix_arch_{hashlib.sha1(f'{path}:{sha}'.encode()).hexdigest()[:12]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[mod_name]
+                raise BadInput(f"cannot import {path}: {type(e).__name__}: {e}") from None
+    else:
+        raise BadInput(f"this recipe's architecture is a pickled module ({spec.get('path')}); reload it with --trust-pickle")
+    factory = getattr(module, spec["name"], None)
+    if not callable(factory):
+        raise BadInput(f"{arch_label(spec)} is not a callable in that module")
+    try:
+        model = factory(**spec.get("kwargs", {}))
+    except TypeError as e:
+        raise BadInput(f"{arch_label(spec)}({json.dumps(spec.get('kwargs', {}))}) failed: {e}", hint="check --arch-kwargs") from None
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"{arch_label(spec)} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+# ------------------------------------------------------------------------------------ file formats

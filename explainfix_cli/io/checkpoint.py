@@ -1,0 +1,158 @@
+"""``MODEL`` arguments → (nn.Module, recipe): checkpoint formats, wrappers and the pickle rule.
+
+Accepted ``MODEL`` inputs (docs/CLI.md, "Loading a model"):
+
+1. an explainfix directory (``model.safetensors`` + ``explainfix.json``) or that ``.safetensors`` file;
+2. weights (``.safetensors`` or a ``.pt/.pth/.bin`` state_dict, also wrapped in ``{"state_dict": …}``,
+   ``{"model": …}``, ``{"model_state_dict": …}``, with ``module.`` prefixes) plus ``--arch``;
+3. a pickled ``nn.Module``: refused unless ``trust_pickle=True`` (unpickling runs code);
+4. TorchScript / ``torch.export`` archives: recognised and refused by name.
+
+State dicts are always read with ``torch.load(weights_only=True)``: no code runs.
+"""
+from __future__ import annotations
+
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import BadInput
+from .arch import arch_spec, build_arch, sha256_file
+from .codec import load_into, read_safetensors
+from .model_dir import LoadedModel, load_explainfix_dir
+from .recipe import RECIPE_NAME, empty_recipe
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+SAFE_ARCH_HINT = "save the weights with torch.save(model.state_dict(), 'model.pt') and pass --arch MODULE:CALLABLE"
+
+
+def sniff_format(path: Path) -> str:
+    """torchscript | torch-export | torch-zip | safetensors | legacy-pickle | unknown (never unpickles)."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        if any(n.endswith("/archive_format") or "/serialized_exported_program" in n or n.endswith("/models/model.json") for n in names):
+            return "torch-export"
+        if any("/code/__torch__" in n or n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("/data.pkl") for n in names):
+            return "torch-zip"
+        return "unknown"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return "legacy-pickle" if head[:1] == b"\x80" else "unknown"
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """A flat {name: tensor} from the usual checkpoint wrappers, ``module.``/``_orig_mod.`` stripped."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+            if inner is None:
+                return None
+            obj = inner
+        else:
+            return None
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        return None
+    sd = dict(obj)
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_model(
+    path: str | Path,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    trust_pickle: bool = False,
+    purpose: str = "restructure",
+) -> LoadedModel:
+    """Open ``MODEL`` as the contract describes. ``purpose`` only words the TorchScript refusal."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"model {path} does not exist")
+    if path.is_dir():
+        return load_explainfix_dir(path, trust_pickle=trust_pickle)
+    if path.suffix == ".safetensors" and (path.parent / RECIPE_NAME).is_file() and arch is None:
+        return load_explainfix_dir(path.parent, trust_pickle=trust_pickle)
+    try:
+        fmt = sniff_format(path)
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}") from None
+    sha = sha256_file(path)
+    if fmt in ("torchscript", "torch-export"):
+        name = "a TorchScript archive" if fmt == "torchscript" else "a torch.export archive"
+        raise BadInput(
+            f"{path} is {name}: its graph is compiled, so explainfix cannot {purpose} it",
+            hint="pass the eager model's weights instead: torch.save(model.state_dict(), 'model.pt') plus --arch",
+        )
+    if fmt == "safetensors":
+        state_dict, _ = read_safetensors(path)
+        return _with_arch(path, sha, "safetensors", state_dict, arch, arch_kwargs)
+    if fmt not in ("torch-zip", "legacy-pickle"):
+        raise BadInput(f"{path} is not a checkpoint explainfix can read (not safetensors, not a torch.save file)")
+    if fmt == "torch-zip":  # torch.load does not check the zip CRCs: a damaged file would load silently
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise BadInput(f"cannot read {path} as a torch checkpoint: {e}") from None
+        if damaged is not None:
+            raise BadInput(f"{path} is corrupt: the record {damaged} fails its CRC check", hint="re-download or re-save the checkpoint")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol N": stderr stays the one error line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for disallowed globals; RuntimeError/EOFError for corrupt files
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            if not trust_pickle:
+                raise BadInput(
+                    f"{path} holds a pickled object, and unpickling it would run code from the file; refused",
+                    hint=f"if you trust the file pass --trust-pickle; the safe way: {SAFE_ARCH_HINT}",
+                ) from None
+            return _load_pickled_module(path, sha, arch)
+        raise BadInput(f"cannot read {path} as a torch checkpoint: {text.splitlines()[0] if text else type(e).__name__}") from None
+    state_dict = unwrap_state_dict(obj)
+    if state_dict is None:
+        raise BadInput(f"{path} holds no state_dict (a {type(obj).__name__} without a tensor dict)", hint=SAFE_ARCH_HINT)
+    return _with_arch(path, sha, "state_dict", state_dict, arch, arch_kwargs)
+
+
+def _with_arch(path: Path, sha: str, fmt: str, state_dict: dict, arch: str | None, arch_kwargs: dict | None) -> LoadedModel:
+    if arch is None:
+        raise BadInput(f"{path} holds weights only; explainfix needs the architecture", hint="pass --arch MODULE:CALLABLE, e.g. --arch torchvision.models:resnet18")
+    spec = arch_spec(arch, arch_kwargs or {})
+    model = build_arch(spec)
+    load_into(model, state_dict, path)
+    model.eval()
+    return LoadedModel(model, empty_recipe(spec, path, sha, fmt), path, sha, fmt)
+
+
+def _load_pickled_module(path: Path, sha: str, arch: str | None) -> LoadedModel:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise BadInput(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, nn.Module):
+        sd = unwrap_state_dict(obj)
+        if sd is not None:
+            return _with_arch(path, sha, "state_dict", sd, arch, None)
+        raise BadInput(f"{path} unpickled to a {type(obj).__name__}, not an nn.Module")
+    spec = {"kind": "pickle", "path": str(path.resolve()), "sha256": sha}
+    return LoadedModel(obj.eval(), empty_recipe(spec, path, sha, "pickle"), path, sha, "pickle")
+
+
+# ------------------------------------------------------------------------------- explainfix dirs

@@ -1,0 +1,232 @@
+"""Calibration data: a class-folder tree, a flat image folder or an ``.npz`` → batches of (x, y).
+
+Labels follow torchvision's ImageFolder (sorted subfolder index); a flat folder is unlabeled and gets
+``y = -1`` (saliency then uses the model's own top class). Images are resized to the input size,
+converted to the channel count of the model's first conv (gray↔RGB) and normalised. The
+:class:`Preprocessing` used is stored in the recipe so later commands reuse it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import BadInput
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_INPUT_SIZE = (224, 224)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: resize (bilinear) → channels → [0,1] → (x - mean) / std."""
+
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
+    channels: int = 3
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_STD)
+    resize: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            input_size=tuple(int(v) for v in d["input_size"]),
+            channels=int(d["channels"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            resize=d.get("resize", "bilinear"),
+        )
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``"224"`` → (224, 224); ``"32x48"`` → (32, 48)."""
+    try:
+        parts = [int(p) for p in text.lower().replace("×", "x").split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise BadInput(f"--input-size {text!r} is not H or HxW with positive integers", hint="e.g. --input-size 224 or 32x48")
+    return parts[0], parts[1]
+
+
+def first_conv_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+    return None
+
+
+def resolve_preprocessing(
+    model: nn.Module,
+    input_size: tuple[int, int] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    stored: dict | None = None,
+) -> Preprocessing:
+    """Flags win, then the recipe's stored preprocessing, then defaults (224², ImageNet stats for 3
+    channels, 0.5/0.5 otherwise). Channels always come from the model's first conv when it has one."""
+    base = Preprocessing.from_dict(stored) if stored else None
+    channels = first_conv_channels(model) or (base.channels if base else 3)
+    size = input_size or (base.input_size if base else DEFAULT_INPUT_SIZE)
+
+    def stats(given, stored_vals, default3, default_other):
+        if given is not None:
+            vals = list(given)
+        elif stored_vals is not None and len(stored_vals) == channels:
+            vals = list(stored_vals)
+        else:
+            vals = default3 if channels == 3 else [default_other] * channels
+        if len(vals) == 1:
+            vals = vals * channels
+        if len(vals) != channels:
+            raise BadInput(f"{len(vals)} mean/std values for a model with {channels} input channels")
+        return tuple(float(v) for v in vals)
+
+    m = stats(mean, base.mean if base else None, IMAGENET_MEAN, 0.5)
+    s = stats(std, base.std if base else None, IMAGENET_STD, 0.5)
+    if any(v <= 0 for v in s):
+        raise BadInput("--std values must be positive")
+    return Preprocessing(input_size=tuple(size), channels=channels, mean=m, std=s)
+
+
+def load_image(path: Path, pre: Preprocessing) -> torch.Tensor:
+    """One image file → normalised (C, H, W) float tensor."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I;16"):  # 16-bit gray: scale to [0, 1] (convert("L") would clip at 255)
+                img, scale = img.convert("F"), 65535.0
+            else:
+                img, scale = img.convert("L" if pre.channels == 1 else "RGB"), 255.0
+            h, w = pre.input_size
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / scale
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+        raise BadInput(f"cannot read image {path}: {e}", hint="remove or replace the file") from None
+    t = torch.from_numpy(arr.copy())
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    if t.shape[0] != pre.channels:  # gray for a 3-channel model, or 2/4 input channels: repeat gray
+        t = t.mean(0, keepdim=True).expand(pre.channels, -1, -1)
+    mean = torch.tensor(pre.mean).view(-1, 1, 1)
+    std = torch.tensor(pre.std).view(-1, 1, 1)
+    return (t - mean) / std
+
+
+@dataclass
+class CalibrationSet:
+    """Lazily loaded calibration data. ``y[i] = -1`` marks an unlabeled sample."""
+
+    source: str
+    kind: str  # "class-folders" | "flat-folder" | "npz"
+    labels: list[int]
+    classes: list[str] | None = None
+    files: list[Path] = field(default_factory=list)
+    array: np.ndarray | None = None
+    preprocessing: Preprocessing | None = None
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int, max_batches: float = math.inf) -> int:
+        return int(min(math.ceil(len(self) / batch_size), max_batches))
+
+    def batches(self, batch_size: int, max_batches: float = math.inf) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) in file order; at most ``max_batches`` batches."""
+        for b in range(self.num_batches(batch_size, max_batches)):
+            idx = range(b * batch_size, min((b + 1) * batch_size, len(self)))
+            if self.array is not None:
+                x = torch.from_numpy(np.ascontiguousarray(self.array[idx.start : idx.stop], dtype=np.float32))
+            else:
+                x = torch.stack([load_image(self.files[i], self.preprocessing) for i in idx])
+            yield x, torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "samples": len(self),
+            "labeled": self.labeled,
+            "classes": self.classes,
+        }
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_calibration(path: str | Path, pre: Preprocessing) -> CalibrationSet:
+    """Open ``--data PATH``: class folders, a flat folder of images, or an ``.npz`` with ``x`` (and ``y``)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"data path {path} does not exist", hint="pass a folder of images or an .npz file")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise BadInput(f"data file {path} is not an .npz", hint="use a folder of images or an .npz with array x")
+        return _load_npz(path, pre)
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_files = [(d.name, _images_in(d)) for d in subdirs]
+    if any(files for _, files in class_files):
+        classes = [name for name, _ in class_files]
+        files, labels = [], []
+        for label, (_, fs) in enumerate(class_files):
+            files += fs
+            labels += [label] * len(fs)
+        return CalibrationSet(str(path), "class-folders", labels, classes, files, preprocessing=pre)
+    files = _images_in(path)
+    if not files:
+        raise BadInput(
+            f"data folder {path} holds no images",
+            hint=f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class subfolders or directly in it",
+        )
+    return CalibrationSet(str(path), "flat-folder", [-1] * len(files), None, files, preprocessing=pre)
+
+
+def _load_npz(path: Path, pre: Preprocessing) -> CalibrationSet:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z:
+                raise BadInput(f"{path} has no array 'x' (found: {', '.join(z.files) or 'none'})")
+            x = z["x"]
+            y = z["y"] if "y" in z else None
+    except BadInput:
+        raise
+    except Exception as e:  # zipfile/pickle/format errors
+        raise BadInput(f"cannot read {path} as .npz: {e}") from None
+    if x.ndim < 2 or len(x) == 0:
+        raise BadInput(f"{path}: x must be (N, ...) with N > 0, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise BadInput(f"{path}: x must be numeric, got {x.dtype}")
+    if y is not None:
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise BadInput(f"{path}: y must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
+        labels = [int(v) for v in y]
+    else:
+        labels = [-1] * len(x)
+    return CalibrationSet(str(path), "npz", labels, None, array=x, preprocessing=pre)
+
+
+def random_inputs(pre: Preprocessing, n: int = 4, seed: int = 0) -> torch.Tensor:
+    """Seeded N(0, 1) inputs shaped (n, C, H, W) from the preprocessing (inputs are normalised)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, pre.channels, *pre.input_size, generator=g)

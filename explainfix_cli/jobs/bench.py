@@ -1,0 +1,63 @@
+"""``explainfix bench``: onnxruntime latency side by side with MACs/params, models timed interleaved."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..core.errors import BadInput
+from ..io.arch import parse_arch_kwargs
+from ..io.checkpoint import load_model
+from ..io.data import parse_input_size, random_inputs, resolve_preprocessing
+
+
+def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | None = None, trust_pickle: bool = False,
+              input_size: str | None = None, batch_size: int = 1, threads: int = 2, warmup: int = 10,
+              iters: int = 50, seed: int = 0, opset: int = 18, rounds: int = 5) -> list[dict]:
+    """onnxruntime latency of each model side by side with MACs/params and ratios to the first, timed
+    interleaved over ``rounds`` rounds (bench.py).
+
+    A model that is not ``.onnx`` is loaded like any MODEL and exported to a temporary ONNX first."""
+    from ..deploy.bench import BenchTarget, bench_interleaved, compare_bench, model_cost
+    from ..deploy.onnx import export_onnx
+
+    if not models:
+        raise BadInput("bench needs at least one MODEL")
+    if batch_size < 1 or threads < 1 or iters < 1 or warmup < 0 or rounds < 1:
+        raise BadInput("--batch-size, --threads, --iters and --rounds must be ≥ 1, --warmup ≥ 0")
+    targets, loaded_models = [], {}
+    for path in map(Path, models):
+        if path.suffix != ".onnx":
+            loaded_models[path] = load_model(path, arch if not path.is_dir() else None, parse_arch_kwargs(arch_kwargs),
+                                             trust_pickle, "bench")
+    # one input size for all: --input-size, else the first recipe that stores one, else the default
+    size = parse_input_size(input_size) if input_size else next(
+        (tuple(m.preprocessing["input_size"]) for m in loaded_models.values() if m.preprocessing), None)
+    with tempfile.TemporaryDirectory(prefix="explainfix-bench-") as tmp:
+        for k, path in enumerate(map(Path, models)):
+            if path.suffix == ".onnx":
+                if not path.is_file():
+                    raise BadInput(f"ONNX file {path} does not exist")
+                targets.append(BenchTarget(path, _onnx_input_shape(path, input_size), None, str(path)))
+                continue
+            loaded = loaded_models[path]
+            pre = resolve_preprocessing(loaded.model, size, None, None, loaded.preprocessing)
+            shape = (pre.channels, *pre.input_size)
+            onnx_path = Path(tmp) / f"m{k}" / "model.onnx"
+            onnx_path.parent.mkdir()
+            export_onnx(loaded.model, random_inputs(pre, 2, seed), onnx_path, opset=opset)
+            targets.append(BenchTarget(onnx_path, shape, model_cost(loaded.model, shape), str(path)))
+        return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
+                                               iters=iters, rounds=rounds, seed=seed))
+
+
+def _onnx_input_shape(path: Path, input_size: str | None) -> tuple[int, ...]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = [d.dim_value or None for d in graph.input[0].type.tensor_type.shape.dim][1:]
+    if input_size:
+        h, w = parse_input_size(input_size)
+        dims[-2:] = [h, w]
+    if any(d is None for d in dims):
+        raise BadInput(f"{path} has dynamic spatial dimensions", hint="pass --input-size HxW")
+    return tuple(dims)

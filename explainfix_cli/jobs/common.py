@@ -1,0 +1,153 @@
+"""What every job shares: how the user named a model and data, opening them, and the device.
+
+A job (one module per command) opens its inputs, calls the stage packages, writes its outputs atomically
+and returns a result; jobs never print. ``progress(stage, completed, total)`` reports long work."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import BadInput, first_line
+from ..core.model import count_macs
+from ..io.arch import parse_arch_kwargs
+from ..io.checkpoint import LoadedModel, load_model
+from ..io.data import (
+    CalibrationSet,
+    Preprocessing,
+    load_calibration,
+    parse_input_size,
+    random_inputs,
+    resolve_preprocessing,
+)
+from ..prune.pipeline import Progress
+
+
+@dataclass
+class ModelSpec:
+    """How the user named a model on the command line."""
+
+    path: Path
+    arch: str | None = None
+    arch_kwargs: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass
+class DataSpec:
+    path: Path | None = None
+    input_size: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    batch_size: int = 32
+    batches: int | None = None
+
+
+@dataclass
+class Opened:
+    loaded: LoadedModel
+    pre: Preprocessing
+    calib: CalibrationSet | None
+    device: torch.device
+    macs: int = 0  # of one input, counted by the probe forward in open_inputs
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    def example(self, n: int = 1) -> torch.Tensor:
+        """``n`` real calibration inputs when there is data, else seeded random ones."""
+        if self.calib is not None:
+            x, _ = next(iter(self.calib.batches(n)))
+            return x
+        return random_inputs(self.pre, n)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise BadInput(f"--device {device!r} is not a device", hint="use auto, cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {device}: CUDA is not available on this machine", hint="use --device cpu or auto")
+    if d.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {device!r} is not supported", hint="use auto, cpu, cuda or cuda:N")
+    return d
+
+
+def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", purpose: str = "restructure") -> Opened:
+    """Load the model, resolve preprocessing (flags → recipe → defaults) and open the calibration data."""
+    dev = resolve_device(device)
+    if data is not None and data.batch_size < 1:
+        raise BadInput(f"--batch-size must be ≥ 1, got {data.batch_size}")
+    if data is not None and data.batches is not None and data.batches < 1:
+        raise BadInput(f"--batches must be ≥ 1, got {data.batches}")
+    loaded = load_model(model.path, model.arch, parse_arch_kwargs(model.arch_kwargs), model.trust_pickle, purpose)
+    data = data or DataSpec()
+    size = parse_input_size(data.input_size) if data.input_size else None
+    pre = resolve_preprocessing(loaded.model, size, data.mean, data.std, loaded.preprocessing)
+    calib = load_calibration(data.path, pre) if data.path is not None else None
+    if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
+        raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
+                       hint="x must be (N, C, H, W) as the model expects it (already normalised)")
+    opened = Opened(loaded, pre, calib, dev)
+    opened.macs = _probe(opened)
+    return opened
+
+
+def _probe(opened: Opened) -> int:
+    """Run the model once on one input — counting its MACs, which every command reports — so that a wrong
+    input size is a clear bad-input error, not a crash deep inside the pipeline."""
+    x = opened.example(1)
+    try:
+        return count_macs(opened.model, x)
+    except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
+        shape = "×".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else "the example"
+        raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: {first_line(e, 200)}",
+                       hint="check --input-size (and --arch / --arch-kwargs) against what the model expects") from None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+
+
+def evaluate_on(model: nn.Module, calib: CalibrationSet | None, batch_size: int, device: torch.device) -> dict | None:
+    """Top-1 predictions and accuracy on a calibration set (None without data)."""
+    from ..train.finetune import accuracy, predict
+
+    if calib is None:
+        return None
+    preds, labels = predict(model, calib.batches(batch_size), device)
+    return {"preds": preds, "labels": labels, "accuracy": accuracy(preds, labels), "samples": len(labels)}
+
+
+def with_total(progress: Progress | None, total: int | None) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda stage, done, _t: progress(stage, done, total)
+
+
+
+
+def counting_progress(progress: Progress | None) -> Callable[[int], None] | None:
+    """Adapt a (stage, done, total) callback to the per-batch ``advance(n)`` of the gradient loop."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def advance(n: int = 1, *_: Any) -> None:
+        done[0] += n
+        progress("saliency", done[0], None)
+
+    return advance
+
+

@@ -1,0 +1,207 @@
+"""``explainfix compress``: prune → (fine-tune) → export ONNX → verify → bench → quality gates, for CI.
+
+    job = compress_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), pct=70,
+                       eval_data=Path("eval"), max_accuracy_drop=1.0, min_agreement=0.95)
+    job.passed, [g.name for g in job.gates if not g.passed]
+
+Gates (each only when asked for, except verification which always runs):
+
+* accuracy drop, in percentage points: accuracy of the original minus that of the final model, both on
+  ``--eval-data`` (else ``--data``); needs labels;
+* top-1 agreement of the final model with the original on the same samples (a fraction);
+* ONNX verification: onnxruntime vs the final torch model within ``--atol/--rtol`` (verify.py).
+
+Everything is written into one directory even when a gate fails (CI keeps ``summary.md``); the
+caller turns a failed gate into exit 1.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import BadInput
+from ..io.data import load_calibration
+from ..io.model_dir import save_model_dir
+from ..io.outdir import check_output_dir, default_out
+from ..prune.pipeline import Progress
+from ..train.finetune import TrainOptions, agreement
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs
+from .export import verification_inputs
+from .finetune import finetune_opened
+from .prune import prune_opened
+from .summary import summary_markdown
+
+
+@dataclass
+class Gate:
+    name: str  # accuracy-drop | agreement | verification
+    flag: str
+    threshold: str  # as written in the summary: "≤ 1 pts"
+    value: str  # "0.7 pts"
+    passed: bool
+    detail: str = ""
+
+    def failure_line(self) -> str:
+        return f"{self.name} {self.value} (needs {self.threshold}, {self.flag}){': ' + self.detail if self.detail else ''}"
+
+
+@dataclass
+class CompressJob:
+    out: Path
+    report: dict
+    gates: list[Gate]
+    summary_md: str
+    model: nn.Module
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failure_message(self) -> str:
+        return "gate failed: " + "; ".join(g.failure_line() for g in self.gates if not g.passed)
+
+
+def compress_job(
+    model: ModelSpec,
+    data: DataSpec,
+    pct: float,
+    *,
+    eval_data: Path | None = None,
+    finetune_epochs: int = 0,
+    train: TrainOptions | None = None,
+    criterion: str | None = None,
+    fill: str = "none",
+    round_to: int | None = None,
+    max_accuracy_drop: float | None = None,
+    min_agreement: float | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    opset: int = 18,
+    bench: bool = True,
+    threads: int = 2,
+    bench_iters: int = 50,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_step: Any = None,
+) -> CompressJob:
+    from ..deploy.bench import BenchTarget, bench_interleaved, compare_bench, model_cost
+    from ..deploy.onnx import export_onnx
+    from ..deploy.verify import verify_onnx
+
+    _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
+    if data.path is None:
+        raise BadInput("compress needs --data PATH (calibration images for saliency)")
+    train = (train or TrainOptions()).resolved() if finetune_epochs else None
+    if train is not None:
+        train.epochs = finetune_epochs
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, "compressed")
+    check_output_dir(out, force)
+    eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
+    if max_accuracy_drop is not None and not eval_calib.labeled:
+        raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
+                       hint="pass --eval-data with class subfolders")
+    if finetune_epochs and not opened.calib.labeled:
+        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled")
+    bs = data.batch_size
+    stage = _stages(progress)
+
+    original = copy.deepcopy(opened.model).to("cpu")
+    before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
+    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, progress=progress, round_to=round_to)
+    pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
+    tuned = None
+    if train is not None:
+        tuned, recipe = finetune_opened(opened, data, train, None, None, seed, on_step, recipe=recipe)
+    final = opened.model.to("cpu").eval()
+    after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
+
+    work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
+    try:
+        stage("export")
+        example = opened.example(2)
+        meta = {"explainfix.command": "compress", "explainfix.pct": f"{pct:g}", "explainfix.source": str(model.path)}
+        exported = export_onnx(final, example, work / "model.onnx", opset=opset, metadata=meta)
+        stage("verify")
+        check = verify_onnx(work / "model.onnx", final, verification_inputs(eval_calib, opened.pre, bs), atol=atol, rtol=rtol)
+        bench_rows = None
+        if bench:
+            stage("bench")
+            (work / "original").mkdir()
+            export_onnx(original, example, work / "original" / "model.onnx", opset=opset)
+            shape = tuple(example.shape[1:])
+            results = bench_interleaved(
+                [BenchTarget(work / "original" / "model.onnx", shape, model_cost(original, shape), "original"),
+                 BenchTarget(work / "model.onnx", shape, model_cost(final, shape), "compressed")],
+                threads=threads, iters=bench_iters, seed=seed)
+            bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": compare_bench(results)}
+        onnx_files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    acc_b, acc_a = before["accuracy"], after["accuracy"]
+    agree = agreement(before["preds"], after["preds"])
+    gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
+    report = {
+        "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": pct,
+        "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
+        "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
+        "original": {"params": result.params_before, "macs": result.macs_before, "accuracy": acc_b},
+        "compressed": {"params": result.params_after, "macs": result.macs_after, "accuracy": acc_a,
+                       "accuracy_after_prune": pruned_eval["accuracy"], "agreement": agree,
+                       "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"])},
+        "eval_samples": after["samples"],
+        "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
+        "export": exported.to_json(), "verify": check.to_json(), "verify_summary": check.summary_line(),
+        "bench": bench_rows, "seed": seed,
+    }
+    summary = summary_markdown(report)
+    recipe["provenance"] = recipe["provenance"] + [{
+        "command": "compress", "time": report["time"], "pct": pct, "finetune_epochs": finetune_epochs,
+        "passed": report["passed"], "gates": {g.name: g.value for g in gates}}]
+    save_model_dir(final, recipe, out, extra={**onnx_files, "report.json": report, "summary.md": summary}, force=force)
+    return CompressJob(out, report, gates, summary, final)
+
+
+def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: float, rtol: float, epochs: int) -> None:
+    if max_drop is not None and not (max_drop >= 0 and math.isfinite(max_drop)):
+        raise BadInput(f"--max-accuracy-drop must be ≥ 0 percentage points, got {max_drop:g}")
+    if min_agree is not None and not 0 <= min_agree <= 1:
+        raise BadInput(f"--min-agreement is a fraction in [0, 1], got {min_agree:g}", hint="e.g. --min-agreement 0.98")
+    if not (atol >= 0 and rtol >= 0):
+        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    if epochs < 0:
+        raise BadInput(f"--finetune-epochs must be ≥ 0, got {epochs}")
+
+
+def _stages(progress: Progress | None):
+    def stage(name: str) -> None:
+        if progress:
+            progress(name, 0, 1)
+    return stage
+
+
+def _gates(acc_b, acc_a, agree, check, max_drop, min_agree, samples, eval_calib) -> list[Gate]:
+    gates = []
+    where = f"on {samples} samples of {eval_calib.source}"
+    if max_drop is not None:
+        drop = 100 * (acc_b - acc_a)
+        gates.append(Gate("accuracy drop", "--max-accuracy-drop", f"≤ {max_drop:g} pts", f"{drop:.2f} pts",
+                          drop <= max_drop + 1e-9, f"{100 * acc_b:.2f}% → {100 * acc_a:.2f}% {where}"))
+    if min_agree is not None:
+        gates.append(Gate("top-1 agreement", "--min-agreement", f"≥ {min_agree:g}", f"{agree:.4f}",
+                          agree >= min_agree - 1e-12, where))
+    gates.append(Gate("ONNX verification", "--atol/--rtol", f"atol {check.atol:g}, rtol {check.rtol:g}",
+                      "PASSED" if check.passed else "FAILED", check.passed, check.summary_line()))
+    return gates

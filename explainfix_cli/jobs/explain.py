@@ -1,0 +1,53 @@
+"""``explainfix explain``: ExplainSteer spectra (with saliency when there is data) → spectra.json + spectra.png."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core import gradients as grad
+from ..io.outdir import check_output_dir, default_out
+from ..prune.pipeline import Progress
+from .common import DataSpec, ModelSpec, counting_progress, open_inputs, with_total
+
+
+@dataclass
+class ExplainJob:
+    report: Any  # explain.ExplainReport
+    out: Path
+    doc: dict
+
+
+def explain_job(
+    model: ModelSpec,
+    data: DataSpec | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    force: bool = False,
+    loglog: bool = False,
+    progress: Progress | None = None,
+) -> ExplainJob:
+    """ExplainSteer spectra (with saliency when there is data) → ``spectra.json`` + ``spectra.png``."""
+    from ..explain.figures import save_spectra_png
+    from ..explain.spectra import explain_model
+    from ..io.outdir import write_output_dir
+
+    opened = open_inputs(model, data, device, purpose="explain")
+    out = Path(out) if out is not None else default_out(model.path, "explain")
+    check_output_dir(out, force)
+    calib, batches, limit = opened.calib, None, float("inf")
+    if calib is not None:
+        limit = data.batches or float("inf")
+        batches = calib.batches(data.batch_size, limit)
+        total = calib.num_batches(data.batch_size, limit)
+        if progress:
+            progress("saliency", 0, total)
+        progress = counting_progress(with_total(progress, total))
+    report = explain_model(opened.model, batches, opened.device, limit, target_fn=grad.onehot_targets, progress=progress)
+    doc = {"command": "explain", "model": str(model.path), "out": str(out), "data": calib.describe() if calib else None,
+           "preprocessing": opened.pre.to_dict(), **report.to_json()}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = save_spectra_png(report, Path(tmp) / "spectra.png", loglog=loglog)
+        write_output_dir(out, {"spectra.json": doc, "spectra.png": png.read_bytes()}, force=force)
+    return ExplainJob(report, out, doc)

@@ -1,0 +1,107 @@
+"""``explainfix finetune``: short supervised training; frozen spatial filters stay frozen; the recipe chain is kept."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.errors import BadInput
+from ..core.model import count_params
+from ..io.data import CalibrationSet, load_calibration
+from ..io.model_dir import save_model_dir
+from ..io.outdir import check_output_dir, default_out
+from .common import DataSpec, ModelSpec, Opened, now, open_inputs
+
+
+@dataclass
+class FinetuneJob:
+    out: Path
+    report: dict
+    result: Any  # finetune.FinetuneResult
+    model: nn.Module
+
+
+def finetune_opened(
+    opened: Opened,
+    data: DataSpec,
+    options: Any,
+    fixed_spatial: bool | None = None,
+    eval_calib: CalibrationSet | None = None,
+    seed: int = 0,
+    on_step: Any = None,
+    recipe: dict | None = None,
+) -> tuple[Any, dict]:
+    """Fine-tune ``opened.model`` in place on ``opened.calib``; return the FinetuneResult and the new recipe.
+
+    ``fixed_spatial`` None: keep the recipe's frozen tensors frozen (a fixed model stays fixed); True on a
+    model without frozen tensors: freeze its spatial filters as they are; False: train everything.
+    ``recipe`` defaults to the loaded model's (pass the pruned one when chaining in memory)."""
+    from ..train.finetune import (
+        accuracy,
+        finetune,
+        predict,
+        set_spatial_frozen,
+        shuffled_batches,
+        spatial_param_names,
+    )
+
+    if opened.calib is None:
+        raise BadInput("fine-tuning needs labeled data", hint="pass --data PATH with class subfolders")
+    recipe = dict(opened.loaded.recipe if recipe is None else recipe)
+    stored = list(recipe.get("frozen", []))
+    fixed = bool(stored) if fixed_spatial is None else fixed_spatial
+    names = (stored or spatial_param_names(opened.model)) if fixed else []
+    frozen = set_spatial_frozen(opened.model, names, fixed)
+    batches, steps = shuffled_batches(opened.calib, data.batch_size, seed=seed)
+    evaluate = None
+    if eval_calib is not None:
+        if not eval_calib.labeled:
+            raise BadInput(f"--eval-data {eval_calib.source} is unlabeled", hint="use class subfolders")
+        evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
+    result = finetune(opened.model, batches, options, steps_per_epoch=steps, device=opened.device,
+                      evaluate=evaluate, on_step=on_step, seed=seed)
+    opt = result.options
+    recipe["preprocessing"] = opened.pre.to_dict()
+    recipe["frozen"] = frozen
+    recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "finetune", "epochs": opt["epochs"], "seed": seed}]
+    provenance = {
+        "command": "finetune", "time": now(), "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],
+        "weight_decay": opt["weight_decay"], "batch_size": data.batch_size, "fixed_spatial": fixed, "seed": seed,
+        "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
+        "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
+        "final_loss": result.epochs[-1].loss, "final_train_accuracy": result.epochs[-1].accuracy,
+        "eval_accuracy": result.eval_accuracy_after,
+    }
+    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
+    return result, recipe
+
+
+def finetune_job(
+    model: ModelSpec,
+    data: DataSpec,
+    options: Any,
+    fixed_spatial: bool | None = None,
+    eval_data: Path | None = None,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    on_step: Any = None,
+) -> FinetuneJob:
+    """Short supervised training on a labeled folder; writes a new explainfix dir keeping the recipe chain."""
+    if data.path is None:
+        raise BadInput("finetune needs --data PATH (labeled class subfolders)")
+    options = options.resolved()
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, "finetuned")
+    check_output_dir(out, force)
+    eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else None
+    result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step)
+    m = opened.model.to("cpu")
+    report = {"command": "finetune", "model": str(model.path), "out": str(out),
+              "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
+              "params": count_params(m), "fixed_spatial": bool(recipe["frozen"]), **result.to_json()}
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)
+    return FinetuneJob(out, report, result, m)

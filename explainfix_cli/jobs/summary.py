@@ -1,0 +1,49 @@
+"""The markdown summary of a compress report (for ``$GITHUB_STEP_SUMMARY``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.fmt import human, pct, ratio
+
+
+def _pct2(x: float | None) -> str:
+    return pct(x, digits=2)
+
+
+def summary_markdown(report: dict) -> str:
+    """A GitHub-flavoured markdown summary (for ``$GITHUB_STEP_SUMMARY``) of a compress report."""
+    o, c = report["original"], report["compressed"]
+    status = "✅ PASSED" if report["passed"] else "❌ FAILED"
+    lines = [
+        f"### explainfix compress · `{Path(report['model']).name}` · {report['pct']:g}% of spatial filters — {status}",
+        "",
+        "| | original | compressed | change |",
+        "|---|---:|---:|---:|",
+        f"| params | {human(o['params'])} | {human(c['params'])} | {ratio(c['params'], o['params'])} |",
+        f"| MACs (1 input) | {human(o['macs'])} | {human(c['macs'])} | {ratio(c['macs'], o['macs'])} |",
+    ]
+    b = report.get("bench")
+    if b:
+        rows = {r["label"]: r for r in b["rows"]}
+        lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
+        lines.append(f"| latency p50 (onnxruntime CPU, batch 1, {b['threads']} threads) | {lo:.3f} ms | {lc:.3f} ms | "
+                     f"{ratio(lc, lo)} |")
+    drop = "—" if o["accuracy"] is None or c["accuracy"] is None else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pts"
+    lines += [
+        f"| accuracy ({report['eval_samples']} eval samples) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
+        f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
+        f"| ONNX verification | | {'PASSED' if report['verify']['passed'] else 'FAILED'} | |",
+        "",
+        "| gate | needs | value | result |",
+        "|---|---|---|---|",
+    ]
+    for g in report["gates"]:
+        lines.append(f"| {g['name']} (`{g['flag']}`) | {g['threshold']} | {g['value']} | {'✅ pass' if g['passed'] else '❌ fail'} |")
+    ft = report.get("finetune")
+    notes = [f"pruned by {report['prune']['criterion']} on {report['data']['samples']} samples of `{report['data']['source']}`"]
+    if ft:
+        opt = ft["options"]
+        notes.append(f"fine-tuned {opt['epochs']} epoch(s), {opt['optimizer']} lr {opt['lr']:g}")
+    notes.append(f"accuracy after pruning only: {_pct2(c['accuracy_after_prune'])}")
+    lines += ["", "; ".join(notes) + ".", "", f"`{report['verify_summary']}`", ""]
+    return "\n".join(lines)

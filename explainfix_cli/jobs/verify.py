@@ -1,0 +1,25 @@
+"""``explainfix verify``: an ONNX file against a loadable torch model, on calibration or seeded random inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import BadInput
+from .common import DataSpec, ModelSpec, open_inputs
+from .export import VERIFY_SAMPLES, verification_inputs
+
+
+def verify_job(onnx_path: Path, reference: ModelSpec, data: DataSpec, atol: float = 1e-4, rtol: float = 1e-3,
+               seed: int = 0) -> Any:
+    """Compare an ONNX file with a loadable model on calibration (or seeded random) inputs."""
+    from ..deploy.verify import verify_onnx
+
+    if not Path(onnx_path).is_file():
+        raise BadInput(f"ONNX file {onnx_path} does not exist")
+    if atol < 0 or rtol < 0:
+        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    opened = open_inputs(reference, data, "cpu", purpose="verify")
+    inputs = verification_inputs(opened.calib, opened.pre, data.batch_size, VERIFY_SAMPLES, seed)
+    return verify_onnx(onnx_path, opened.model, inputs, atol=atol, rtol=rtol)
+
+

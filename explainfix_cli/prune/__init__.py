@@ -1,0 +1,1 @@
+"""Pruning: spatial-filter criteria and ranking, zeroing, the masked equivalent, the self-check, the pipeline."""

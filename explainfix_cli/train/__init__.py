@@ -1,0 +1,1 @@
+"""Recovering accuracy: fine-tuning and BatchNorm re-estimation."""

@@ -1,0 +1,356 @@
+"""Short supervised fine-tuning (cross-entropy) and top-1 evaluation, for classifiers.
+
+>>> batches, steps = shuffled_batches(calib, batch_size=32, seed=0)
+>>> res = finetune(model, batches, TrainOptions(epochs=3), steps_per_epoch=steps)
+>>> [e.accuracy for e in res.epochs], res.frozen_unchanged
+
+Defaults (documented in the CLI's ``--help`` too): SGD, momentum 0.9 (Nesterov), lr 0.01, weight decay
+5e-4, cosine decay of the learning rate to 0 over all steps, no augmentation, no label smoothing. With
+``--optimizer adamw``: lr 1e-3, weight decay 1e-4. After the last epoch the BatchNorm running statistics
+are re-estimated by a forward pass over (up to 100 batches of) the training data
+(:func:`recalibrate_batchnorm`). Parameters with ``requires_grad=False`` (the frozen
+spatial filters of a fixed model) are left out of the optimizer and checked bit-identical afterwards.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import BadInput, CannotProcess
+from ..io.data import CalibrationSet, load_image
+
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch → (x, y) batches
+OPTIMIZERS = {  # name → (default lr, default weight decay)
+    "sgd": (0.01, 5e-4),
+    "adamw": (1e-3, 1e-4),
+}
+CACHE_BYTES = 512 << 20  # decoded images are kept in memory after the first epoch below this size
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 1
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: the optimizer's default (OPTIMIZERS)
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant
+    label_smoothing: float = 0.0
+    max_batches: int | None = None  # per epoch
+    recalibrate_bn: bool = True  # re-estimate BatchNorm running stats on the training data after training
+    bn_batches: int = 100  # at most this many batches for that
+
+    def resolved(self) -> "TrainOptions":
+        if self.optimizer not in OPTIMIZERS:
+            raise BadInput(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise BadInput(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if self.epochs < 1:
+            raise BadInput(f"--epochs must be ≥ 1, got {self.epochs}")
+        lr, wd = OPTIMIZERS[self.optimizer]
+        lr = lr if self.lr is None else self.lr
+        if not (lr > 0 and math.isfinite(lr)):
+            raise BadInput(f"--lr must be a positive number, got {lr:g}")
+        return replace(self, lr=lr, weight_decay=wd if self.weight_decay is None else self.weight_decay)
+
+
+@dataclass
+class TrainStep:
+    """What a progress callback sees after each optimizer step (running means over the epoch)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps: int | None
+    loss: float
+    accuracy: float
+    lr: float
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    accuracy: float
+    samples: int
+    lr: float  # at the end of the epoch
+    seconds: float
+    eval_accuracy: float | None = None
+
+
+@dataclass
+class FinetuneResult:
+    options: dict
+    epochs: list[EpochStats]
+    trainable_params: int
+    frozen_params: int
+    frozen_tensors: list[str]
+    frozen_unchanged: bool
+    seconds: float
+    eval_accuracy_before: float | None = None
+    eval_accuracy_after: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- batches
+def shuffled_batches(calib: CalibrationSet, batch_size: int, seed: int = 0,
+                     cache_bytes: int = CACHE_BYTES) -> tuple[Batches, int]:
+    """(epoch → shuffled (x, y) batches, batches per epoch) over a labeled calibration set.
+
+    The permutation is seeded by ``(seed, epoch)``; a trailing batch of one sample is merged into the
+    previous one (BatchNorm cannot train on one sample). Decoded images are cached when they fit."""
+    if not calib.labeled:
+        raise BadInput(f"{calib.source} is unlabeled; fine-tuning needs labels",
+                       hint="use class subfolders (calib/<class>/*.png) or an .npz with arrays x and y")
+    n = len(calib)
+    if batch_size < 1:
+        raise BadInput(f"--batch-size must be ≥ 1, got {batch_size}")
+    labels = torch.tensor(calib.labels, dtype=torch.long)
+    pre = calib.preprocessing
+    per_item = 4 * (pre.channels * pre.input_size[0] * pre.input_size[1] if pre else 0)
+    cache: dict[int, torch.Tensor] = {}
+    use_cache = calib.array is None and per_item * n <= cache_bytes
+
+    def item(i: int) -> torch.Tensor:
+        if calib.array is not None:
+            return torch.from_numpy(np.ascontiguousarray(calib.array[i], dtype=np.float32))
+        if i in cache:
+            return cache[i]
+        x = load_image(calib.files[i], calib.preprocessing)
+        if use_cache:
+            cache[i] = x
+        return x
+
+    bounds = _batch_bounds(n, batch_size)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for lo, hi in bounds:
+            idx = order[lo:hi]
+            yield torch.stack([item(int(i)) for i in idx]), labels[idx]
+
+    return epoch_batches, len(bounds)
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0) -> tuple[Batches, int]:
+    """The same as :func:`shuffled_batches` for in-memory tensors (benchmarks, the Python API)."""
+    bounds = _batch_bounds(len(x), batch_size)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for lo, hi in bounds:
+            idx = order[lo:hi]
+            yield x[idx], y[idx]
+
+    return epoch_batches, len(bounds)
+
+
+def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CannotProcess(f"fine-tuning and accuracy need a classifier with (N, classes) logits; the model returns {shape}")
+    return out
+
+
+def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 predictions, labels) over all batches, in eval mode (the train flag is restored)."""
+    was = model.training
+    model.eval()
+    preds, labels = [], []
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                preds.append(_logits(model, x.to(device)).argmax(1).cpu())
+                labels.append(y.cpu())
+    finally:
+        model.train(was)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Top-1 accuracy in [0, 1]; None when any label is missing (< 0)."""
+    if not len(labels) or bool((labels < 0).any()):
+        return None
+    return float((preds == labels).float().mean())
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of samples where two models' top-1 predictions agree."""
+    return float((a == b).float().mean()) if len(a) else math.nan
+
+
+# ----------------------------------------------------------------------------------------- training
+def finetune(
+    model: nn.Module,
+    batches: Batches,
+    options: TrainOptions,
+    *,
+    steps_per_epoch: int | None = None,
+    device: torch.device | str = "cpu",
+    evaluate: Callable[[nn.Module], float | None] | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
+    seed: int = 0,
+) -> FinetuneResult:
+    """Train ``model`` in place with cross-entropy; parameters with ``requires_grad=False`` stay as they are.
+
+    ``batches(epoch)`` yields (x, y) with integer labels; ``evaluate(model)`` (optional) returns an accuracy
+    after each epoch. Leaves the model in eval mode."""
+    opt = options.resolved()
+    torch.manual_seed(seed)
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    if not trainable:
+        raise BadInput("every parameter of the model is frozen; there is nothing to fine-tune",
+                       hint="pass --no-fixed-spatial to train the fixed filters as well")
+    optimizer = _make_optimizer(trainable, opt)
+    limit = opt.max_batches or math.inf
+    per_epoch = min(steps_per_epoch, limit) if steps_per_epoch is not None else None
+    total_steps = per_epoch * opt.epochs if per_epoch else None
+    schedule = _schedule(optimizer, opt, total_steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=opt.label_smoothing)
+    eval_before = evaluate(model) if evaluate else None
+    history: list[EpochStats] = []
+    t_start = time.perf_counter()
+    for epoch in range(1, opt.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (x, y) in enumerate(batches(epoch), start=1):
+            if step > limit:
+                break
+            x, y = x.to(device), y.to(device)
+            if bool((y < 0).any()):
+                raise BadInput("fine-tuning needs every sample labeled (found a label < 0)")
+            logits = _logits(model, x)
+            if int(y.max()) >= logits.shape[1]:
+                raise BadInput(f"label {int(y.max())} but the model has {logits.shape[1]} outputs",
+                               hint="the data's class folders must match the model's classes (sorted folder index = class)")
+            loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise CannotProcess(f"the loss became {float(loss)} at epoch {epoch} step {step}",
+                                    hint="lower --lr; nothing was written")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            if on_step:
+                on_step(TrainStep(epoch, opt.epochs, step, per_epoch, loss_sum / seen, correct / seen,
+                                  optimizer.param_groups[0]["lr"]))
+        if not seen:
+            raise BadInput("the training data yielded no batch")
+        if opt.recalibrate_bn and epoch == opt.epochs:
+            recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
+        eval_acc = evaluate(model) if evaluate else None
+        history.append(EpochStats(epoch, loss_sum / seen, correct / seen, seen, optimizer.param_groups[0]["lr"],
+                                  time.perf_counter() - t0, eval_acc))
+    model.eval()
+    named = dict(model.named_parameters())
+    unchanged = all(torch.equal(named[n].detach(), v) for n, v in frozen.items())
+    if not unchanged:
+        raise CannotProcess("a frozen parameter changed during fine-tuning", hint="this is an explainfix bug; please report it")
+    return FinetuneResult(
+        options=asdict(opt), epochs=history, trainable_params=sum(p.numel() for p in trainable),
+        frozen_params=sum(v.numel() for v in frozen.values()), frozen_tensors=sorted(frozen),
+        frozen_unchanged=unchanged, seconds=time.perf_counter() - t_start,
+        eval_accuracy_before=eval_before, eval_accuracy_after=history[-1].eval_accuracy if evaluate else None,
+    )
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                          device: torch.device | str = "cpu", max_batches: float = math.inf) -> int:
+    """Re-estimate every BatchNorm's running mean/var as the plain average over ``batches`` (no gradients).
+
+    A short fine-tune moves the weights more than BatchNorm's momentum (0.1) lets the running statistics follow,
+    so eval-mode accuracy lags train-mode accuracy; this pass closes that gap. Returns the batches used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for i, (x, _) in enumerate(batches):
+                if i >= max_batches:
+                    break
+                model(x.to(device))
+                used += 1
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return used
+
+
+def _make_optimizer(params: list[nn.Parameter], opt: TrainOptions) -> torch.optim.Optimizer:
+    if opt.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.momentum > 0,
+                               weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, opt: TrainOptions, total_steps: int | None) -> Any:
+    if opt.schedule == "constant" or not total_steps:
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
+
+
+def set_spatial_frozen(model: nn.Module, frozen_names: Iterable[str], fixed: bool) -> list[str]:
+    """Apply ``--fixed-spatial`` / ``--no-fixed-spatial``: freeze exactly ``frozen_names`` or unfreeze all.
+
+    Returns the names of the parameters that are frozen afterwards."""
+    names = set(frozen_names) if fixed else set()
+    own = dict(model.named_parameters())
+    missing = sorted(names - set(own))
+    if missing:
+        raise BadInput(f"the recipe freezes parameters the model does not have: {', '.join(missing[:3])}")
+    for n, p in own.items():
+        p.requires_grad_(n not in names)
+    return sorted(names)
+
+
+def spatial_param_names(model: nn.Module) -> list[str]:
+    """Names of the weight (and bias) of every spatial Conv2d (kernel larger than 1×1)."""
+    from ..core.model import iter_spatial_convs
+
+    names = []
+    for name, conv in iter_spatial_convs(model):
+        names += [f"{name}.{p}" for p, _ in conv.named_parameters(recurse=False)]
+    return names
+
+
+__all__ = [
+    "TrainOptions", "TrainStep", "EpochStats", "FinetuneResult", "finetune", "predict", "accuracy", "agreement",
+    "shuffled_batches", "tensor_batches", "set_spatial_frozen", "spatial_param_names", "OPTIMIZERS",
+]
