@@ -8,7 +8,7 @@ EF     := $(VENV)/bin/explainfix
 FIXTURE_ARGS := fixtures/digits_resnet.pt --arch fixtures/digits_resnet.py:DigitsResNet --input-size 32
 DEMO_OUT := out/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ demo: setup
 	    --finetune-epochs 2 --max-accuracy-drop 8 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force
 	@echo "demo outputs in $(DEMO_OUT)/ (pruned/, spectra/spectra.png, compressed/summary.md)"
 
-test: setup
+lint: setup
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -ra
 
 test-fast: setup
