@@ -1,0 +1,108 @@
+"""The Typer app and the one place where errors become exit codes (docs/CLI.md, "Exit codes").
+
+0 done, 1 a check failed, 2 bad usage or input, 3 cannot process. Commands live in the sibling modules
+(prune.py, inspect_cmds.py, train.py, compress.py, deploy.py); each is parse → one job → render.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import typer
+
+from ..core.errors import ExplainFixError, first_line
+
+app = typer.Typer(
+    name="explainfix",
+    help="ExplainFix for real checkpoints: prune spatial filters and dead channels, explain spectra, "
+    "fix filters, export and verify ONNX.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+def _print_error(message: str, hint: str | None = None) -> None:
+    from .render import console
+
+    console.print(f"[bold red]error:[/] {' '.join(message.split())}", soft_wrap=True, markup=True, highlight=False)
+    if hint:
+        console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+
+
+def _fail(code: int, message: str, hint: str | None = None) -> None:
+    _print_error(message, hint)
+    raise typer.Exit(code)
+
+
+def command(fn: Callable) -> Callable:
+    """Map the domain exceptions to exit codes in one place. ``--debug`` (or EXPLAINFIX_DEBUG=1) prints
+    the full traceback first; the exit code stays the documented one."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug") or os.environ.get("EXPLAINFIX_DEBUG") == "1"
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ExplainFixError as e:
+            if debug:
+                traceback.print_exc()
+            _fail(e.exit_code, e.message, e.hint)
+        except KeyboardInterrupt:
+            _fail(130, "interrupted; nothing was written")
+        except Exception as e:  # a bug or an unexpected library error: one line, exit 3
+            if debug:
+                traceback.print_exc()
+            _fail(3, f"unexpected {type(e).__name__}: {first_line(e)}", "rerun with --debug for the traceback, and report it")
+
+    return wrapper
+
+
+def emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """Typer ≥ 0.2x vendors click (its errors derive from TyperException); older Typer uses click."""
+    types: list[type] = []
+    try:
+        from typer.exceptions import TyperException
+
+        types.append(TyperException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def main() -> None:
+    """Console entry point: usage errors become one ``error:`` line (exit 2) like every other error."""
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of a typer.Exit raised in a command
+        sys.exit(code if isinstance(code, int) else 0)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        _print_error("interrupted; nothing was written")
+        sys.exit(130)
+    except _usage_error_types() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # the help was printed
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "explainfix"
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        _print_error(message, f"see `{cmd} --help`")
+        sys.exit(getattr(e, "exit_code", 2) or 2)

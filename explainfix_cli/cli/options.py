@@ -1,0 +1,34 @@
+"""Options shared by several commands (one help text per flag); command-specific ones sit with their command."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelArg = Annotated[Path, typer.Argument(help="Checkpoint (.pt/.pth/.bin/.safetensors) or an explainfix output directory.", show_default=False)]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture for a weights file: MODULE:CALLABLE (torchvision.models:resnet18) or path/to/file.py:ClassName.")]
+ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.')]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")]
+Data = Annotated[Optional[Path], typer.Option("--data", help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
+InputSize = Annotated[Optional[str], typer.Option("--input-size", help="Resize images to H or HxW (default: the recipe's, else 224).")]
+Mean = Annotated[Optional[list[float]], typer.Option("--mean", help="Per-channel mean for normalisation (repeat the flag per channel).")]
+Std = Annotated[Optional[list[float]], typer.Option("--std", help="Per-channel std for normalisation (repeat the flag per channel).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
+Batches = Annotated[Optional[int], typer.Option("--batches", help="Use at most N calibration batches (default: all).")]
+Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Output directory.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when available).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (human output goes to stderr).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
+Atol = Annotated[float, typer.Option("--atol", help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]
+Rtol = Annotated[float, typer.Option("--rtol", help="ONNX vs torch relative tolerance (see --atol).")]
+Fill = Annotated[str, typer.Option("--fill", help="none | fillzero | reset: what to do with zeroed kernels that stay.")]
+RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N (e.g. 8): fewer channels removed, faster kernels.")]
+
+Epochs = Annotated[int, typer.Option("--epochs", help="Passes over --data.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 0.01 for sgd, 1e-3 for adamw), cosine-decayed to 0.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9 Nesterov, weight decay 5e-4) | adamw (weight decay 1e-4).")]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="Override the optimizer's default weight decay.")]
+EvalData = Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled held-out images (class subfolders) for accuracy.")]
