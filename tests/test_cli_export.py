@@ -60,7 +60,7 @@ def test_altered_initializer_fails_verify(pruned, tmp_path):
 
 def test_several_outputs_export_with_stable_names(tmp_path):
     torch.manual_seed(0)
-    from tests.models_for_tests import TwoHeads
+    from models_for_tests import TwoHeads
 
     ckpt = tmp_path / "two.pt"
     torch.save(TwoHeads().state_dict(), ckpt)
@@ -73,7 +73,7 @@ def test_several_outputs_export_with_stable_names(tmp_path):
 
 
 def test_export_failure_exits_3_naming_the_op(tmp_path):
-    from tests.models_for_tests import WithSvd
+    from models_for_tests import WithSvd
 
     ckpt = tmp_path / "svd.pt"
     torch.save(WithSvd().state_dict(), ckpt)
@@ -85,7 +85,7 @@ def test_export_failure_exits_3_naming_the_op(tmp_path):
 
 
 def test_safetensors_export_of_tied_weights_reloads(tmp_path):
-    from tests.models_for_tests import Tied
+    from models_for_tests import Tied
 
     torch.manual_seed(0)
     model = Tied().eval()

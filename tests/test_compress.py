@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from typer.testing import CliRunner
@@ -40,6 +41,18 @@ def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
         ref = model(x).numpy()
     onnx_out = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert np.allclose(onnx_out, ref, atol=1e-4, rtol=1e-3)
+    # compress's model.onnx carries the provenance export writes (it runs the export job's steps)
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    exported = tmp_path / "e"
+    res = CliRunner().invoke(app, ["export", str(out), "-o", str(exported)])
+    assert res.exit_code == 0, res.output
+    ref_props = {p.key: p.value for p in onnx.load(str(exported / "model.onnx")).metadata_props}
+    assert set(props) == set(ref_props) and "explainfix.source_sha256" in props and "explainfix.pct" in props
+    assert props["explainfix.command"] == "compress" and ref_props["explainfix.command"] == "export"
+    same = set(props) - {"explainfix.command", "explainfix.arch"}  # arch: the source file vs the directory's copy
+    assert {k: props[k] for k in same} == {k: ref_props[k] for k in same}
+    assert props["explainfix.arch"].endswith("digits_resnet.py:DigitsResNet")
+    assert ref_props["explainfix.arch"].endswith("arch/digits_resnet.py:DigitsResNet")
 
 
 def test_compress_impossible_gate_exit_1_names_it_last(tmp_path):

@@ -290,7 +290,7 @@ def test_unknown_op_and_untraceable_model_are_refused():
 
 
 def test_shape_dependent_control_flow_is_traced_and_value_dependent_module_kept_whole():
-    from tests.models_for_tests import Decoder
+    from models_for_tests import Decoder
 
     with pytest.raises(Exception):  # the reason this test exists: plain torch.fx gives up on this model
         torch.fx.symbolic_trace(Decoder())
@@ -332,7 +332,7 @@ def test_python_uses_of_shapes_are_decided_and_item_makes_its_module_opaque():
 
 
 def test_branch_on_a_channel_count_is_refused_after_surgery():
-    from tests.models_for_tests import Decoder
+    from models_for_tests import Decoder
 
     from explainfix_cli.core.errors import CannotProcess
 

@@ -198,7 +198,7 @@ def test_round_to_keeps_channel_counts_multiples_and_stays_exact(tmp_path):
 def test_cli_prune_model_that_plain_fx_cannot_trace(tmp_path):
     """A U-Net-style decoder (shape-dependent `if`) with a value-gated block: pruned through the CLI, the
     gate kept whole and said so, and the output directory reloads to the same function."""
-    from tests.models_for_tests import Decoder
+    from models_for_tests import Decoder
 
     torch.manual_seed(0)
     ckpt = tmp_path / "decoder.pt"

@@ -4,10 +4,17 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from torch import nn
+
 from ..core.errors import BadInput
 from ..io.arch import parse_arch_kwargs
 from ..io.checkpoint import load_model
-from ..io.data import parse_input_size, random_inputs, resolve_preprocessing
+from ..io.data import (
+    Preprocessing,
+    parse_input_size,
+    random_inputs,
+    resolve_preprocessing,
+)
 
 
 def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | None = None, trust_pickle: bool = False,
@@ -17,8 +24,7 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
     interleaved over ``rounds`` rounds (bench.py).
 
     A model that is not ``.onnx`` is loaded like any MODEL and exported to a temporary ONNX first."""
-    from ..deploy.bench import BenchTarget, bench_interleaved, compare_bench, model_cost
-    from ..deploy.onnx import export_onnx
+    from ..deploy.bench import BenchTarget, bench_interleaved, compare_bench
 
     if not models:
         raise BadInput("bench needs at least one MODEL")
@@ -41,11 +47,29 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
                 continue
             loaded = loaded_models[path]
             pre = resolve_preprocessing(loaded.model, size, None, None, loaded.preprocessing)
-            shape = (pre.channels, *pre.input_size)
-            onnx_path = Path(tmp) / f"m{k}" / "model.onnx"
-            onnx_path.parent.mkdir()
-            export_onnx(loaded.model, random_inputs(pre, 2, seed), onnx_path, opset=opset)
-            targets.append(BenchTarget(onnx_path, shape, model_cost(loaded.model, shape), str(path)))
+            targets.append(model_target(loaded.model, pre, Path(tmp) / f"m{k}", str(path), seed, opset))
+        return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
+                                               iters=iters, rounds=rounds, seed=seed))
+
+
+def model_target(model: nn.Module, pre: Preprocessing, folder: Path, label: str, seed: int = 0, opset: int = 18):
+    """A torch model as a bench target: exported (dynamic batch) to ``folder/model.onnx``, with its MACs/params."""
+    from ..deploy.bench import BenchTarget, model_cost
+    from ..deploy.onnx import export_onnx
+
+    shape = (pre.channels, *pre.input_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, random_inputs(pre, 2, seed), folder / "model.onnx", opset=opset)
+    return BenchTarget(folder / "model.onnx", shape, model_cost(model, shape), label)
+
+
+def bench_models(models: list[tuple[str, nn.Module]], pre: Preprocessing, *, batch_size: int = 1, threads: int = 2,
+                 warmup: int = 10, iters: int = 50, rounds: int = 5, seed: int = 0, opset: int = 18) -> list[dict]:
+    """In-memory models (label, model) timed interleaved exactly as ``explainfix bench`` times files."""
+    from ..deploy.bench import bench_interleaved, compare_bench
+
+    with tempfile.TemporaryDirectory(prefix="explainfix-bench-") as tmp:
+        targets = [model_target(m, pre, Path(tmp) / f"m{k}", label, seed, opset) for k, (label, m) in enumerate(models)]
         return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
                                                iters=iters, rounds=rounds, seed=seed))
 

@@ -33,8 +33,9 @@ from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
 from ..prune.pipeline import Progress
 from ..train.finetune import TrainOptions, agreement
+from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs
-from .export import verification_inputs
+from .export import export_verified, provenance_metadata
 from .finetune import finetune_opened
 from .prune import prune_opened
 from .summary import summary_markdown
@@ -95,10 +96,6 @@ def compress_job(
     progress: Progress | None = None,
     on_step: Any = None,
 ) -> CompressJob:
-    from ..deploy.bench import BenchTarget, bench_interleaved, compare_bench, model_cost
-    from ..deploy.onnx import export_onnx
-    from ..deploy.verify import verify_onnx
-
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
@@ -127,28 +124,23 @@ def compress_job(
     final = opened.model.to("cpu").eval()
     after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
 
+    recipe["provenance"] = recipe["provenance"] + [{"command": "compress", "time": now(), "pct": pct,
+                                                    "criterion": result.criterion, "finetune_epochs": finetune_epochs}]
     work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
     try:
-        stage("export")
-        example = opened.example(2)
-        meta = {"explainfix.command": "compress", "explainfix.pct": f"{pct:g}", "explainfix.source": str(model.path)}
-        exported = export_onnx(final, example, work / "model.onnx", opset=opset, metadata=meta)
-        stage("verify")
-        check = verify_onnx(work / "model.onnx", final, verification_inputs(eval_calib, opened.pre, bs), atol=atol, rtol=rtol)
-        bench_rows = None
-        if bench:
-            stage("bench")
-            (work / "original").mkdir()
-            export_onnx(original, example, work / "original" / "model.onnx", opset=opset)
-            shape = tuple(example.shape[1:])
-            results = bench_interleaved(
-                [BenchTarget(work / "original" / "model.onnx", shape, model_cost(original, shape), "original"),
-                 BenchTarget(work / "model.onnx", shape, model_cost(final, shape), "compressed")],
-                threads=threads, iters=bench_iters, seed=seed)
-            bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": compare_bench(results)}
-        onnx_files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+        stage("export")  # the export job's own steps: provenance metadata, ONNX, onnxruntime check
+        meta = provenance_metadata(recipe, opened.pre, opened.loaded.source_sha256, command="compress")
+        exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
+                                          atol=atol, rtol=rtol, batch_size=bs, seed=seed)
+        onnx_bytes = (work / "model.onnx").read_bytes()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    bench_rows = None
+    if bench:
+        stage("bench")  # the bench job's timing, on the two models in memory
+        rows = bench_models([("original", original), ("compressed", final)], opened.pre, threads=threads,
+                            iters=bench_iters, seed=seed, opset=opset)
+        bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": rows}
 
     acc_b, acc_a = before["accuracy"], after["accuracy"]
     agree = agreement(before["preds"], after["preds"])
@@ -167,10 +159,8 @@ def compress_job(
         "bench": bench_rows, "seed": seed,
     }
     summary = summary_markdown(report)
-    recipe["provenance"] = recipe["provenance"] + [{
-        "command": "compress", "time": report["time"], "pct": pct, "finetune_epochs": finetune_epochs,
-        "passed": report["passed"], "gates": {g.name: g.value for g in gates}}]
-    save_model_dir(final, recipe, out, extra={**onnx_files, "report.json": report, "summary.md": summary}, force=force)
+    recipe["provenance"][-1].update({"passed": report["passed"], "gates": {g.name: g.value for g in gates}})
+    save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force)
     return CompressJob(out, report, gates, summary, final)
 
 

@@ -16,7 +16,7 @@ from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
 from ..io.outdir import default_out, write_output_dir
 from ..io.recipe import RECIPE_NAME, portable_recipe
-from .common import DataSpec, ModelSpec, Opened, open_inputs
+from .common import DataSpec, ModelSpec, open_inputs
 
 VERIFY_SAMPLES = 64  # real inputs checked against onnxruntime (all of them when the data set is smaller)
 
@@ -35,25 +35,44 @@ def verification_inputs(calib: CalibrationSet | None, pre: Preprocessing, batch_
     return xs
 
 
-def provenance_metadata(opened: Opened) -> dict[str, str]:
-    """ONNX ``metadata_props``: who made the model, from what, how it was pruned and fed."""
-    recipe = opened.loaded.recipe
-    meta = {
-        "explainfix.version": recipe.get("versions", {}).get("explainfix", ""),
-        "explainfix.arch": arch_label(recipe["arch"]),
-        "explainfix.source_sha256": recipe.get("source", {}).get("sha256", opened.loaded.source_sha256),
-        "explainfix.preprocessing": json.dumps(opened.pre.to_dict()),
-    }
+def provenance_metadata(recipe: dict, pre: Preprocessing, source_sha256: str = "", command: str = "export") -> dict[str, str]:
+    """ONNX ``metadata_props``: who made the model, from what, how it was pruned and fed (the same keys
+    for ``export`` and ``compress``)."""
     from ..core.version import __version__
 
-    meta["explainfix.version"] = __version__
-    prunes = [p for p in recipe.get("provenance", []) if p.get("command") in ("prune", "compress")]
+    meta = {
+        "explainfix.version": __version__,
+        "explainfix.command": command,
+        "explainfix.arch": arch_label(recipe["arch"]),
+        "explainfix.source_sha256": recipe.get("source", {}).get("sha256", source_sha256),
+        "explainfix.preprocessing": json.dumps(pre.to_dict()),
+    }
+    prunes = [p for p in recipe.get("provenance", []) if p.get("command") in ("prune", "compress") and "pct" in p]
     if prunes:
-        meta["explainfix.pct"] = f"{prunes[-1].get('pct'):g}"
+        pct = prunes[-1].get("pct")
+        meta["explainfix.pct"] = f"{pct:g}" if isinstance(pct, (int, float)) else str(pct)
         meta["explainfix.criterion"] = str(prunes[-1].get("criterion", ""))
     if recipe.get("frozen"):
         meta["explainfix.frozen_tensors"] = str(len(recipe["frozen"]))
     return meta
+
+
+def export_verified(model: torch.nn.Module, path: Path, meta: dict[str, str], calib: CalibrationSet | None,
+                    pre: Preprocessing, *, opset: int = 18, atol: float = 1e-4, rtol: float = 1e-3,
+                    verify: bool = True, batch_size: int = 16, seed: int = 0) -> tuple[Any, Any]:
+    """Write ``path`` (ONNX with ``meta`` as metadata_props) and check it in onnxruntime on up to
+    :data:`VERIFY_SAMPLES` inputs of ``calib``. Returns (export result, verify result or None); the
+    caller decides what a failed check means (export: exit 1, nothing written; compress: a gate)."""
+    from ..deploy.onnx import export_onnx
+    from ..deploy.verify import verify_onnx
+
+    example = verification_inputs(calib, pre, 2, 2, seed)[0]
+    exported = export_onnx(model, example, path, opset=opset, metadata=meta)
+    checked = None
+    if verify:
+        inputs = verification_inputs(calib, pre, batch_size, VERIFY_SAMPLES, seed)
+        checked = verify_onnx(path, model, inputs, atol=atol, rtol=rtol)
+    return exported, checked
 
 
 @dataclass
@@ -81,8 +100,6 @@ def export_job(
 ) -> ExportJob:
     """Export, verify against onnxruntime, then move the files into ``out`` (default: the explainfix
     directory itself, else ``<stem>-export/``). Raises CheckFailed (exit 1) on a mismatch."""
-    from ..deploy.onnx import export_onnx
-    from ..deploy.verify import verify_onnx
     from ..io.codec import export_safetensors
 
     if atol < 0 or rtol < 0:
@@ -98,18 +115,16 @@ def export_job(
         if clash:
             raise BadInput(f"{out / clash[0]} exists", hint="pass --force to overwrite, or choose another -o")
     torch.manual_seed(seed)
-    meta = provenance_metadata(opened)
+    meta = provenance_metadata(opened.loaded.recipe, opened.pre, opened.loaded.source_sha256)
     job = ExportJob(out, names)
     parent = out.resolve().parent if not in_place else out.resolve()
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".explainfix-export-", dir=parent))
     try:
         if onnx:
-            example = verification_inputs(opened.calib, opened.pre, 2, 2, seed)[0]
-            job.export = export_onnx(opened.model, example, work / "model.onnx", opset=opset, metadata=meta)
-            if verify:
-                inputs = verification_inputs(opened.calib, opened.pre, data.batch_size, VERIFY_SAMPLES, seed)
-                job.verify = verify_onnx(work / "model.onnx", opened.model, inputs, atol=atol, rtol=rtol)
+            job.export, job.verify = export_verified(opened.model, work / "model.onnx", meta, opened.calib, opened.pre,
+                                                     opset=opset, atol=atol, rtol=rtol, verify=verify,
+                                                     batch_size=data.batch_size, seed=seed)
         if safetensors:
             export_safetensors(opened.model, work / "model.safetensors", metadata=meta)
             if not in_place:  # the recipe beside the weights makes the folder loadable without flags
