@@ -1,4 +1,4 @@
-"""Shared test fixtures: the bundled digits fixture and a helper that runs the real CLI."""
+"""Shared test scaffolding: the bundled digits fixture, the CLI (as a subprocess or in-process), a pickle payload."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +16,7 @@ FIXTURE_ARCH_FILE = FIXTURES / "digits_resnet.py"
 FIXTURE_ARCH = f"{FIXTURE_ARCH_FILE}:DigitsResNet"
 FIXTURE_CALIB = FIXTURES / "digits" / "calib"
 FIXTURE_INPUT_SIZE = 32
+FIXTURE_ARGS = [str(FIXTURE_PT), "--arch", FIXTURE_ARCH, "--input-size", str(FIXTURE_INPUT_SIZE)]  # MODEL + how to build it
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +71,23 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*")):
             out[str(p)] = "<dir>" if p.is_dir() else sha256(p)
     return out
+
+
+def invoke(*args: str | os.PathLike):
+    """``explainfix ARGS…`` in-process (typer's CliRunner: faster than :func:`run_cli`; ``.exit_code``, ``.output``,
+    ``.stdout``)."""
+    from typer.testing import CliRunner
+
+    from explainfix_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+class Payload:
+    """Unpickling this object creates ``marker`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))

@@ -21,7 +21,7 @@ from explainfix_cli.io.model_dir import save_model_dir
 from explainfix_cli.io.outdir import write_output_dir
 from explainfix_cli.core.errors import BadInput
 
-from conftest import sha256
+from conftest import Payload, sha256
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -43,15 +43,6 @@ def small_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
 
-
-class Payload:
-    """Unpickling this object creates ``marker`` (what a malicious checkpoint would do)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
 
 
 def no_temp_siblings(out: Path) -> list[str]:

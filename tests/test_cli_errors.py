@@ -17,20 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FIXTURE_ARCH, FIXTURE_ARCH_FILE, FIXTURE_CALIB, FIXTURE_PT, run_cli, snapshot
+from conftest import FIXTURE_ARCH, FIXTURE_ARCH_FILE, FIXTURE_CALIB, FIXTURE_PT, Payload, run_cli, snapshot
 
 A = FIXTURE_ARCH
 CALIB = str(FIXTURE_CALIB)
 
-
-class Payload:
-    """Unpickling this object creates ``marker``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
 
 
 def small_net() -> nn.Module:

@@ -6,7 +6,9 @@ from typer.testing import CliRunner
 
 from explainfix_cli.cli import app
 
-FIXTURE = ["fixtures/digits_resnet.pt", "--arch", "fixtures/digits_resnet.py:DigitsResNet", "--input-size", "32"]
+from conftest import FIXTURE_ARGS
+
+FIXTURE = FIXTURE_ARGS
 
 
 def test_explain_with_saliency_writes_png_and_json(tmp_path):

@@ -6,17 +6,16 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from typer.testing import CliRunner
 
 from explainfix_cli import load
-from explainfix_cli.cli import app
 
-FIXTURE = ["fixtures/digits_resnet.pt", "--arch", "fixtures/digits_resnet.py:DigitsResNet", "--input-size", "32"]
+from conftest import FIXTURE_ARGS, invoke
+
+FIXTURE = FIXTURE_ARGS
 CALIB = "fixtures/digits/calib"
 
 
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+cli = invoke
 
 
 @pytest.fixture(scope="module")

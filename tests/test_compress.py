@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 from explainfix_cli import load
 from explainfix_cli.cli import app
 
-from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT, FIXTURES, run_cli
+from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, run_cli
 
 EVAL = FIXTURES / "digits" / "eval"
-BASE = [str(FIXTURE_PT), "--arch", FIXTURE_ARCH, "--input-size", "32", "--data", str(FIXTURE_CALIB)]
+BASE = [*FIXTURE_ARGS, "--data", str(FIXTURE_CALIB)]
 
 
 def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):

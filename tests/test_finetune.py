@@ -4,21 +4,15 @@ import shutil
 
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from explainfix_cli import load
 from explainfix_cli.io.codec import read_safetensors
-from explainfix_cli.cli import app
 from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches
 
-from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT, FIXTURES
+from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, invoke
 
 EVAL = FIXTURES / "digits" / "eval"
-BASE = [str(FIXTURE_PT), "--arch", FIXTURE_ARCH, "--input-size", "32"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+BASE = FIXTURE_ARGS
 
 
 def test_finetune_keeps_fixed_filters_frozen(tmp_path):

@@ -12,9 +12,9 @@ from explainfix_cli.cli import app
 from explainfix_cli.explain.kernels import dct_basis_nd, fix_spatial_conv2d
 from explainfix_cli.core.model import iter_spatial_convs
 
-from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT
+from conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT
 
-BASE = [str(FIXTURE_PT), "--arch", FIXTURE_ARCH, "--input-size", "32"]
+BASE = FIXTURE_ARGS
 
 
 def fix(tmp_path, init, *extra):

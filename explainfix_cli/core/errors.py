@@ -1,4 +1,4 @@
-"""One exception family; the CLI maps each class to the exit code of ../shared/CLI.md.
+"""One exception family; the CLI maps each class to the exit code of docs/CLI.md.
 
     ExplainFixError
     ├── BadInput         exit 2  (missing/corrupt file, wrong arch, empty data, refused pickle, bad value)
