@@ -17,6 +17,9 @@ import pytest
 import torch
 from torch import nn
 
+from explainfix_cli import jobs
+from explainfix_cli.core.errors import BadInput
+
 from conftest import FIXTURE_ARCH, FIXTURE_ARCH_FILE, FIXTURE_CALIB, FIXTURE_PT, Payload, run_cli, snapshot
 
 A = FIXTURE_ARCH
@@ -198,3 +201,15 @@ def test_usage_error_is_one_line(results, name):
     assert_nothing_changed(r)
     lines = error_lines(r.proc.stderr)
     assert lines and lines[0].startswith("error: ") and len(lines) <= 2, r.proc.stderr
+
+
+@pytest.mark.parametrize("flag,value,api", [
+    ("--atol", "-1", lambda: jobs.export_job(jobs.ModelSpec(FIXTURE_PT, A), jobs.DataSpec(input_size="32"), atol=-1.0)),
+    ("--rtol", "nan", lambda: jobs.export_job(jobs.ModelSpec(FIXTURE_PT, A), jobs.DataSpec(input_size="32"), rtol=float("nan"))),
+])
+def test_cli_and_api_reject_a_bad_value_with_the_same_message(tmp_path, flag, value, api):
+    with pytest.raises(BadInput) as e:
+        api()
+    res = run_cli("export", FIXTURE_PT, "--arch", A, "--input-size", "32", flag, value, "-o", tmp_path / "o")
+    assert res.returncode == 2 and not (tmp_path / "o").exists()
+    assert error_lines(res.stderr)[0] == f"error: {e.value.message}"

@@ -124,8 +124,7 @@ def compare_outputs(
 
         compare_outputs([ref], [ref + 1e-6], ["logits"]).passed   # True
     """
-    if not (atol >= 0 and rtol >= 0):
-        raise BadInput(f"tolerances must be >= 0, got atol={atol} rtol={rtol}")
+    check_tolerances(atol, rtol)
     names = list(names) if names is not None else [f"output_{i}" for i in range(len(reference))]
     if len(names) != len(reference):
         raise BadInput(f"{len(reference)} reference outputs but {len(names)} names")
@@ -151,9 +150,14 @@ def _tolerance(name: str, spec: Any, atol: float, rtol: float) -> tuple[float, f
             a, r = (float(v) for v in spec)
         except (TypeError, ValueError):
             raise BadInput(f"tolerance for {name!r} must be (atol, rtol) or a dict, got {spec!r}") from None
-    if not (a >= 0 and r >= 0):
-        raise BadInput(f"tolerances for {name!r} must be >= 0, got atol={a} rtol={r}")
+    check_tolerances(a, r, f"tolerances for {name!r}")
     return a, r
+
+
+def check_tolerances(atol: float, rtol: float, what: str = "--atol/--rtol") -> None:
+    """The one validation of a tolerance pair (CLI flags, the jobs' API and per-output overrides alike)."""
+    if not (atol >= 0 and rtol >= 0):  # also refuses NaN
+        raise BadInput(f"{what} must be ≥ 0, got {atol:g}/{rtol:g}", hint="e.g. --atol 1e-4 --rtol 1e-3")
 
 
 def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> OutputStats:

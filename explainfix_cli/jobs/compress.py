@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BadInput
+from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
@@ -169,8 +170,7 @@ def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: fl
         raise BadInput(f"--max-accuracy-drop must be ≥ 0 percentage points, got {max_drop:g}")
     if min_agree is not None and not 0 <= min_agree <= 1:
         raise BadInput(f"--min-agreement is a fraction in [0, 1], got {min_agree:g}", hint="e.g. --min-agreement 0.98")
-    if not (atol >= 0 and rtol >= 0):
-        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    check_tolerances(atol, rtol)
     if epochs < 0:
         raise BadInput(f"--finetune-epochs must be ≥ 0, got {epochs}")
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..core.errors import BadInput, CheckFailed
+from ..deploy.verify import check_tolerances
 from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
 from ..io.outdir import default_out, write_output_dir
@@ -102,8 +103,7 @@ def export_job(
     directory itself, else ``<stem>-export/``). Raises CheckFailed (exit 1) on a mismatch."""
     from ..io.codec import export_safetensors
 
-    if atol < 0 or rtol < 0:
-        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    check_tolerances(atol, rtol)
     opened = open_inputs(model, data, "cpu", purpose="export")
     in_place = opened.loaded.source_format == "explainfix" and out is None
     if out is None:

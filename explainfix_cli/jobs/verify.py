@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import BadInput
+from ..deploy.verify import check_tolerances
 from .common import DataSpec, ModelSpec, open_inputs
 from .export import VERIFY_SAMPLES, verification_inputs
 
@@ -16,8 +17,7 @@ def verify_job(onnx_path: Path, reference: ModelSpec, data: DataSpec, atol: floa
 
     if not Path(onnx_path).is_file():
         raise BadInput(f"ONNX file {onnx_path} does not exist")
-    if atol < 0 or rtol < 0:
-        raise BadInput(f"--atol/--rtol must be ≥ 0, got {atol:g}/{rtol:g}")
+    check_tolerances(atol, rtol)
     opened = open_inputs(reference, data, "cpu", purpose="verify")
     inputs = verification_inputs(opened.calib, opened.pre, data.batch_size, VERIFY_SAMPLES, seed)
     return verify_onnx(onnx_path, opened.model, inputs, atol=atol, rtol=rtol)
