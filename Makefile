@@ -21,8 +21,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(EF) info $(FIXTURE_ARGS)
 	$(EF) prune $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib -o $(DEMO_OUT)/pruned --force
-	$(EF) explain $(DEMO_OUT)/pruned --data fixtures/digits/calib -o $(DEMO_OUT)/spectra --force
-	$(EF) export $(DEMO_OUT)/pruned --onnx --data fixtures/digits/calib --force
+	$(EF) explain $(DEMO_OUT)/pruned --trust-code --data fixtures/digits/calib -o $(DEMO_OUT)/spectra --force
+	$(EF) export $(DEMO_OUT)/pruned --trust-code --onnx --data fixtures/digits/calib --force
 	$(EF) bench $(FIXTURE_ARGS) $(DEMO_OUT)/pruned --iters 100
 	$(EF) compress $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib --eval-data fixtures/digits/eval \
 	    --finetune-epochs 2 --max-accuracy-drop 8 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force

@@ -29,6 +29,7 @@ from .options import (
     Rtol,
     Seed,
     Std,
+    TrustCode,
     TrustPickle,
 )
 
@@ -57,6 +58,7 @@ def compress(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     batches: Batches = None,
     batch_size: BatchSize = 32,
     input_size: InputSize = None,
@@ -83,7 +85,7 @@ def compress(
 
     with work_progress() as bar:
         job = compress_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             pct, eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
             criterion=criterion, fill=fill, round_to=round_to, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
             opset=opset, bench=bench, threads=threads, bench_iters=bench_iters, out=out, device=device, seed=seed,

@@ -24,6 +24,7 @@ from .options import (
     Rtol,
     Seed,
     Std,
+    TrustCode,
     TrustPickle,
 )
 
@@ -38,6 +39,7 @@ def export(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 18).")] = 18,
     atol: Atol = 1e-4,
     rtol: Rtol = 1e-3,
@@ -65,7 +67,7 @@ def export(
     if not onnx and not safetensors:
         onnx = True
     job = export_job(
-        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(data, input_size, mean, std, batch_size),
+        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size),
         onnx=onnx, safetensors=safetensors, out=out, opset=opset, atol=atol, rtol=rtol, verify=not no_verify,
         force=force, seed=seed,
     )
@@ -83,6 +85,7 @@ def verify(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     atol: Atol = 1e-4,
     rtol: Rtol = 1e-3,
     batch_size: BatchSize = 16,
@@ -103,7 +106,7 @@ def verify(
     from ..jobs.verify import verify_job
     from .render import render_verify
 
-    result = verify_job(onnx_file, jobs.ModelSpec(reference, arch, arch_kwargs, trust_pickle),
+    result = verify_job(onnx_file, jobs.ModelSpec(reference, arch, arch_kwargs, trust_pickle, trust_code),
                         jobs.DataSpec(data, input_size, mean, std, batch_size), atol=atol, rtol=rtol, seed=seed)
     render_verify(result)
     if json_out:
@@ -120,6 +123,7 @@ def bench(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     input_size: InputSize = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the timed runs.")] = 1,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads (fixed).")] = 2,
@@ -139,7 +143,7 @@ def bench(
     from ..jobs.bench import bench_job
     from .render import render_bench
 
-    rows = bench_job(models, arch, arch_kwargs, trust_pickle, input_size, batch_size, threads, warmup, iters, seed,
+    rows = bench_job(models, arch, arch_kwargs, trust_pickle, trust_code, input_size, batch_size, threads, warmup, iters, seed,
                      rounds=rounds)
     render_bench(rows, batch_size, threads)
     if json_out:

@@ -22,6 +22,7 @@ from .options import (
     ModelArg,
     Out,
     Std,
+    TrustCode,
     TrustPickle,
 )
 
@@ -33,6 +34,7 @@ def info(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     input_size: InputSize = None,
     json_out: Json = False,
     debug: Debug = False,
@@ -43,7 +45,7 @@ def info(
     """
     from .render import render_info
 
-    doc = jobs.info_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle), jobs.DataSpec(input_size=input_size))
+    doc = jobs.info_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(input_size=input_size))
     render_info(doc)
     if json_out:
         emit_json(doc)
@@ -57,6 +59,7 @@ def explain(
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     batches: Batches = None,
     batch_size: BatchSize = 32,
     input_size: InputSize = None,
@@ -80,7 +83,7 @@ def explain(
 
     with progress_bar() as bar:
         job = jobs.explain_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             out=out, device=device, force=force, loglog=loglog, progress=bar,
         )

@@ -9,6 +9,8 @@ import typer
 ModelArg = Annotated[Path, typer.Argument(help="Checkpoint (.pt/.pth/.bin/.safetensors) or an explainfix output directory.", show_default=False)]
 Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture for a weights file: MODULE:CALLABLE (torchvision.models:resnet18) or path/to/file.py:ClassName.")]
 ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.')]
+TrustCode = Annotated[bool, typer.Option("--trust-code", envvar="EXPLAINFIX_TRUST_CODE",
+                                         help="Run the architecture code an explainfix directory names (its arch/*.py, or an import outside the allow-list). Only for directories you trust.")]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
 InputSize = Annotated[Optional[str], typer.Option("--input-size", help="Resize images to H or HxW (default: the recipe's, else 224).")]
@@ -24,7 +26,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on s
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
 Atol = Annotated[float, typer.Option("--atol", help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]
 Rtol = Annotated[float, typer.Option("--rtol", help="ONNX vs torch relative tolerance (see --atol).")]
-Fill = Annotated[str, typer.Option("--fill", help="none | fillzero | reset: what to do with zeroed kernels that stay.")]
+Fill = Annotated[str, typer.Option("--fill", help="Filter criteria: none | fillzero | restore (zeroed kernels in surviving channels get their original values back; reset is an alias).")]
 RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N (e.g. 8): fewer channels removed, faster kernels.")]
 
 Epochs = Annotated[int, typer.Option("--epochs", help="Passes over --data.")]

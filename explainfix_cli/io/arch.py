@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from ..core.errors import BadInput
+from .trust import check_import_object, check_import_target, refuse_file_arch
 
 
 def sha256_file(path: Path) -> str:
@@ -54,15 +55,21 @@ def arch_label(spec: dict) -> str:
     return f"pickle:{spec.get('path')}"
 
 
-def build_arch(spec: dict) -> nn.Module:
-    """Instantiate an architecture from its recipe record (random init)."""
+def build_arch(spec: dict, trusted: bool = True) -> nn.Module:
+    """Instantiate an architecture from its recipe record (random init). ``trusted=False`` (a recipe read
+    from a directory without ``--trust-code``): only allow-listed model libraries, decided before any
+    import, and never a file (io/trust.py)."""
     kind = spec["kind"]
     if kind == "import":
+        if not trusted:
+            check_import_target(spec["module"], spec["name"], spec.get("kwargs", {}))
         try:
             module = importlib.import_module(spec["module"])
         except ImportError as e:
             raise BadInput(f"cannot import {spec['module']}: {e}", hint="install the package that defines the architecture") from None
     elif kind == "file":
+        if not trusted:
+            raise refuse_file_arch(spec["path"], spec["name"])
         path = Path(spec["path"])
         if not path.is_file():
             raise BadInput(f"architecture file {path} does not exist", hint="the recipe points to it; restore it or pass --arch")
@@ -83,12 +90,12 @@ def build_arch(spec: dict) -> nn.Module:
                 raise BadInput(f"cannot import {path}: {type(e).__name__}: {e}") from None
     else:
         raise BadInput(f"this recipe's architecture is a pickled module ({spec.get('path')}); reload it with --trust-pickle")
-    factory = getattr(module, spec["name"], None)
+    factory = getattr(module, spec["name"], None) if trusted else check_import_object(module, spec)
     if not callable(factory):
         raise BadInput(f"{arch_label(spec)} is not a callable in that module")
     try:
         model = factory(**spec.get("kwargs", {}))
-    except TypeError as e:
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
         raise BadInput(f"{arch_label(spec)}({json.dumps(spec.get('kwargs', {}))}) failed: {e}", hint="check --arch-kwargs") from None
     if not isinstance(model, nn.Module):
         raise BadInput(f"{arch_label(spec)} returned {type(model).__name__}, not an nn.Module")

@@ -78,15 +78,18 @@ def load_model(
     arch_kwargs: dict | None = None,
     trust_pickle: bool = False,
     purpose: str = "restructure",
+    trust_code: bool = False,
 ) -> LoadedModel:
-    """Open ``MODEL`` as the contract describes. ``purpose`` only words the TorchScript refusal."""
+    """Open ``MODEL`` as the contract describes. ``purpose`` only words the TorchScript refusal.
+    An explainfix directory runs no code it names unless ``trust_code`` (io/trust.py); ``arch`` given
+    with a directory replaces the recipe's architecture (the user's own code)."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"model {path} does not exist")
-    if path.is_dir():
-        return load_explainfix_dir(path, trust_pickle=trust_pickle)
-    if path.suffix == ".safetensors" and (path.parent / RECIPE_NAME).is_file() and arch is None:
-        return load_explainfix_dir(path.parent, trust_pickle=trust_pickle)
+    if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / RECIPE_NAME).is_file() and arch is None):
+        directory = path if path.is_dir() else path.parent
+        own = arch_spec(arch, arch_kwargs or {}) if arch is not None else None
+        return load_explainfix_dir(directory, trust_pickle=trust_pickle, trust_code=trust_code, arch=own)
     try:
         fmt = sniff_format(path)
     except OSError as e:

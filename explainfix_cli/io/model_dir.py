@@ -1,17 +1,19 @@
 """Explainfix output directories as models: rebuild one from its recipe and weights, or save one."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..core.errors import BadInput
+from ..core.errors import BadInput, ExplainFixError, first_line
 from ..core.version import __version__
 from .arch import arch_label, build_arch, sha256_file
 from .codec import load_into, read_safetensors, safetensors_bytes
 from .edits import apply_edit
+from .trust import refuse_file_arch
 from .outdir import write_output_dir
 from .recipe import (
     RECIPE_FORMAT,
@@ -39,8 +41,9 @@ class LoadedModel:
         return self.recipe.get("preprocessing")
 
 
-def rebuild(recipe: dict, trust_pickle: bool = False) -> nn.Module:
-    """The architecture of a recipe with every structural edit applied (weights not loaded)."""
+def rebuild(recipe: dict, trust_pickle: bool = False, trust_code: bool = True) -> nn.Module:
+    """The architecture of a recipe with every structural edit applied (weights not loaded).
+    ``trust_code=False`` for a recipe read from a directory: see io/trust.py."""
     spec = recipe["arch"]
     if spec["kind"] == "pickle":
         if not trust_pickle:
@@ -53,18 +56,51 @@ def rebuild(recipe: dict, trust_pickle: bool = False) -> nn.Module:
             raise BadInput(f"the pickled source {p} is missing or changed since the recipe was written")
         model = torch.load(p, map_location="cpu", weights_only=False)
     else:
-        model = build_arch(spec)
-    for edit in recipe.get("edits", []):
-        apply_edit(model, edit)
+        model = build_arch(spec, trusted=trust_code)
+    replay_edits(model, recipe.get("edits", []))
     return model
 
 
-def load_explainfix_dir(directory: Path, trust_pickle: bool = False) -> LoadedModel:
+def replay_edits(model: nn.Module, edits: list[dict]) -> None:
+    """Apply a recipe's structural edits; an edit that does not fit the architecture is bad input."""
+    for i, edit in enumerate(edits):
+        try:
+            apply_edit(model, edit)
+        except ExplainFixError as e:
+            raise BadInput(f"the recipe's edit {i} does not fit the architecture: {e.message}") from None
+        except (IndexError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise BadInput(f"the recipe's edit {i} does not fit the architecture: {type(e).__name__}: {first_line(e, 200)}") from None
+
+
+def check_integrity(directory: Path, recipe: dict) -> None:
+    """The sha256 the recipe records for ``model.safetensors`` and ``arch/*`` (integrity against corruption
+    or an accidental change; not authenticity: whoever edits a file can edit the recipe too)."""
+    for rel, want in recipe.get("integrity", {}).items():
+        f = directory / rel
+        if not f.is_file():
+            raise BadInput(f"{directory} lacks {rel}, which its recipe records")
+        if sha256_file(f) != want:
+            raise BadInput(f"{f} does not match the sha256 recorded in {RECIPE_NAME}: the file is damaged or was changed",
+                           hint="copy the directory again from its source")
+
+
+def load_explainfix_dir(directory: Path, trust_pickle: bool = False, trust_code: bool = False,
+                        arch: dict | None = None) -> LoadedModel:
+    """An explainfix directory as a model. Nothing it names is imported unless allowed (io/trust.py):
+    ``trust_code`` allows its ``arch/*.py`` and any import target; ``arch`` (the user's own ``--arch``
+    spec) replaces the recipe's architecture."""
     recipe = read_recipe(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise BadInput(f"{directory} has {RECIPE_NAME} but no {WEIGHTS_NAME}")
-    model = rebuild(recipe, trust_pickle=trust_pickle)
+    check_integrity(directory, recipe)
+    notes = []
+    if arch is not None:
+        notes.append(f"architecture from --arch {arch_label(arch)} (the recipe named {arch_label(recipe['arch'])})")
+        recipe = {**recipe, "arch": arch}
+    elif recipe["arch"]["kind"] == "file" and not trust_code:
+        raise refuse_file_arch(str(Path(recipe["arch"]["path"]).relative_to(directory.resolve())), recipe["arch"]["name"])
+    model = rebuild(recipe, trust_pickle=trust_pickle, trust_code=trust_code or arch is not None)
     state_dict, _ = read_safetensors(weights)
     load_into(model, state_dict, weights)
     frozen = set(recipe.get("frozen", []))
@@ -72,24 +108,30 @@ def load_explainfix_dir(directory: Path, trust_pickle: bool = False) -> LoadedMo
         if name in frozen:
             p.requires_grad_(False)
     model.eval()
-    return LoadedModel(model, recipe, directory, sha256_file(weights), "explainfix")
+    return LoadedModel(model, recipe, directory, sha256_file(weights), "explainfix", notes)
 
 
-def load(path: str | Path, trust_pickle: bool = False) -> nn.Module:
-    """Rebuild the nn.Module saved in an explainfix directory (no pickle involved)."""
+def load(path: str | Path, trust_pickle: bool = False, trust_code: bool = False) -> nn.Module:
+    """Rebuild the nn.Module saved in an explainfix directory (no pickle involved). A directory whose
+    architecture is a Python file (``arch/*.py``) or a non-allow-listed import needs ``trust_code=True``."""
     path = Path(path)
-    return load_explainfix_dir(path.parent if path.suffix == ".safetensors" else path, trust_pickle).model
+    return load_explainfix_dir(path.parent if path.suffix == ".safetensors" else path, trust_pickle, trust_code).model
 
 
+def dir_files(recipe: dict, weights: bytes) -> dict[str, bytes | dict]:
+    """What an explainfix directory holds: the weights, the recipe (made portable, with the sha256 of
+    every file beside it) and the ``arch/*.py`` copy of a file-kind architecture."""
+    recipe, arch_files = portable_recipe({**recipe, "versions": versions()})
+    integrity = {WEIGHTS_NAME: hashlib.sha256(weights).hexdigest(),
+                 **{rel: hashlib.sha256(data).hexdigest() for rel, data in arch_files.items()}}
+    return {WEIGHTS_NAME: weights, RECIPE_NAME: {**recipe, "integrity": integrity}, **arch_files}
 
 
 def save_model_dir(
     model: nn.Module, recipe: dict, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False
 ) -> Path:
     """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically."""
-    recipe, arch_files = portable_recipe({**recipe, "versions": versions()})
     meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe["arch"])}
-    files: dict[str, bytes | str | dict] = {WEIGHTS_NAME: safetensors_bytes(model, meta), RECIPE_NAME: recipe}
-    files.update(arch_files)
+    files: dict[str, bytes | str | dict] = dict(dir_files(recipe, safetensors_bytes(model, meta)))
     files.update(extra or {})
     return write_output_dir(out, files, force=force)

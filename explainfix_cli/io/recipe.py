@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import BadInput
+from ..core.errors import BadInput, first_line
 from ..core.version import __version__
+from .schema import validate_recipe
 
 RECIPE_NAME = "explainfix.json"
 WEIGHTS_NAME = "model.safetensors"
 RECIPE_FORMAT = "explainfix/1"
+MAX_RECIPE_BYTES = 64 << 20
 
 
 def versions() -> dict[str, str]:
@@ -36,16 +38,21 @@ def empty_recipe(spec: dict, source: Path, sha: str, fmt: str) -> dict:
 
 
 def read_recipe(directory: Path) -> dict:
+    """The recipe of an explainfix directory, every field checked (io/schema.py) before anything uses it."""
+    path = directory / RECIPE_NAME
     try:
-        recipe = json.loads((directory / RECIPE_NAME).read_text())
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise BadInput(f"{path} is larger than {MAX_RECIPE_BYTES >> 20} MiB; not an explainfix recipe")
+        recipe = json.loads(path.read_text())
     except FileNotFoundError:
         raise BadInput(f"{directory} is not an explainfix directory (no {RECIPE_NAME})", hint="pass a model file, or a directory written by explainfix") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{directory / RECIPE_NAME} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BadInput(f"{path} is not valid JSON: {first_line(e, 200)}") from None
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
-        raise BadInput(f"{directory / RECIPE_NAME} is not an explainfix recipe (format {recipe.get('format') if isinstance(recipe, dict) else '?'})")
-    arch = recipe.get("arch", {})
-    if arch.get("kind") == "file" and not Path(arch["path"]).is_absolute():  # shipped inside the directory
+        raise BadInput(f"{path} is not an explainfix recipe (format {str(recipe.get('format'))[:40] if isinstance(recipe, dict) else '?'})")
+    validate_recipe(recipe, str(path))
+    arch = recipe["arch"]
+    if arch["kind"] == "file":  # shipped inside the directory (the schema allows only arch/NAME.py)
         recipe["arch"] = {**arch, "path": str((directory / arch["path"]).resolve())}
     return recipe
 

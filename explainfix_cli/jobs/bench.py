@@ -18,7 +18,7 @@ from ..io.data import (
 
 
 def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | None = None, trust_pickle: bool = False,
-              input_size: str | None = None, batch_size: int = 1, threads: int = 2, warmup: int = 10,
+              trust_code: bool = False, input_size: str | None = None, batch_size: int = 1, threads: int = 2, warmup: int = 10,
               iters: int = 50, seed: int = 0, opset: int = 18, rounds: int = 5) -> list[dict]:
     """onnxruntime latency of each model side by side with MACs/params and ratios to the first, timed
     interleaved over ``rounds`` rounds (bench.py).
@@ -33,8 +33,9 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
     targets, loaded_models = [], {}
     for path in map(Path, models):
         if path.suffix != ".onnx":
-            loaded_models[path] = load_model(path, arch if not path.is_dir() else None, parse_arch_kwargs(arch_kwargs),
-                                             trust_pickle, "bench")
+            # --arch builds every model: a weights file's, and an explainfix directory's in place of its recipe's
+            loaded_models[path] = load_model(path, arch, parse_arch_kwargs(arch_kwargs), trust_pickle, "bench",
+                                             trust_code=trust_code)
     # one input size for all: --input-size, else the first recipe that stores one, else the default
     size = parse_input_size(input_size) if input_size else next(
         (tuple(m.preprocessing["input_size"]) for m in loaded_models.values() if m.preprocessing), None)

@@ -36,6 +36,7 @@ class ModelSpec:
     arch: str | None = None
     arch_kwargs: str | None = None
     trust_pickle: bool = False
+    trust_code: bool = False  # run the code an explainfix directory names (io/trust.py)
 
 
 @dataclass
@@ -89,7 +90,8 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
         raise BadInput(f"--batch-size must be ≥ 1, got {data.batch_size}")
     if data is not None and data.batches is not None and data.batches < 1:
         raise BadInput(f"--batches must be ≥ 1, got {data.batches}")
-    loaded = load_model(model.path, model.arch, parse_arch_kwargs(model.arch_kwargs), model.trust_pickle, purpose)
+    loaded = load_model(model.path, model.arch, parse_arch_kwargs(model.arch_kwargs), model.trust_pickle, purpose,
+                        trust_code=model.trust_code)
     data = data or DataSpec()
     size = parse_input_size(data.input_size) if data.input_size else None
     pre = resolve_preprocessing(loaded.model, size, data.mean, data.std, loaded.preprocessing)

@@ -15,8 +15,9 @@ from ..core.errors import BadInput, CheckFailed
 from ..deploy.verify import check_tolerances
 from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
+from ..io.model_dir import dir_files
 from ..io.outdir import default_out, write_output_dir
-from ..io.recipe import RECIPE_NAME, portable_recipe
+from ..io.recipe import WEIGHTS_NAME
 from .common import DataSpec, ModelSpec, open_inputs
 
 VERIFY_SAMPLES = 64  # real inputs checked against onnxruntime (all of them when the data set is smaller)
@@ -128,12 +129,16 @@ def export_job(
         if safetensors:
             export_safetensors(opened.model, work / "model.safetensors", metadata=meta)
             if not in_place:  # the recipe beside the weights makes the folder loadable without flags
-                recipe, arch_files = portable_recipe({**opened.loaded.recipe, "preprocessing": opened.pre.to_dict()})
-                (work / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
-                names.append(RECIPE_NAME)
-                for rel, content in arch_files.items():
+                files = dir_files({**opened.loaded.recipe, "preprocessing": opened.pre.to_dict()},
+                                  (work / WEIGHTS_NAME).read_bytes())
+                for rel, content in files.items():
+                    if rel == WEIGHTS_NAME:
+                        continue
                     (work / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (work / rel).write_bytes(content)
+                    if isinstance(content, dict):
+                        (work / rel).write_text(json.dumps(content, indent=2) + "\n")
+                    else:
+                        (work / rel).write_bytes(content)
                     names.append(rel)
         job.doc = {
             "command": "export", "model": str(model.path), "out": str(out), "files": names,

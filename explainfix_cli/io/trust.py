@@ -1,0 +1,72 @@
+"""What an explainfix directory may make us run, decided before anything is imported (docs/CLI.md,
+"Sharing results safely").
+
+A directory written by someone else is data, not code. Its recipe names an architecture; rebuilding it
+would import or execute what it names, so:
+
+* an ``import`` architecture runs without opt-in only when it is a public model factory or ``nn.Module``
+  class of an allow-listed model library (``ALLOWED_MODULES``), with JSON keyword arguments that cannot
+  name files or downloads;
+* a ``file`` architecture (the ``arch/*.py`` copy inside the directory) runs only when the user says so
+  (``--trust-code`` / ``trust_code=True``, or ``EXPLAINFIX_TRUST_CODE=1``) or passes ``--arch`` themselves;
+* anything else is refused with one line that names what the directory wanted to run and the flag.
+
+An architecture the user types on the command line (``--arch``) is their own code and is not gated.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from types import ModuleType
+
+from torch import nn
+
+from ..core.errors import BadInput
+
+#: module → the library whose own objects it may hand out (checked on the object's ``__module__``).
+ALLOWED_MODULES: dict[str, str] = {
+    "torchvision.models": "torchvision.models",
+    "torchvision.models.segmentation": "torchvision.models",
+    "torchvision.models.detection": "torchvision.models",
+    "timm": "timm",
+    "timm.models": "timm",
+    "segmentation_models_pytorch": "segmentation_models_pytorch",
+    "ultralytics.nn.tasks": "ultralytics.nn",
+}
+#: keyword arguments that would make a factory read files or download weights.
+FORBIDDEN_KWARG = re.compile(r"pretrained|checkpoint|weights|path|file|url|cache|hub|dir", re.IGNORECASE)
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+TRUST_HINT = "pass --trust-code if you trust the directory's author (or --arch with your own architecture)"
+
+
+def _refuse(what: str, why: str) -> BadInput:
+    return BadInput(f"refused to run {what} named by the directory's recipe: {why}", hint=TRUST_HINT)
+
+
+def check_import_target(module: str, name: str, kwargs: dict) -> None:
+    """Strings only: may the recipe's ``module:name`` be imported at all (no import happens here)."""
+    what = f"`{module}:{name}`"
+    if module not in ALLOWED_MODULES:
+        raise _refuse(what, f"{module!r} is not an allow-listed model library ({', '.join(sorted(ALLOWED_MODULES))})")
+    if not NAME.fullmatch(name):
+        raise _refuse(what, f"{name!r} is not a public name")
+    for key, value in kwargs.items():
+        if FORBIDDEN_KWARG.search(key) and value not in (None, False):
+            raise _refuse(what, f"its keyword argument {key}={value!r} could read files or download weights")
+
+
+def check_import_object(module: ModuleType, spec: dict) -> object:
+    """After importing an allow-listed module: the named object must be that library's own model class
+    or factory function (not something it imported, like ``os`` or ``torch.hub.load``)."""
+    obj = getattr(module, spec["name"], None)
+    root = ALLOWED_MODULES[spec["module"]]
+    owner = getattr(obj, "__module__", "") or ""
+    own = owner == root or owner.startswith(root + ".")
+    is_model = inspect.isclass(obj) and issubclass(obj, nn.Module)
+    if not own or not (is_model or inspect.isfunction(obj)):
+        raise _refuse(f"`{spec['module']}:{spec['name']}`", f"it is not a model class or factory of {root}")
+    return obj
+
+
+def refuse_file_arch(rel_path: str, name: str) -> BadInput:
+    return _refuse(f"the Python file {rel_path} ({name})", "a file-kind architecture executes that file")
