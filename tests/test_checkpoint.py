@@ -340,14 +340,14 @@ def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_s
     assert sorted(p.name for p in out.iterdir()) == ["arch", "explainfix.json", "model.safetensors", "report.json"]
     assert no_temp_siblings(out) == []
 
-    again = load_model(out)
+    again = load_model(out, trust_code=True)
     assert again.source_format == "explainfix"
     assert again.preprocessing == recipe["preprocessing"]
     assert_same_state(again.model.state_dict(), fixture_sd)
     assert not again.model.conv1.weight.requires_grad and again.model.fc.weight.requires_grad
-    assert_same_state(load(out).state_dict(), fixture_sd)
-    assert_same_state(load(out / "model.safetensors").state_dict(), fixture_sd)
-    assert_same_state(load_model(out / "model.safetensors").model.state_dict(), fixture_sd)
+    assert_same_state(load(out, trust_code=True).state_dict(), fixture_sd)
+    assert_same_state(load(out / "model.safetensors", trust_code=True).state_dict(), fixture_sd)
+    assert_same_state(load_model(out / "model.safetensors", trust_code=True).model.state_dict(), fixture_sd)
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(lm.model(x), again.model(x))
@@ -454,10 +454,10 @@ def test_output_dir_ships_its_architecture_file_and_reloads_after_a_move(tmp_pat
     shutil.copytree(out, moved)
     shutil.rmtree(out)
     arch_src.unlink()
-    model = load(moved)
+    model = load(moved, trust_code=True)
     ref = loaded.model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
     with open(moved / "arch" / "net.py", "a") as f:
         f.write("\n# edited\n")
-    with pytest.raises(BadInput, match="changed since the recipe"):
-        load(moved)
+    with pytest.raises(BadInput, match="sha256"):
+        load(moved, trust_code=True)

@@ -31,11 +31,11 @@ def test_explain_without_data_and_on_a_pruned_dir(tmp_path):
     res = CliRunner().invoke(app, ["prune", *FIXTURE, "--pct", "80", "--data", "fixtures/digits/calib", "-o", str(pruned)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "spectra"
-    res = CliRunner().invoke(app, ["explain", str(pruned), "-o", str(out), "--json"])
+    res = CliRunner().invoke(app, ["explain", str(pruned), "--trust-code", "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["saliency"] is False and all(layer["with_saliency"] is None for layer in doc["layers"])
     # the pruned layers' kernels are counted as they are now (fewer channels, same 3×3 basis)
     assert all(len(layer["without_saliency"]["e_d"]) == 9 for layer in doc["layers"])
-    res = CliRunner().invoke(app, ["explain", str(pruned), "-o", str(out)])
+    res = CliRunner().invoke(app, ["explain", str(pruned), "--trust-code", "-o", str(out)])
     assert res.exit_code == 2 and "exists" in res.output  # no overwrite without --force

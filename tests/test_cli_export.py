@@ -27,7 +27,7 @@ def pruned(tmp_path_factory):
 
 
 def test_export_pruned_dir_in_place_and_verify(pruned):
-    res = cli("export", pruned, "--onnx", "--data", CALIB, "--json")
+    res = cli("export", pruned, "--trust-code", "--onnx", "--data", CALIB, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["verify"]["passed"] and doc["summary"].startswith("PASSED |")
@@ -36,15 +36,15 @@ def test_export_pruned_dir_in_place_and_verify(pruned):
     props = {p.key: p.value for p in m.metadata_props}
     assert props["explainfix.pct"] == "70" and json.loads(props["explainfix.preprocessing"])["input_size"] == [32, 32]
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
-    res = cli("export", pruned, "--onnx")
+    res = cli("export", pruned, "--trust-code", "--onnx")
     assert res.exit_code == 2 and "exists" in res.output  # no silent overwrite
-    res = cli("verify", pruned / "model.onnx", "--reference", pruned, "--data", "fixtures/digits/eval", "--json")
+    res = cli("verify", pruned / "model.onnx", "--reference", pruned, "--trust-code", "--data", "fixtures/digits/eval", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["passed"] is True
 
 
 def test_altered_initializer_fails_verify(pruned, tmp_path):
-    res = cli("export", pruned, "-o", tmp_path / "e", "--json")
+    res = cli("export", pruned, "--trust-code", "-o", tmp_path / "e", "--json")
     assert res.exit_code == 0, res.output
     m = onnx.load(tmp_path / "e" / "model.onnx")
     init = next(i for i in m.graph.initializer if numpy_helper.to_array(i).ndim == 4)
@@ -52,7 +52,7 @@ def test_altered_initializer_fails_verify(pruned, tmp_path):
     arr.flat[0] += 0.5
     init.CopyFrom(numpy_helper.from_array(arr, init.name))
     onnx.save(m, tmp_path / "bad.onnx")
-    res = cli("verify", tmp_path / "bad.onnx", "--reference", pruned, "--data", CALIB)
+    res = cli("verify", tmp_path / "bad.onnx", "--reference", pruned, "--trust-code", "--data", CALIB)
     assert res.exit_code == 1
     assert "FAILED |" in res.output
 
@@ -93,7 +93,7 @@ def test_safetensors_export_of_tied_weights_reloads(tmp_path):
     out = tmp_path / "st"
     res = cli("export", ckpt, "--arch", "tests/models_for_tests.py:Tied", "--safetensors", "--input-size", "8", "-o", out)
     assert res.exit_code == 0, res.output
-    reloaded = load(out)
+    reloaded = load(out, trust_code=True)
     assert reloaded.conv2.weight is reloaded.conv.weight
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(reloaded(x), model(x))

@@ -35,7 +35,7 @@ def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
     recipe = json.loads((out / "explainfix.json").read_text())
     assert [p["command"] for p in recipe["provenance"]] == ["prune", "finetune", "compress"]
     # the saved model, the ONNX file and the report agree
-    model = load(out)
+    model = load(out, trust_code=True)
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         ref = model(x).numpy()
@@ -44,7 +44,7 @@ def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
     # compress's model.onnx carries the provenance export writes (it runs the export job's steps)
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     exported = tmp_path / "e"
-    res = CliRunner().invoke(app, ["export", str(out), "-o", str(exported)])
+    res = CliRunner().invoke(app, ["export", str(out), "--trust-code", "-o", str(exported)])
     assert res.exit_code == 0, res.output
     ref_props = {p.key: p.value for p in onnx.load(str(exported / "model.onnx")).metadata_props}
     assert set(props) == set(ref_props) and "explainfix.source_sha256" in props and "explainfix.pct" in props

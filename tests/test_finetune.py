@@ -19,7 +19,7 @@ def test_finetune_keeps_fixed_filters_frozen(tmp_path):
     fixed = tmp_path / "fixed"
     assert invoke("fix", *BASE, "--init", "ghaar", "-o", fixed).exit_code == 0
     tuned = tmp_path / "tuned"
-    res = invoke("finetune", fixed, "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--epochs", "1",
+    res = invoke("finetune", fixed, "--trust-code", "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--epochs", "1",
                  "--batch-size", "25", "-o", tuned, "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
@@ -36,14 +36,14 @@ def test_finetune_keeps_fixed_filters_frozen(tmp_path):
     (epoch,) = report["epochs"]
     assert epoch["samples"] == 100 and epoch["loss"] > 0 and 0 <= epoch["accuracy"] <= 1
     assert epoch["eval_accuracy"] is not None and report["options"]["optimizer"] == "sgd"
-    assert {n for n, p in load(tuned).named_parameters() if not p.requires_grad} == set(frozen)
+    assert {n for n, p in load(tuned, trust_code=True).named_parameters() if not p.requires_grad} == set(frozen)
 
 
 def test_finetune_no_fixed_spatial_trains_everything(tmp_path):
     fixed = tmp_path / "fixed"
     assert invoke("fix", *BASE, "--init", "keep", "-o", fixed).exit_code == 0
     tuned = tmp_path / "tuned"
-    res = invoke("finetune", fixed, "--data", FIXTURE_CALIB, "--epochs", "1", "--no-fixed-spatial",
+    res = invoke("finetune", fixed, "--trust-code", "--data", FIXTURE_CALIB, "--epochs", "1", "--no-fixed-spatial",
                  "--optimizer", "adamw", "-o", tuned)
     assert res.exit_code == 0, res.output
     assert json.loads((tuned / "explainfix.json").read_text())["frozen"] == []
@@ -55,9 +55,9 @@ def test_finetune_no_fixed_spatial_trains_everything(tmp_path):
 def test_finetune_after_prune_reloads_pruned_shapes(tmp_path):
     pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
     assert invoke("prune", *BASE, "--pct", "90", "--data", FIXTURE_CALIB, "-o", pruned).exit_code == 0
-    res = invoke("finetune", pruned, "--data", FIXTURE_CALIB, "--epochs", "1", "--batches", "2", "-o", tuned)
+    res = invoke("finetune", pruned, "--trust-code", "--data", FIXTURE_CALIB, "--epochs", "1", "--batches", "2", "-o", tuned)
     assert res.exit_code == 0, res.output
-    a, b = load(pruned), load(tuned)
+    a, b = load(pruned, trust_code=True), load(tuned, trust_code=True)
     assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
     assert all(p.requires_grad for p in b.parameters())  # not a fixed model: nothing frozen by default
 

@@ -37,7 +37,7 @@ def test_fix_ghaar_replaces_freezes_and_reloads(tmp_path):
     recipe = json.loads((out / "explainfix.json").read_text())
     assert recipe["edits"][-1] == {"op": "fix", "init": "ghaar", "seed": 3, "layers": 7}
     assert recipe["provenance"][-1]["command"] == "fix"
-    model = load(out)
+    model = load(out, trust_code=True)
     convs = iter_spatial_convs(model)
     assert sorted(recipe["frozen"]) == sorted(f"{n}.weight" for n, _ in convs)  # the fixture's convs have no bias
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -52,7 +52,7 @@ def test_fix_ghaar_replaces_freezes_and_reloads(tmp_path):
 
 def test_fix_keep_only_freezes(tmp_path):
     out, report = fix(tmp_path, "keep")
-    model, ref = load(out), original()
+    model, ref = load(out, trust_code=True), original()
     for (n, conv), (_, r) in zip(iter_spatial_convs(model), iter_spatial_convs(ref)):
         assert torch.equal(conv.weight, r.weight), n
         assert not conv.weight.requires_grad
@@ -62,7 +62,7 @@ def test_fix_keep_only_freezes(tmp_path):
 def test_fix_dct_kernels_are_basis_filters(tmp_path):
     out, _ = fix(tmp_path, "dct")
     basis = dct_basis_nd((3, 3)).float().reshape(9, 9)
-    for name, conv in iter_spatial_convs(load(out)):
+    for name, conv in iter_spatial_convs(load(out, trust_code=True)):
         k = conv.weight.detach().reshape(-1, 9)
         dist = (k[:, None, :] - basis[None]).abs().amax(dim=2).min(dim=1).values
         assert float(dist.max()) < 1e-5, name

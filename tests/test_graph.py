@@ -13,7 +13,7 @@ from explainfix_cli.io.edits import apply_edit
 from explainfix_cli.prune.pipeline import prune_model
 
 
-def prune(model, x, zero=()):
+def prune(model, x, zero=(), allow_inexact=False):
     """Zero the given (module, rows) first, prune at 1 %, check and replay the edit on a fresh copy."""
     torch.manual_seed(0)
     model.eval()
@@ -23,8 +23,8 @@ def prune(model, x, zero=()):
             if getattr(mod, "bias", None) is not None:
                 mod.bias[rows] = 0.0
     fresh = copy.deepcopy(model)
-    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x)
-    assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
+    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x, allow_inexact_folds=allow_inexact)
+    assert (r.check.passed or allow_inexact) and r.check.pruned_vs_masked_rel <= 1e-4
     apply_edit(fresh, r.edit)
     a, b = fresh.state_dict(), model.state_dict()
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
@@ -297,7 +297,7 @@ def test_shape_dependent_control_flow_is_traced_and_value_dependent_module_kept_
     m = Decoder().zero_some_rows()
     gate_before = copy.deepcopy(m.gate.state_dict())
     x = torch.randn(3, 3, 15, 15)  # odd size: the decoder's resize branch is taken
-    r = prune(m, x)
+    r = prune(m, x, allow_inexact=True)  # its dead rows' BN shifts fold into zero-padded convs
     assert list(r.opaque) == ["gate"] and "data-dependent" in r.opaque["gate"]
     assert (m.c1.out_channels, m.c2.in_channels, m.up.conv.in_channels, m.up.conv.out_channels) == (13, 13, 13, 11)
     assert m.c3.in_channels == 11 and m.c3.out_channels == 32  # c3 feeds the opaque gate: frozen

@@ -6,8 +6,9 @@ that index are all zero) or reads a constant there (a producer row of zeros give
 keep it constant), in which case ``value · Σ W[:, index]`` is folded into that consumer's bias.
 
 Folding is exact for Linear consumers, for convs without zero padding, and whenever the folded value is
-0. A conv with zero padding sees zeros, not the constant, in its border windows, so there the pruned
-model differs from the zeroed one (it equals the masked equivalent exactly); the self-check measures it.
+0. A conv with zero padding sees zeros, not the constant, in its border windows, so such a fold would make
+the pruned model differ from the zeroed one: by default that channel stays (``allow_inexact`` trades
+exactness for size, and the self-check then reports the distance instead of "passed").
 ConvTranspose2d consumers never fold (a constant input is not constant at their output).
 No layer loses all its channels: when a removal would empty a producer, consumer or channel-wise layer,
 the space of its lowest index stays (repeated until nothing changes). With ``round_to=N`` a layer that
@@ -31,6 +32,7 @@ class Plan:
     masked_inputs: dict[str, dict] = field(default_factory=dict)
     removed_per_space: dict[int, list[int]] = field(default_factory=dict)  # space root → removed atoms
     inexact_folds: int = 0  # channel·consumer pairs folded into a zero-padded conv with a non-zero value
+    inexact_kept: int = 0  # channels that stay because removing them needs an inexact fold
     nonzero_folds: int = 0
 
     @property
@@ -44,7 +46,12 @@ class Plan:
 
 def column_mass(m: nn.Module, c: Consumer) -> torch.Tensor:
     """Σ|W| per input index of a consumer (zero ⇔ the consumer ignores that input)."""
-    w = m.weight.detach().abs()
+    return column_sums(m.weight.detach().abs(), c)
+
+
+def column_sums(w: torch.Tensor, c: Consumer) -> torch.Tensor:
+    """Sum of a weight-shaped tensor per input index of consumer ``c`` (grouped convs: group k, in-group
+    position i → index k·s + i)."""
     if c.kind == "linear":
         return w.sum(0).cpu()
     if c.kind == "convT":
@@ -54,7 +61,7 @@ def column_mass(m: nn.Module, c: Consumer) -> torch.Tensor:
     if g == 1:
         return per_row.sum(0).cpu()
     t = per_row.shape[0] // g
-    return per_row.view(g, t, -1).sum(1).reshape(-1).cpu()  # group k, position i → index k·s + i
+    return per_row.view(g, t, -1).sum(1).reshape(-1).cpu()
 
 
 def _zero_padded(m: nn.Module) -> bool:
@@ -81,21 +88,39 @@ def round_removal(graph: ChannelGraph, removable: set[int], producers: list, mul
                 changed = True
 
 
-def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None = None) -> Plan:
+def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None = None, *,
+                 allow_inexact: bool = False, remove: set[int] | None = None) -> Plan:
+    """The removal plan. By zeros (``remove=None``): a space goes when every consumer ignores it or reads
+    a constant that folds exactly; a fold into a zero-padded conv is inexact in the border windows, so
+    such a space stays unless ``allow_inexact`` (``Plan.inexact_kept`` counts its channels). By choice
+    (``remove``: space roots, the channel criterion): those spaces go and their consumers drop the
+    columns; nothing is folded, and the pruned model equals the model with those columns masked."""
     modules: dict[str, dict] = {}
     plan = Plan(edit={"op": "prune", "modules": modules})
     frozen = graph.frozen_roots()
     ok: dict[int, bool] = {}
+    exact_only: set[int] = set()  # spaces that an inexact fold alone keeps
     ignored: list[torch.Tensor] = []
     for c in graph.consumers:
-        ign = column_mass(gm.get_submodule(c.module), c) == 0
+        m = gm.get_submodule(c.module)
+        ign = column_mass(m, c) == 0
         ignored.append(ign)
+        if remove is not None:
+            continue
+        inexact = (c.is_const & (c.value != 0) & ~ign) if _zero_padded(m) else torch.zeros_like(ign)
         good = (ign | c.is_const).tolist()
-        for lab, g in zip(c.labels.tolist(), good):
+        for lab, g, bad in zip(c.labels.tolist(), good, inexact.tolist()):
             if lab >= 0:
                 r = graph.root(lab)
                 ok[r] = ok.get(r, True) and g
-    removable = {r for r, g in ok.items() if g and r not in frozen}
+                if bad and not allow_inexact:
+                    exact_only.add(r)
+    if remove is not None:
+        removable = {r for r in remove if r not in frozen}
+    else:
+        removable = {r for r, g in ok.items() if g and r not in frozen and r not in exact_only}
+        kept = {r for r in exact_only if ok.get(r) and r not in frozen}
+        plan.inexact_kept = sum(1 for p in graph.producers for a in p.labels.tolist() if graph.root(a) in kept)
     lists = [p.labels for p in graph.producers] + [c.labels for c in graph.consumers] + [w.labels for w in graph.channelwise]
     changed = True
     while changed and removable:
@@ -133,6 +158,8 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None =
         if c.kind == "linear":
             e["in_block"] = 1
         plan.masked_inputs[c.module] = {"in": cols, "in_block": 1, "kind": c.kind, "groups": c.groups}
+        if remove is not None:
+            continue  # removed by choice: the columns are masked, not folded
         fold = [j for j in cols if not bool(ign[j]) and float(c.value[j]) != 0.0]
         if not fold:
             continue  # ignored, or a constant 0: nothing to fold

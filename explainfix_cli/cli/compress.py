@@ -25,12 +25,23 @@ from .options import (
     ModelArg,
     Optimizer,
     Out,
-    RoundTo,
     Rtol,
     Seed,
     Std,
     TrustCode,
     TrustPickle,
+)
+from .prune import (
+    AllowInexact,
+    Criterion,
+    Floor,
+    Pct,
+    Rank,
+    RecalibrateBn,
+    RoundToOpt,
+    TargetMacs,
+    TargetParams,
+    prune_options,
 )
 
 
@@ -38,7 +49,6 @@ from .options import (
 @command
 def compress(
     model: ModelArg,
-    pct: Annotated[float, typer.Option("--pct", help="Percentage of spatial filters to zero, in (0, 100).")],
     data: Annotated[Path, typer.Option("--data", help="Calibration images for saliency (class subfolders; also the fine-tuning set).")],
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled images for accuracy and agreement (default: --data).")] = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune on --data after pruning (0 = no fine-tuning).")] = 0,
@@ -49,9 +59,16 @@ def compress(
     atol: Atol = 1e-4,
     rtol: Rtol = 1e-3,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-    criterion: Annotated[Optional[str], typer.Option("--criterion", help="saliency | magnitude (default saliency).")] = None,
+    target_macs: TargetMacs = None,
+    target_params: TargetParams = None,
+    pct: Pct = None,
+    criterion: Criterion = None,
+    rank: Rank = "per-cost",
     fill: Fill = "none",
-    round_to: RoundTo = None,
+    round_to: RoundToOpt = None,
+    floor: Floor = 0.1,
+    recalibrate_bn: RecalibrateBn = None,
+    allow_inexact_folds: AllowInexact = False,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure onnxruntime latency of the original and the result.")] = True,
     threads: Annotated[int, typer.Option("--threads", help="onnxruntime threads for the latency measurement.")] = 2,
     bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed runs per model.")] = 50,
@@ -76,7 +93,7 @@ def compress(
     Writes OUT/ with model.safetensors, explainfix.json, model.onnx, report.json and summary.md (also when a gate
     fails, so CI can publish it). Exit 1 when a gate fails; the last line names it with its numbers.
 
-    Example: explainfix compress model.pt --arch m.py:Net --pct 70 --data calib/ --eval-data val/ --max-accuracy-drop 1 -o out/
+    Example: explainfix compress model.pt --arch m.py:Net --target-macs 4x --data calib/ --eval-data val/ --max-accuracy-drop 1 -o out/
     """
     from ..core.errors import CheckFailed
     from ..jobs.compress import compress_job
@@ -86,8 +103,10 @@ def compress(
     with work_progress() as bar:
         job = compress_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
-            pct, eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
-            criterion=criterion, fill=fill, round_to=round_to, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
+            eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
+            options=prune_options(pct, target_macs, target_params, criterion, rank, fill, round_to, allow_inexact_folds,
+                                  floor, recalibrate_bn),
+            max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
             opset=opset, bench=bench, threads=threads, bench_iters=bench_iters, out=out, device=device, seed=seed,
             force=force, progress=bar, on_step=bar.step if bar else None,
         )

@@ -27,7 +27,6 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also
 Atol = Annotated[float, typer.Option("--atol", help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]
 Rtol = Annotated[float, typer.Option("--rtol", help="ONNX vs torch relative tolerance (see --atol).")]
 Fill = Annotated[str, typer.Option("--fill", help="Filter criteria: none | fillzero | restore (zeroed kernels in surviving channels get their original values back; reset is an alias).")]
-RoundTo = Annotated[Optional[int], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N (e.g. 8): fewer channels removed, faster kernels.")]
 
 Epochs = Annotated[int, typer.Option("--epochs", help="Passes over --data.")]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 0.01 for sgd, 1e-3 for adamw), cosine-decayed to 0.")]

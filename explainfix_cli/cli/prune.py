@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import jobs
+from ..prune.options import PruneOptions
 from .app import app, command, emit_json
 from .options import (
     Arch,
@@ -22,27 +23,53 @@ from .options import (
     Mean,
     ModelArg,
     Out,
-    RoundTo,
     Seed,
     Std,
+    TrustCode,
     TrustPickle,
 )
+
+TargetMacs = Annotated[Optional[str], typer.Option("--target-macs", help="MACs budget: 4x (4× fewer) or 0.25 (keep a quarter). Exclusive with --pct.")]
+TargetParams = Annotated[Optional[str], typer.Option("--target-params", help="Parameter budget: 4x or 0.25, as --target-macs.")]
+Pct = Annotated[Optional[float], typer.Option("--pct", help="Zero this percentage of spatial filters, in (0, 100), ranked globally (the ExplainFix reference's knob).")]
+Criterion = Annotated[Optional[str], typer.Option("--criterion", help="channel | saliency | magnitude. Default: channel with a budget; else saliency with --data, magnitude without.")]
+Rank = Annotated[str, typer.Option("--rank", help="Channel criterion: per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency.")]
+RoundToOpt = Annotated[Optional[str], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N, or auto (8; the default with a budget): faster kernels, still exact.")]
+AllowInexact = Annotated[bool, typer.Option("--allow-inexact-folds", help="Also remove channels whose constant would fold into a zero-padded conv (differs at the borders; the report gives the distance and never says passed).")]
+Floor = Annotated[float, typer.Option("--floor", help="Channel criterion: every layer keeps at least this fraction of its channels.")]
+RecalibrateBn = Annotated[Optional[bool], typer.Option("--recalibrate-bn/--no-recalibrate-bn", help="Re-estimate BatchNorm statistics on --data after pruning (default: on with a budget and data).")]
+
+
+def prune_options(pct: float | None, target_macs: str | None, target_params: str | None, criterion: str | None,
+                  rank: str, fill: str, round_to: str | None, allow_inexact_folds: bool, floor: float,
+                  recalibrate_bn: bool | None) -> PruneOptions:
+    """The flags → the one options object the jobs and the Python API validate (prune and compress)."""
+    return PruneOptions(pct=pct, target_macs=target_macs, target_params=target_params, criterion=criterion, rank=rank,
+                        fill=fill, round_to=round_to, allow_inexact_folds=allow_inexact_folds, floor=floor,
+                        recalibrate_bn=recalibrate_bn)
 
 
 @app.command()
 @command
 def prune(
     model: ModelArg,
-    pct: Annotated[float, typer.Option("--pct", help="Percentage of spatial filters to zero, in (0, 100), ranked globally.")],
+    target_macs: TargetMacs = None,
+    target_params: TargetParams = None,
+    pct: Pct = None,
     data: Data = None,
     arch: Arch = None,
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
     batches: Batches = None,
     batch_size: BatchSize = 32,
-    criterion: Annotated[Optional[str], typer.Option("--criterion", help="saliency (needs --data) | magnitude. Default: saliency with --data, else magnitude.")] = None,
+    criterion: Criterion = None,
+    rank: Rank = "per-cost",
     fill: Fill = "none",
-    round_to: RoundTo = None,
+    round_to: RoundToOpt = None,
+    floor: Floor = 0.1,
+    recalibrate_bn: RecalibrateBn = None,
+    allow_inexact_folds: AllowInexact = False,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -53,18 +80,19 @@ def prune(
     json_out: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Zero the least salient spatial filters, remove every dead channel, check, and save.
+    """Prune to a budget (or zero a percentage of spatial filters), remove every dead channel, check, and save.
 
-    Example: explainfix prune model.pt --arch torchvision.models:resnet18 --pct 70 --data calib/
+    Example: explainfix prune model.pt --arch torchvision.models:resnet18 --target-macs 4x --data calib/
     """
     from .render import progress_bar, render_prune
 
+    options = prune_options(pct, target_macs, target_params, criterion, rank, fill, round_to, allow_inexact_folds,
+                            floor, recalibrate_bn)
     with progress_bar() as bar:
         job = jobs.prune_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
-            pct, out=out, criterion=criterion, fill=fill, device=device, seed=seed, force=force, round_to=round_to,
-            progress=bar,
+            out=out, device=device, seed=seed, force=force, progress=bar, options=options,
         )
     render_prune(job)
     if json_out:

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..core.fmt import human, pct, ratio
+from ..core.fmt import human, pct, pruned_how, ratio
 
 console = Console(stderr=True, highlight=False)
 
@@ -27,7 +27,7 @@ console = Console(stderr=True, highlight=False)
 def progress_bar(enabled: bool = True) -> Iterator[Any]:
     """A callback ``(stage, completed, total)`` drawing one bar per stage on stderr. The live display
     starts with the first update and is removed at the end, so a run that fails early prints nothing."""
-    if not enabled:
+    if not enabled or not console.is_terminal:  # a pipe or CI log gets no bar (and no stray blank line)
         yield None
         return
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -54,7 +54,7 @@ def _changed(before: int, after: int) -> str:
 
 def render_prune(job: Any) -> None:
     r = job.result
-    table = Table(title=f"explainfix prune · {r.pct:g}% of spatial filters zeroed by {r.criterion}", title_justify="left")
+    table = Table(title=f"explainfix prune · {pruned_how(r.pct, r.criterion, r.budget, r.options.get('rank'))}", title_justify="left")
     for col in ("layer", "kind", "in", "out", "filters zeroed"):
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for row in r.layers:
@@ -80,17 +80,31 @@ def render_prune(job: Any) -> None:
     if r.accuracy_before is not None:
         totals.add_row("accuracy", pct(r.accuracy_before), pct(r.accuracy_after), "")
     console.print(totals)
+    if r.budget and r.budget.get("note"):
+        console.print(f"[yellow]budget[/]: {r.budget['note']}")
+    if r.recalibrated:
+        console.print(f"BatchNorm statistics re-estimated on {r.recalibrated['batches']} calibration batches "
+                      f"(agreement {pct(r.recalibrated['agreement'])} before that)")
     for path, why in list(r.opaque.items())[:5]:
         console.print(f"[yellow]kept whole[/] {path}: {why}")
     if len(r.opaque) > 5:
         console.print(f"[yellow]kept whole[/] … and {len(r.opaque) - 5} more (report.json: opaque)")
     c = r.check
-    folds = (f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
-             + (f", {r.inexact_folds} into zero-padded convs (differ at borders)" if r.inexact_folds else ""))
-    console.print(
-        f"self-check [bold green]passed[/]: pruned ≡ masked equivalent (max rel err {c.pruned_vs_masked_rel:.1e}); "
-        f"distance to zeroed model {c.masked_vs_zeroed_rel:.1e} ({folds}) on {c.samples} inputs"
-    )
+    folds = f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
+    if r.inexact_kept:
+        console.print(f"[yellow]kept[/] {r.inexact_kept} channels whose removal needs an inexact fold into a zero-padded conv "
+                      "(--allow-inexact-folds removes them, and the model then differs at the borders)")
+    if r.channels_removed == 0:
+        console.print("[yellow]no channel was removable[/]: " + nothing_removed_reason(r))
+    if c.status == "inexact":
+        console.print(
+            f"self-check [bold yellow]inexact[/] (--allow-inexact-folds): pruned ≡ masked equivalent (max rel err "
+            f"{c.pruned_vs_masked_rel:.1e}), but {c.masked_vs_zeroed_rel:.1e} from the zeroed model: {r.inexact_folds} folds "
+            f"into zero-padded convs differ at the borders; on {c.samples} inputs")
+    else:
+        console.print(
+            f"self-check [bold green]passed[/]: pruned ≡ zeroed model (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
+            f"{folds}) on {c.samples} inputs")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 
 
@@ -156,7 +170,7 @@ def render_explain(job: Any) -> None:
 def work_progress(enabled: bool = True) -> Iterator[Any]:
     """One live display for a whole job: ``cb(stage, completed, total)`` draws a bar per stage and
     ``cb.step(train_step)`` a bar per training epoch with the running loss and accuracy."""
-    if not enabled:
+    if not enabled or not console.is_terminal:
         yield None
         return
     from rich.progress import TaskProgressColumn
@@ -229,7 +243,7 @@ def render_finetune(job: Any) -> None:
 def render_compress(job: Any) -> None:
     r = job.report
     o, c = r["original"], r["compressed"]
-    t = Table(title=f"explainfix compress · {r['pct']:g}% of spatial filters", title_justify="left")
+    t = Table(title=f"explainfix compress · {pruned_how(r['pct'], r['criterion'], r['budget'], r.get('rank'))}", title_justify="left")
     for col in ("", "original", "compressed", "ratio"):
         t.add_column(col, justify="left" if not col else "right")
     t.add_row("params", human(o["params"]), human(c["params"]), ratio(c["params"], o["params"]))
@@ -303,3 +317,13 @@ def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:
                       lat, x(r.get("macs_ratio")), x(r.get("params_ratio")))
     table.caption = "ratios are to the first model; latency × is the median of same-round ratios (range)"
     console.print(table)
+
+
+def nothing_removed_reason(r) -> str:
+    """Why a prune removed no channel, from what the report knows."""
+    if r.inexact_kept:
+        return f"every candidate needs an inexact fold ({r.inexact_kept} channels); see --allow-inexact-folds"
+    if r.filters_zeroed == 0:
+        return "no spatial filter was zeroed (raise --pct, or use a budget: --target-macs 2x)"
+    return ("a channel goes only when every kernel reading it is zeroed; the zeroed kernels are spread over "
+            "channels (raise --pct, or use --target-macs with the channel criterion)")

@@ -62,12 +62,50 @@ def spatial_grad_scores(
     if score_fn is None:
         score_fn = saliency_score
     model.eval().to(device)
-    convs = iter_spatial_convs(model)
-    weights = [m.weight for _, m in convs]
-    flags = [w.requires_grad for w in weights]
+    weights = [m.weight for _, m in iter_spatial_convs(model)]
     scores = [w.new_zeros(w.shape[:2]) for w in weights]
+
+    def add(grads: tuple) -> None:
+        for s, w, g in zip(scores, weights, grads):
+            if g is not None:
+                s += score_fn(w, g)
+
+    grad_loop(model, weights, loader, device, num_minibatches, grad_cost_fn, target_fn, progress, add)
+    return scores
+
+
+def weight_saliency(
+    model: nn.Module,
+    weights: list[torch.Tensor],
+    loader: Iterable,
+    device: torch.device | str,
+    num_minibatches: float = math.inf,
+    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> list[torch.Tensor]:
+    """ExplainFix saliency of every element of ``weights``: Σ_batches |w · ∂C/∂w| (same shapes), the
+    same loop and cost as :func:`spatial_grad_scores` — the channel criterion sums it per channel group."""
+    model.eval().to(device)
+    scores = [w.detach().new_zeros(w.shape, dtype=torch.float64) for w in weights]
+
+    def add(grads: tuple) -> None:
+        for s, w, g in zip(scores, weights, grads):
+            if g is not None:
+                s += (w.detach() * g).abs().double()
+
+    grad_loop(model, weights, loader, device, num_minibatches, grad_cost_fn, target_fn, progress, add)
+    return scores
+
+
+def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, device: torch.device | str,
+              num_minibatches: float, grad_cost_fn: Callable, target_fn: Callable | None,
+              progress: Progress | None, add: Callable[[tuple], None]) -> None:
+    """For each batch: ŷ, C = grad_cost_fn(normalised ŷ, target), then ``add(∂C/∂weights)`` (no_grad).
+    requires_grad flags are restored after."""
     if not weights:
-        return scores
+        return
+    flags = [w.requires_grad for w in weights]
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -81,15 +119,12 @@ def spatial_grad_scores(
             cost = grad_cost_fn(normalise_output(yhat), target)
             grads = torch.autograd.grad(cost, weights, allow_unused=True)
             with torch.no_grad():
-                for s, w, g in zip(scores, weights, grads):
-                    if g is not None:
-                        s += score_fn(w, g)
+                add(grads)
             if progress is not None:
                 progress(1)
     finally:
         for w, f in zip(weights, flags):
             w.requires_grad_(f)
-    return scores
 
 
 def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ from ..core.version import __version__
 from .arch import arch_label, build_arch, sha256_file
 from .codec import load_into, read_safetensors, safetensors_bytes
 from .edits import apply_edit
-from .trust import refuse_file_arch
 from .outdir import write_output_dir
 from .recipe import (
     RECIPE_FORMAT,
@@ -23,6 +22,7 @@ from .recipe import (
     read_recipe,
     versions,
 )
+from .trust import refuse_file_arch
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
+from ..prune.options import PruneOptions
 from ..prune.pipeline import Progress
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
@@ -74,7 +75,7 @@ class CompressJob:
 def compress_job(
     model: ModelSpec,
     data: DataSpec,
-    pct: float,
+    pct: float | None = None,
     *,
     eval_data: Path | None = None,
     finetune_epochs: int = 0,
@@ -96,8 +97,12 @@ def compress_job(
     force: bool = False,
     progress: Progress | None = None,
     on_step: Any = None,
+    options: PruneOptions | None = None,
 ) -> CompressJob:
+    """``options`` (budgets: ``PruneOptions(target_macs="4x")``) replaces ``pct``/``criterion``/``fill``/``round_to``."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
+    options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
+    options.resolved(has_data=data.path is not None)
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     train = (train or TrainOptions()).resolved() if finetune_epochs else None
@@ -117,7 +122,7 @@ def compress_job(
 
     original = copy.deepcopy(opened.model).to("cpu")
     before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
-    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, progress=progress, round_to=round_to)
+    result, recipe = prune_opened(opened, data, options, seed=seed, progress=progress)
     pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
     tuned = None
     if train is not None:
@@ -125,7 +130,7 @@ def compress_job(
     final = opened.model.to("cpu").eval()
     after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
 
-    recipe["provenance"] = recipe["provenance"] + [{"command": "compress", "time": now(), "pct": pct,
+    recipe["provenance"] = recipe["provenance"] + [{"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget,
                                                     "criterion": result.criterion, "finetune_epochs": finetune_epochs}]
     work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
     try:
@@ -147,7 +152,8 @@ def compress_job(
     agree = agreement(before["preds"], after["preds"])
     gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
     report = {
-        "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": pct,
+        "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
+        "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
         "original": {"params": result.params_before, "macs": result.macs_before, "accuracy": acc_b},

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from ..core import gradients as grad
-from ..core.errors import BadInput
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
+from ..prune.options import PruneOptions
 from ..prune.pipeline import Progress, PruneResult, prune_model
+from ..train.finetune import accuracy, agreement, predict, recalibrate_batchnorm
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs, with_total
 
 
@@ -27,7 +28,7 @@ class PruneJob:
 def prune_job(
     model: ModelSpec,
     data: DataSpec,
-    pct: float,
+    pct: float | None = None,
     out: Path | None = None,
     criterion: str | None = None,
     fill: str = "none",
@@ -35,15 +36,17 @@ def prune_job(
     seed: int = 0,
     force: bool = False,
     check_samples: int = 8,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     progress: Progress | None = None,
+    options: PruneOptions | None = None,
 ) -> PruneJob:
-    if not 0 < pct < 100:
-        raise BadInput(f"--pct must be in (0, 100), got {pct:g}", hint="e.g. --pct 50")
+    """``options`` (budgets, rank, …) replaces ``pct``/``criterion``/``fill``/``round_to``."""
+    options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
+    options.resolved(has_data=data.path is not None)  # bad values fail before anything is opened
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "pruned")
     check_output_dir(out, force)
-    result, recipe = prune_opened(opened, data, pct, criterion, fill, seed, check_samples, progress, round_to)
+    result, recipe = prune_opened(opened, data, options, seed=seed, check_samples=check_samples, progress=progress)
     calib = opened.calib
     report = {"command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
               "data": calib.describe() if calib else None, **result.to_json()}
@@ -58,41 +61,45 @@ def prune_job(
 def prune_opened(
     opened: Opened,
     data: DataSpec,
-    pct: float,
-    criterion: str | None = None,
-    fill: str = "none",
+    options: PruneOptions,
+    *,
     seed: int = 0,
     check_samples: int = 8,
     progress: Progress | None = None,
-    round_to: int | None = None,
 ) -> tuple[PruneResult, dict]:
-    """Prune ``opened.model`` in place; return the result and the updated recipe (nothing is written)."""
-    if not 0 < pct < 100:
-        raise BadInput(f"--pct must be in (0, 100), got {pct:g}", hint="e.g. --pct 50")
-    criterion = criterion or ("saliency" if opened.calib is not None else "magnitude")
-    if criterion == "saliency" and opened.calib is None:
-        raise BadInput("--criterion saliency needs calibration data", hint="pass --data PATH, or use --criterion magnitude")
+    """Prune ``opened.model`` in place (then re-estimate BatchNorm statistics on the calibration data when
+    the options say so); return the result and the updated recipe (nothing is written)."""
+    opts = options.resolved(has_data=opened.calib is not None)
     torch.manual_seed(seed)
     calib = opened.calib
     batches = None
+    total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
     if calib is not None:
         batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"))  # noqa: E731
     check_x = opened.example(check_samples)
     if progress and calib is not None:
-        progress("saliency", 0, calib.num_batches(data.batch_size, data.batches or float("inf")))
+        progress("saliency", 0, total)
     result = prune_model(
-        opened.model, pct, example=check_x[:1], batches=batches, num_batches=data.batches, criterion=criterion,
-        fill=fill, device=opened.device, target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed,
-        round_to=round_to, macs_before=opened.macs, progress=with_total(progress, calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None),
+        opened.model, example=check_x[:1], batches=batches, num_batches=data.batches, device=opened.device,
+        target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
+        progress=with_total(progress, total), options=opts,
     )
     recipe = dict(opened.loaded.recipe)
     recipe["preprocessing"] = opened.pre.to_dict()
     recipe["edits"] = list(recipe.get("edits", [])) + [result.edit]
+    if opts.recalibrate_bn:
+        used = recalibrate_batchnorm(opened.model, batches(), opened.device)
+        recipe["edits"].append({"op": "bn-recalibrate", "batches": used})
+        result.recalibrated = {"batches": used, "agreement": result.agreement, "accuracy": result.accuracy_after}
+        if result.preds_before is not None and result.preds_before.numel():  # quality after recalibration, on the same calibration batches
+            preds, labels = predict(opened.model, batches(), opened.device)
+            result.agreement = agreement(result.preds_before, preds)
+            if result.accuracy_before is not None:
+                result.accuracy_after = accuracy(preds, labels)
     provenance = {
-        "command": "prune", "time": now(), "pct": pct, "criterion": criterion, "fill": fill, "seed": seed,
-        "round_to": round_to,
+        "command": "prune", "time": now(), **opts.to_json(), "seed": seed,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
-        "data": calib.describe() if calib else None,
+        "data": calib.describe() if calib else None, "budget": result.budget,
     }
     recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
     return result, recipe

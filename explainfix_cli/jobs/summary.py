@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.fmt import human, pct, ratio
+from ..core.fmt import human, pct, pruned_how, ratio
 
 
 def _pct2(x: float | None) -> str:
@@ -15,7 +15,7 @@ def summary_markdown(report: dict) -> str:
     o, c = report["original"], report["compressed"]
     status = "✅ PASSED" if report["passed"] else "❌ FAILED"
     lines = [
-        f"### explainfix compress · `{Path(report['model']).name}` · {report['pct']:g}% of spatial filters — {status}",
+        f"### explainfix compress · `{Path(report['model']).name}` · {pruned_how(report['pct'], report['criterion'], report['budget'], report.get('rank'))} — {status}",
         "",
         "| | original | compressed | change |",
         "|---|---:|---:|---:|",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..channels import graph as graph_mod
-from ..channels.plan import Plan, plan_removal
+from ..channels.plan import Plan
 from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.model import (
@@ -35,12 +35,14 @@ from ..core.model import (
 )
 from ..io.edits import apply_edit
 from . import saliency as sal
-from .check import CHECK_RTOL, SelfCheck, distance, run_outputs
+from .channel import output_sizes, scored_modules
+from .check import SelfCheck, run_outputs, self_check
+from .fill import fill_zero_initialization, restore_unremoved
+from .options import PruneOptions
+from .select import select_channels, select_filters
 from .surgery import mask_and_fold
 
 Progress = Callable[[str, int, int | None], None]  # (stage, completed, total)
-FILL_METHODS = ("none", "fillzero", "reset")
-CRITERIA = ("saliency", "magnitude")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class LayerRow:
 
 @dataclass
 class PruneResult:
-    pct: float
+    pct: float | None  # the filter criteria's pct (searched for a budget); None for the channel criterion
     criterion: str
     fill: str
     edit: dict
@@ -72,6 +74,7 @@ class PruneResult:
     channels_removed: int
     nonzero_folds: int
     inexact_folds: int
+    inexact_kept: int  # channels kept because their removal needs an inexact fold (--allow-inexact-folds)
     check: SelfCheck
     agreement: float | None = None
     accuracy_before: float | None = None
@@ -80,10 +83,16 @@ class PruneResult:
     eval_source: str = ""
     opaque: dict[str, str] = field(default_factory=dict)  # kept whole: untraceable modules, unsupported ops -> why
     timings: dict[str, float] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the resolved PruneOptions
+    budget: dict | None = None  # requested vs achieved (budget.BudgetOutcome)
+    groups_removed: int = 0  # channel criterion
+    recalibrated: dict | None = None  # BatchNorm re-estimated after pruning: batches, quality before it
+    preds_before: torch.Tensor | None = field(default=None, repr=False)  # the original's top-1 on the calibration data
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("edit")
+        d.pop("preds_before")
         return d
 
 
@@ -110,35 +119,33 @@ def layer_table(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) ->
 
 def prune_model(
     model: nn.Module,
-    pct: float,
+    pct: float | None = None,
     *,
     example: Any,
     batches: Callable[[], Iterable] | None = None,
     num_batches: int | None = None,
-    criterion: str = "saliency",
+    criterion: str | None = None,
     fill: str = "none",
     device: str | torch.device = "cpu",
     grad_cost_fn: Callable = grad.default_grad_cost,
     target_fn: Callable | None = grad.onehot_targets,
     check_inputs: Any = None,
     seed: int = 0,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     progress: Progress | None = None,
     macs_before: int | None = None,
+    allow_inexact_folds: bool = False,
+    options: PruneOptions | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
     ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
-    counted by the caller for one input of the same size)."""
-    if not 0 < pct < 100:
-        raise BadInput(f"--pct must be in (0, 100), got {pct}")
-    if criterion not in CRITERIA:
-        raise BadInput(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if round_to is not None and round_to < 1:
-        raise BadInput(f"--round-to must be ≥ 1, got {round_to}")
-    if fill not in FILL_METHODS:
-        raise BadInput(f"--fill must be one of {', '.join(FILL_METHODS)}, got {fill!r}")
-    if criterion == "saliency" and batches is None:
-        raise BadInput("the saliency criterion needs calibration data", hint="pass --data PATH, or --criterion magnitude")
+    counted by the caller for one input of the same size). ``options`` (a :class:`PruneOptions`, e.g.
+    with ``target_macs="4x"``) replaces ``pct``, ``criterion``, ``fill``, ``round_to`` and
+    ``allow_inexact_folds``."""
+    if options is None:
+        options = PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to,
+                               allow_inexact_folds=allow_inexact_folds)
+    opts = options.resolved(has_data=batches is not None)
     t: dict[str, float] = {}
     tick = time.perf_counter()
 
@@ -156,54 +163,61 @@ def prune_model(
     gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
     lap("trace")
 
-    # 1. score, recording the original model's predictions on the way (for agreement / accuracy)
-    preds_before: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-
-    def recording_target(yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        preds_before.append(yhat.argmax(1).cpu() if yhat.ndim == 2 else torch.empty(0))
-        labels.append(y.cpu() if y.ndim == 1 else torch.empty(0))
-        return target_fn(yhat, y) if target_fn is not None else y
-
+    # 1. score (one pass over the calibration data), recording the original model's predictions
+    record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
-    if criterion == "saliency":
-        done = [0]
+    done = [0]
 
-        def tick_batches(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress("saliency", done[0], None if limit == math.inf else int(limit))
+    def tick_batches(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress("saliency", done[0], None if limit == math.inf else int(limit))
 
-        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, recording_target, tick_batches)
+    channel_graph = None
+    if opts.criterion == "channel":
+        channel_graph = graph_mod.analyse(gm)
+        names = scored_modules(channel_graph)
+        params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
+        if batches is not None:
+            values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
+                                          record, tick_batches)
+        else:
+            values = [p.detach().abs().double() for *_, p in params]
+        scores: Any = {}
+        for (n, pn, _), v in zip(params, values):
+            scores.setdefault(n, {})[pn] = v.cpu()
+    elif opts.criterion == "saliency":
+        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, tick_batches)
     else:
         scores = sal.get_spatial_filter_magnitude(model)
-        if batches is not None:  # no gradients needed, but record the original predictions
-            with torch.no_grad():
-                for i, (x, y) in enumerate(batches()):
-                    if i >= limit:
-                        break
-                    recording_target(first_output(call_model(model, to_device(x, device))), y)
+    if batches is not None and not record.preds:  # no gradients needed, but record the original predictions
+        with torch.no_grad():
+            for i, (x, y) in enumerate(batches()):
+                if i >= limit:
+                    break
+                record(first_output(call_model(model, to_device(x, device))), y)
     lap("saliency")
 
     if check_inputs is None:
         check_inputs = example
     check_inputs = to_device(check_inputs, device)
     out_original = run_outputs(model, check_inputs) if batches is None else None
-    convs = iter_spatial_convs(model)
-    originals = {n: m.weight.detach().clone() for n, m in convs} if fill == "reset" else {}
+    originals = {n: m.weight.detach().clone() for n, m in iter_spatial_convs(model)} if opts.fill == "restore" else {}
 
-    # 2. zero, 3. plan
-    masks = sal.zero_least_salient_spatial_filters(model, scores, pct)
-    mask_by_name = {n: mk for (n, _), mk in zip(convs, masks)}
-    channel_graph = graph_mod.analyse(gm)
-    plan = plan_removal(gm, channel_graph, round_to)
-    if fill == "reset":
-        _reset_unremoved(model, plan, originals)
+    # 2. choose (zero + plan, or rank groups + plan), to --pct or to the budget
+    if opts.criterion == "channel":
+        sizes = output_sizes(model, example, scored_modules(channel_graph))
+        chosen = select_channels(model, gm, scores, sizes, opts, example, macs_before)
+    else:
+        chosen = select_filters(model, gm, scores, opts, example, macs_before)
+    plan = chosen.plan
+    if opts.fill == "restore":
+        restore_unremoved(model, plan, originals)
     lap("plan")
 
-    # 4. surgery: masked equivalent (a copy) and the pruned model (in place)
-    rows = layer_table(model, plan, mask_by_name)
-    out_zeroed = run_outputs(model, check_inputs)
+    # 3. surgery: masked equivalent (a copy) and the pruned model (in place)
+    rows = layer_table(model, plan, chosen.masks)
+    out_asked = run_outputs(model, check_inputs) if opts.criterion != "channel" else None
     masked = copy.deepcopy(model)
     mask_and_fold(masked, plan.folds, plan.masked_inputs)
     mask_and_fold(model, plan.folds, plan.masked_inputs)
@@ -211,7 +225,7 @@ def prune_model(
     graph_mod.check_control_flow(model, gm)
     lap("surgery")
 
-    # 5. self-check
+    # 4. self-check against the asked-for model: zeroed (filter criteria) or channels masked (channel)
     out_masked = run_outputs(masked, check_inputs)
     del masked
     try:
@@ -219,90 +233,70 @@ def prune_model(
     except Exception as e:
         raise CannotProcess(f"the pruned model fails to run: {type(e).__name__}: {first_line(e, 200)}",
                             hint="its forward probably hard-codes a channel count; nothing was written") from None
-    pm_abs, pm_rel = distance(out_pruned, out_masked)
-    mz_abs, mz_rel = distance(out_masked, out_zeroed)
-    n_check = int(check_inputs.shape[0]) if isinstance(check_inputs, torch.Tensor) else int(check_inputs[0].shape[0])
-    check = SelfCheck(n_check, pm_abs, pm_rel, mz_abs, mz_rel, passed=pm_rel <= CHECK_RTOL)
-    if not check.passed:
-        raise CannotProcess(
-            f"self-check failed: the pruned model differs from its masked equivalent (max rel error {pm_rel:.2e} > {CHECK_RTOL:g})",
-            hint="this is an explainfix bug; nothing was written. Please report it with the model",
-        )
+    check = self_check(out_pruned, out_masked, out_asked if out_asked is not None else out_masked, check_inputs,
+                       inexact=plan.inexact_folds > 0)
     lap("self-check")
 
-    if fill == "fillzero":
+    if opts.fill == "fillzero":
         g = torch.Generator().manual_seed(seed)
         for _, conv in iter_spatial_convs(model):
             fill_zero_initialization(conv, generator=g)
 
-    # 6. quality: top-1 agreement with the original, accuracy when labeled
-    agreement = acc_before = acc_after = None
-    n_eval, eval_source = 0, ""
-    if batches is not None and preds_before and preds_before[0].numel():
-        after = []
-        with torch.no_grad():
-            for i, (x, _) in enumerate(batches()):
-                if i >= len(preds_before):
-                    break
-                after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
-        pb, pa, y = torch.cat(preds_before), torch.cat(after), torch.cat(labels)
-        n_eval, eval_source = len(pb), "calibration data"
-        agreement = float((pb == pa).float().mean())
-        if y.numel() == len(pb) and bool((y >= 0).all()):
-            acc_before = float((pb == y).float().mean())
-            acc_after = float((pa == y).float().mean())
-    elif out_original is not None and out_original and out_original[0].ndim == 2:
-        pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
-        agreement, n_eval, eval_source = float((pb == pa).float().mean()), len(pb), "seeded random inputs"
+    # 5. quality: top-1 agreement with the original, accuracy when labeled
+    quality = record.compare(model, batches, device) if batches is not None else random_agreement(out_original, out_pruned)
     lap("agreement")
 
+    masks = list(chosen.masks.values())
     return PruneResult(
-        pct=pct, criterion=criterion, fill=fill, edit=plan.edit, layers=rows,
+        pct=chosen.pct, criterion=opts.criterion, fill=opts.fill, edit=plan.edit, layers=rows,
         params_before=params_before, params_after=count_params(model),
         macs_before=macs_before, macs_after=count_macs(model, example),
         filters_total=sum(int(m.numel()) for m in masks), filters_zeroed=sum(int(m.sum()) for m in masks),
-        channels_before=channel_graph.channels_total,
+        channels_before=chosen.graph.channels_total,
         channels_removed=plan.channels_removed,
-        nonzero_folds=plan.nonzero_folds, inexact_folds=plan.inexact_folds, check=check,
-        agreement=agreement, accuracy_before=acc_before, accuracy_after=acc_after,
-        eval_samples=n_eval, eval_source=eval_source, opaque={**graph_mod.opaque_modules(gm), **channel_graph.passed}, timings=t,
+        nonzero_folds=plan.nonzero_folds, inexact_folds=plan.inexact_folds, inexact_kept=plan.inexact_kept, check=check,
+        **quality, opaque={**graph_mod.opaque_modules(gm), **chosen.graph.passed}, timings=t,
+        options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
+        groups_removed=chosen.groups_removed, preds_before=torch.cat(record.preds) if record.preds else None,
     )
 
 
-def fill_zero_initialization(conv: nn.Conv2d, generator: torch.Generator | None = None) -> None:
-    """The reference's FillZero, in place: a kernel that is partly zero gets its zeros replaced by
-    N(mean, std) of that kernel; a kernel that is entirely zero gets kaiming-uniform values."""
-    with torch.no_grad():
-        w = conv.weight
-        cur = w.detach().clone()
-        noise = torch.randn(cur.shape, generator=generator).to(cur)
-        fill = noise * cur.std(dim=(-1, -2), keepdim=True) + cur.mean(dim=(-1, -2), keepdim=True)
-        zero = torch.isclose(cur, torch.zeros((), dtype=cur.dtype, device=cur.device))
-        cur[zero] = fill[zero]
-        zero = torch.isclose(cur, torch.zeros((), dtype=cur.dtype, device=cur.device))
-        if bool(zero.any()):
-            fan_in = cur[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=√5) == U(-1/√fan_in, 1/√fan_in)
-            kaiming = (torch.rand(cur.shape, generator=generator).to(cur) * 2 - 1) * bound
-            cur[zero] = kaiming[zero]
-        w.copy_(cur)
+class Recorder:
+    """The target function of the gradient pass that also records the original model's top-1 and labels."""
+
+    def __init__(self, target_fn: Callable | None):
+        self.target_fn = target_fn
+        self.preds: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def __call__(self, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.preds.append(yhat.argmax(1).cpu() if yhat.ndim == 2 else torch.empty(0))
+        self.labels.append(y.cpu() if y.ndim == 1 else torch.empty(0))
+        return self.target_fn(yhat, y) if self.target_fn is not None else y
+
+    def compare(self, model: nn.Module, batches: Callable[[], Iterable], device: Any) -> dict:
+        out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+        if not self.preds or not self.preds[0].numel():
+            return out
+        after = []
+        with torch.inference_mode():
+            for i, (x, _) in enumerate(batches()):
+                if i >= len(self.preds):
+                    break
+                after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
+        pb, pa, y = torch.cat(self.preds), torch.cat(after), torch.cat(self.labels)
+        out.update(eval_samples=len(pb), eval_source="calibration data", agreement=float((pb == pa).float().mean()))
+        if y.numel() == len(pb) and bool((y >= 0).all()):
+            out.update(accuracy_before=float((pb == y).float().mean()), accuracy_after=float((pa == y).float().mean()))
+        return out
 
 
-def _reset_unremoved(model: nn.Module, plan: Plan, originals: dict[str, torch.Tensor]) -> None:
-    """``--fill reset``: restore every zeroed kernel that is not in a removed row or column."""
-    with torch.no_grad():
-        for name, m in iter_spatial_convs(model):
-            e = plan.modules.get(name, {})
-            rows = torch.ones(m.out_channels, dtype=torch.bool)
-            cols = torch.ones(m.weight.shape[1], dtype=torch.bool)
-            rows[e.get("out", e.get("channels", []))] = False
-            if "in" in e:
-                cols[[j % cols.numel() for j in e["in"]]] = False  # grouped: in-group positions
-            keep = rows.view(-1, 1) & cols.view(1, -1)
-            if is_depthwise(m):
-                keep = rows.view(-1, 1)
-            w = m.weight
-            w[keep.to(w.device)] = originals[name][keep.to(w.device)]
+def random_agreement(out_original: list[torch.Tensor] | None, out_pruned: list[torch.Tensor]) -> dict:
+    out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+    if out_original and out_original[0].ndim == 2:
+        pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
+        out.update(agreement=float((pb == pa).float().mean()), eval_samples=len(pb), eval_source="seeded random inputs")
+    return out
 
 
 def _batches_from_loader(loader: Iterable) -> Callable[[], Iterator]:

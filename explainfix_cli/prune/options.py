@@ -1,0 +1,116 @@
+"""Every prune setting, validated in one place: the CLI, the jobs and the Python API share
+:class:`PruneOptions`, so a bad value gives the same one-line error everywhere.
+
+A *budget* (``target_macs`` / ``target_params``) is what a user names: a fraction of the original kept
+(``0.25``) or a reduction factor (``4x``). ``pct`` is the ExplainFix reference's knob: the percentage of
+spatial filters zeroed (filter criteria only). Exactly one of them is given.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+from ..core.errors import BadInput
+
+FILTER_CRITERIA = ("saliency", "magnitude")
+CRITERIA = ("channel", *FILTER_CRITERIA)
+RANKS = ("per-cost", "saliency")
+FILL_METHODS = ("none", "fillzero", "restore")
+FILL_ALIASES = {"reset": "restore"}
+AUTO_ROUND_TO = 8  # onnxruntime / cuDNN kernels vectorise over multiples of 8 channels
+BUDGET_TOLERANCE = 0.02
+
+
+def parse_target(value: str | float | None, flag: str) -> float | None:
+    """``0.25`` (fraction kept, in (0, 1)) or ``4x`` (reduction factor, > 1) → the fraction kept."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    hint = f"e.g. {flag} 4x (4× fewer) or {flag} 0.25 (keep a quarter)"
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(x?)", text)
+    if m is None:
+        raise BadInput(f"{flag} must be a fraction in (0, 1) or a factor like 4x, got {value!r}", hint=hint)
+    number, factor = float(m.group(1)), bool(m.group(2))
+    if factor:
+        if not (math.isfinite(number) and number > 1):
+            raise BadInput(f"{flag} {value}: a reduction factor must be > 1", hint=hint)
+        return 1.0 / number
+    if not 0 < number < 1:
+        raise BadInput(f"{flag} {value}: a fraction kept must be in (0, 1)", hint=hint)
+    return number
+
+
+def parse_round_to(value: str | int | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"--round-to must be a positive integer or auto, got {value!r}") from None
+    if n < 1:
+        raise BadInput(f"--round-to must be ≥ 1, got {n}")
+    return n
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    pct: float | None = None
+    target_macs: str | float | None = None
+    target_params: str | float | None = None
+    criterion: str | None = None  # None: channel with a budget; else saliency with data, magnitude without
+    rank: str = "per-cost"
+    fill: str = "none"
+    round_to: int | str | None = None  # None: "auto" with a budget, 1 with --pct
+    allow_inexact_folds: bool = False
+    floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
+    recalibrate_bn: bool | None = None  # None: on with a budget and data
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """("macs" | "params", fraction kept) once resolved."""
+        if self.target_macs is not None:
+            return "macs", float(self.target_macs)
+        if self.target_params is not None:
+            return "params", float(self.target_params)
+        return None
+
+    def resolved(self, has_data: bool) -> PruneOptions:
+        """Validated, with every default filled in (raises BadInput with one line)."""
+        macs = parse_target(self.target_macs, "--target-macs")
+        params = parse_target(self.target_params, "--target-params")
+        targets = sum(v is not None for v in (self.pct, macs, params))
+        if targets > 1:
+            raise BadInput("give one of --pct, --target-macs and --target-params", hint="e.g. --target-macs 4x")
+        if targets == 0:
+            raise BadInput("say how much to prune: --target-macs (e.g. 4x), --target-params, or --pct",
+                           hint="e.g. --target-macs 4x (4× fewer MACs) or --pct 70 (zero 70 % of spatial filters)")
+        if self.pct is not None and not (isinstance(self.pct, (int, float)) and 0 < self.pct < 100):
+            raise BadInput(f"--pct must be in (0, 100), got {self.pct}", hint="e.g. --pct 50")
+        budget = macs is not None or params is not None
+        criterion = self.criterion or ("channel" if budget else ("saliency" if has_data else "magnitude"))
+        if criterion not in CRITERIA:
+            raise BadInput(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if criterion == "saliency" and not has_data:
+            raise BadInput("--criterion saliency needs calibration data", hint="pass --data PATH, or use --criterion magnitude")
+        if self.rank not in RANKS:
+            raise BadInput(f"--rank must be one of {', '.join(RANKS)}, got {self.rank!r}")
+        fill = FILL_ALIASES.get(self.fill, self.fill)
+        if fill not in FILL_METHODS:
+            raise BadInput(f"--fill must be one of {', '.join(FILL_METHODS)}, got {self.fill!r}")
+        if fill != "none" and criterion == "channel":
+            raise BadInput(f"--fill {fill} applies to zeroed kernels; the channel criterion removes whole channels and zeroes none",
+                           hint="use --criterion saliency with --fill restore")
+        round_to = parse_round_to(self.round_to)
+        if round_to is None:
+            round_to = "auto" if budget else 1
+        if not (isinstance(self.floor, (int, float)) and 0 <= self.floor < 1):
+            raise BadInput(f"--floor must be in [0, 1), got {self.floor}")
+        recal = self.recalibrate_bn if self.recalibrate_bn is not None else (budget and has_data)
+        if recal and not has_data:
+            raise BadInput("--recalibrate-bn needs calibration data", hint="pass --data PATH")
+        return replace(self, target_macs=macs, target_params=params, criterion=criterion, fill=fill,
+                       round_to=AUTO_ROUND_TO if round_to == "auto" else round_to, recalibrate_bn=bool(recal))
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -1,0 +1,100 @@
+"""Choose what to remove: the filter criteria (zero the least salient spatial filters, then remove the
+channels that died) and the channel criterion (remove the least salient channel groups), each to a
+``--pct`` or to a budget (budget.py).
+
+Both work on the model in place and leave it as the *asked-for* model: zeroed for the filter criteria,
+unchanged for the channel criterion (whose reference is the plan's masked equivalent).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..channels import graph as graph_mod
+from ..channels.labels import ChannelGraph
+from ..channels.plan import Plan, plan_removal
+from ..core.model import count_macs, count_params, iter_spatial_convs
+from ..io.edits import apply_edit
+from . import saliency as sal
+from .budget import BudgetOutcome, search
+from .channel import removal_order, score_groups
+from .options import PruneOptions
+
+
+@dataclass
+class Selection:
+    plan: Plan
+    graph: ChannelGraph
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # filter criteria: zeroed kernels per conv
+    pct: float | None = None
+    groups_removed: int = 0
+    budget: BudgetOutcome | None = None
+
+
+def cost_of(model: nn.Module, plan: Plan, example: Any, metric: str) -> int:
+    """MACs (one input) or parameters of the model a plan would produce (a shape-only copy)."""
+    pruned = copy.deepcopy(model)
+    apply_edit(pruned, plan.edit)
+    return count_macs(pruned, example) if metric == "macs" else count_params(pruned)
+
+
+def _before(model: nn.Module, example: Any, metric: str, macs_before: int) -> int:
+    return macs_before if metric == "macs" else count_params(model)
+
+
+def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tensor], opts: PruneOptions,
+                   example: Any, macs_before: int) -> Selection:
+    """Zero the globally least salient ``pct`` % of spatial filters (searched for a budget), in place."""
+    convs = iter_spatial_convs(model)
+    originals = [m.weight.detach().clone() for _, m in convs]
+
+    def zero_and_plan(pct: float) -> tuple[list[torch.Tensor], ChannelGraph, Plan]:
+        with torch.no_grad():
+            for (_, m), w in zip(convs, originals):
+                m.weight.copy_(w)
+        masks = sal.zero_least_salient_spatial_filters(model, scores, pct)
+        graph = graph_mod.analyse(gm)
+        return masks, graph, plan_removal(gm, graph, opts.round_to, allow_inexact=opts.allow_inexact_folds)
+
+    outcome = None
+    pct = opts.pct
+    if opts.budget is not None:
+        metric, target = opts.budget
+        total = _before(model, example, metric, macs_before)
+
+        def kept(p: float) -> float:
+            return cost_of(model, zero_and_plan(p)[2], example, metric) / total
+        outcome = search(kept, 0.0, 99.9, target, metric, integer=False,
+                         why_floor=" (zeroing more filters frees no more channels)")
+        pct = outcome.knob
+    masks, graph, plan = zero_and_plan(pct)
+    return Selection(plan, graph, {n: mk for (n, _), mk in zip(convs, masks)}, pct, 0, outcome)
+
+
+def select_channels(model: nn.Module, gm: fx.GraphModule, saliency: dict[str, dict[str, torch.Tensor]],
+                    sizes: dict[str, int], opts: PruneOptions, example: Any, macs_before: int) -> Selection:
+    """Remove the least salient channel groups (the engine's coupled spaces): ``pct`` % of them, or as
+    many as the budget asks. The analysis runs once; the search only re-plans."""
+    graph = graph_mod.analyse(gm)
+    groups = score_groups(gm, graph, saliency, sizes)
+    metric = opts.budget[0] if opts.budget else "macs"
+    order = removal_order(graph, groups, opts.rank, metric, opts.floor)
+
+    def plan_for(k: float) -> Plan:
+        return plan_removal(gm, graph, opts.round_to, remove=set(order[: int(k)]))
+
+    outcome = None
+    if opts.budget is not None:
+        metric, target = opts.budget
+        total = _before(model, example, metric, macs_before)
+        outcome = search(lambda k: cost_of(model, plan_for(k), example, metric) / total, 0, len(order), target, metric,
+                         integer=True, why_floor=f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)")
+        k = int(outcome.knob)
+    else:
+        k = round(opts.pct / 100 * len(order))
+    return Selection(plan_for(k), graph, {}, None, k, outcome)
