@@ -20,6 +20,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(EF) info $(FIXTURE_ARGS)
+	$(EF) prune $(FIXTURE_ARGS) --target-macs 2x --data fixtures/digits/calib -o $(DEMO_OUT)/half --force
 	$(EF) prune $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib -o $(DEMO_OUT)/pruned --force
 	$(EF) explain $(DEMO_OUT)/pruned --trust-code --data fixtures/digits/calib -o $(DEMO_OUT)/spectra --force
 	$(EF) export $(DEMO_OUT)/pruned --trust-code --onnx --data fixtures/digits/calib --force

@@ -200,3 +200,15 @@ def test_fuzzed_recipe_is_one_line_exit_2(pruned_dir, tmp_path):
     p = run_cli("info", work, "--trust-code")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.startswith("error: ") and "not a valid explainfix recipe" in p.stderr
+
+
+def test_allow_listed_timm_dir_loads_without_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytest.importorskip("timm")  # a test extra ([test] in pyproject.toml)
+    spec = arch_spec("timm:create_model", {"model_name": "resnet18", "num_classes": 4, "pretrained": False})
+    model = build_arch(spec)
+    out = tmp_path / "timm"
+    save_model_dir(model, empty_recipe(spec, Path(__file__), "0" * 64, "state_dict"), out)
+    again = load(out)
+    assert type(again).__name__ == "ResNet" and again.fc.out_features == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
