@@ -1,4 +1,4 @@
-"""Every bad input of ../shared/CLI.md through the real `explainfix` process.
+"""Every bad input of docs/CLI.md through the real `explainfix` process.
 
 Each case asserts: exit code 2, stderr is one `error: …` line (a `hint: …` line may follow) and no
 traceback, nothing written (no -o folder, no default `<stem>-pruned/`, no hidden temp dirs), and every

@@ -72,16 +72,22 @@ def replay_edits(model: nn.Module, edits: list[dict]) -> None:
             raise BadInput(f"the recipe's edit {i} does not fit the architecture: {type(e).__name__}: {first_line(e, 200)}") from None
 
 
-def check_integrity(directory: Path, recipe: dict) -> None:
+def check_integrity(directory: Path, recipe: dict) -> str:
     """The sha256 the recipe records for ``model.safetensors`` and ``arch/*`` (integrity against corruption
-    or an accidental change; not authenticity: whoever edits a file can edit the recipe too)."""
-    for rel, want in recipe.get("integrity", {}).items():
+    or an accidental change; not authenticity: whoever edits a file can edit the recipe too). Returns the
+    weights' sha256 (each file is hashed once)."""
+    recorded = recipe.get("integrity", {})
+    for rel in {WEIGHTS_NAME, *recorded}:
         f = directory / rel
         if not f.is_file():
             raise BadInput(f"{directory} lacks {rel}, which its recipe records")
-        if sha256_file(f) != want:
+        sha = sha256_file(f)
+        if rel in recorded and sha != recorded[rel]:
             raise BadInput(f"{f} does not match the sha256 recorded in {RECIPE_NAME}: the file is damaged or was changed",
                            hint="copy the directory again from its source")
+        if rel == WEIGHTS_NAME:
+            weights_sha = sha
+    return weights_sha
 
 
 def load_explainfix_dir(directory: Path, trust_pickle: bool = False, trust_code: bool = False,
@@ -93,7 +99,7 @@ def load_explainfix_dir(directory: Path, trust_pickle: bool = False, trust_code:
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise BadInput(f"{directory} has {RECIPE_NAME} but no {WEIGHTS_NAME}")
-    check_integrity(directory, recipe)
+    weights_sha = check_integrity(directory, recipe)
     notes = []
     if arch is not None:
         notes.append(f"architecture from --arch {arch_label(arch)} (the recipe named {arch_label(recipe['arch'])})")
@@ -108,7 +114,7 @@ def load_explainfix_dir(directory: Path, trust_pickle: bool = False, trust_code:
         if name in frozen:
             p.requires_grad_(False)
     model.eval()
-    return LoadedModel(model, recipe, directory, sha256_file(weights), "explainfix", notes)
+    return LoadedModel(model, recipe, directory, weights_sha, "explainfix", notes)
 
 
 def load(path: str | Path, trust_pickle: bool = False, trust_code: bool = False) -> nn.Module:

@@ -41,8 +41,8 @@ def search(evaluate: Callable[[float], float], lo: float, hi: float, target: flo
         return seen[x]
 
     flag = "--target-macs" if metric == "macs" else "--target-params"
-    if at(hi) > target * (1 + BUDGET_TOLERANCE):
-        floor = seen[float(round(hi)) if integer else hi]
+    floor = at(hi)
+    if floor > target * (1 + BUDGET_TOLERANCE):
         raise BadInput(f"{flag} {target:.3g} is below what this model allows: the smallest reachable is {floor:.3f} "
                        f"of the original ({1 / floor:.2f}x){why_floor}",
                        hint=f"e.g. {flag} {min(0.99, floor * 1.05):.3g}")

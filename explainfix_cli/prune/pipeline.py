@@ -207,7 +207,7 @@ def prune_model(
     # 2. choose (zero + plan, or rank groups + plan), to --pct or to the budget
     if opts.criterion == "channel":
         sizes = output_sizes(model, example, scored_modules(channel_graph))
-        chosen = select_channels(model, gm, scores, sizes, opts, example, macs_before)
+        chosen = select_channels(model, gm, channel_graph, scores, sizes, opts, example, macs_before)
     else:
         chosen = select_filters(model, gm, scores, opts, example, macs_before)
     plan = chosen.plan

@@ -76,11 +76,11 @@ def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tens
     return Selection(plan, graph, {n: mk for (n, _), mk in zip(convs, masks)}, pct, 0, outcome)
 
 
-def select_channels(model: nn.Module, gm: fx.GraphModule, saliency: dict[str, dict[str, torch.Tensor]],
-                    sizes: dict[str, int], opts: PruneOptions, example: Any, macs_before: int) -> Selection:
-    """Remove the least salient channel groups (the engine's coupled spaces): ``pct`` % of them, or as
-    many as the budget asks. The analysis runs once; the search only re-plans."""
-    graph = graph_mod.analyse(gm)
+def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
+                    saliency: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], opts: PruneOptions,
+                    example: Any, macs_before: int) -> Selection:
+    """Remove the least salient channel groups (the engine's coupled spaces of ``graph``, analysed once by
+    the caller): ``pct`` % of them, or as many as the budget asks. The search only re-plans."""
     groups = score_groups(gm, graph, saliency, sizes)
     metric = opts.budget[0] if opts.budget else "macs"
     order = removal_order(graph, groups, opts.rank, metric, opts.floor)
