@@ -1,20 +1,24 @@
 #!/usr/bin/env python
-"""Fashion-MNIST: ExplainFix pruning vs Torch-Pruning at equal MACs, and fixed (GHaar) vs learned filters.
+"""Fashion-MNIST: explainfix at a MACs budget vs Torch-Pruning at the same MACs, with the same recovery.
 
-    .venv/bin/python benchmarks/fashion_mnist.py --quick              # minutes on 2 CPU cores
-    .venv/bin/python benchmarks/fashion_mnist.py --epochs 3 --finetune-epochs 1 --out results.json
+    .venv/bin/python benchmarks/fashion_mnist.py                      # ~40 min on 2 CPU cores (base cached after)
+    .venv/bin/python benchmarks/fashion_mnist.py --quick              # a few minutes: small sizes, one seed
 
-1. Train a ResNet-18 (torchvision, 1-channel 3×3 stride-1 stem, max-pool kept; 28×28 inputs) briefly.
-2. For each pct: ExplainFix prune (saliency on ``--calib`` training images) → MACs M. Torch-Pruning
-   (MetaPruner, one shot, uniform per-layer ratio, fc ignored) with L1-magnitude and Taylor importance, the
-   ratio bisected to the largest MACs ≤ M. All three get the same fine-tune (explainfix.finetune defaults
-   unless overridden) and are measured the same way: test accuracy, MACs and params (explainfix.measure),
-   onnxruntime p50 latency (batch 1, ``--threads``).
-3. The fixed-filter claim: the same network trained from the same init with GHaar fixed spatial filters
-   (explainfix.kernels.fix_spatial_conv2d) vs learned ones, same schedule.
+1. A ResNet-18 (torchvision, 1-channel 3×3 stride-1 stem; 28×28 inputs) trained on the 60k training images
+   (AdamW, cosine; cached in ``--base``, so later runs skip it).
+2. For every budget (2×, 3×, 4×, 10× fewer MACs) and seed: explainfix's channel criterion (the default of
+   ``--target-macs``) and its filter criterion with ``--fill restore``; Torch-Pruning 1.6.1 (MetaPruner, one
+   shot, uniform per-layer ratio, fc ignored) with L1-magnitude and Taylor importance, the ratio bisected to
+   the largest MACs ≤ the budget. Every pruned model gets the same BatchNorm re-estimation on the calibration
+   images (what ``explainfix prune`` does after a budget prune), then each recovery from a copy:
+   none (one-shot); ``ft``: 2 epochs cross-entropy on 2,000 labelled training images; ``kd``: 2 epochs of
+   distillation from the base model on the same 2,000 images with their labels removed. Test accuracy on
+   the 10k test images; onnxruntime batch-1 latency timed interleaved with the base (realized speed-up ÷
+   MACs speed-up).
 
-Data: the Debian package's IDX files (``--data-dir``, default /usr/share/datasets/fashion-mnist), parsed here.
-Torch-Pruning (``pip install torch-pruning==1.6.1``) is needed for step 2 only; it is not an explainfix dependency.
+Seeds change the calibration and fine-tune subsets and the shuffling. Data: the Debian package's IDX files
+(``--data-dir``, default /usr/share/datasets/fashion-mnist). Torch-Pruning is a benchmark extra
+(``pip install torch-pruning==1.6.1``), not an explainfix dependency.
 """
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ import argparse
 import copy
 import gzip
 import json
-import math
 import sys
 import tempfile
 import time
@@ -35,12 +38,14 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
 from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
 from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
-from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches  # noqa: E402
-from explainfix_cli.explain.kernels import fix_spatial_conv2d  # noqa: E402
-from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
+from explainfix_cli.prune.options import PruneOptions  # noqa: E402
 from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.train.batches import tensor_batches  # noqa: E402
+from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, recalibrate_batchnorm  # noqa: E402
+from explainfix_cli.train.objectives import Distillation  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 CLASSES = 10
@@ -83,24 +88,24 @@ def resnet18_fmnist() -> nn.Module:
     return m
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 256) -> float:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
     batches = ((x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs))
     return accuracy(*predict(model, batches))
 
 
-def train(model: nn.Module, x, y, opts: TrainOptions, bs: int, seed: int, label: str) -> dict:
+def train(model: nn.Module, x, y, opts: TrainOptions, bs: int, seed: int, label: str, objective=None) -> dict:
     batches, steps = tensor_batches(x, y, bs, seed=seed)
     t0 = time.perf_counter()
 
     def tick(s):
         if s.step % 20 == 0 or s.step == s.steps:
-            print(f"\r  {label}: epoch {s.epoch}/{s.epochs} step {s.step}/{s.steps} loss {s.loss:.3f} "
-                  f"acc {100 * s.accuracy:.1f}%   ", end="", file=sys.stderr, flush=True)
+            acc = "" if s.accuracy is None else f" acc {100 * s.accuracy:.1f}%"
+            print(f"\r  {label}: epoch {s.epoch}/{s.epochs} step {s.step}/{s.steps} loss {s.loss:.3f}{acc}   ",
+                  end="", file=sys.stderr, flush=True)
 
-    res = finetune(model, batches, opts, steps_per_epoch=steps, on_step=tick, seed=seed)
+    res = finetune(model, batches, opts, steps_per_epoch=steps, on_step=tick, seed=seed, objective=objective)
     print(file=sys.stderr)
-    return {"seconds": time.perf_counter() - t0, "train_loss": res.epochs[-1].loss,
-            "train_accuracy": res.epochs[-1].accuracy, "trainable_params": res.trainable_params}
+    return {"seconds": time.perf_counter() - t0, "train_loss": res.epochs[-1].loss}
 
 
 def latencies(models: list[nn.Module], threads: int, iters: int) -> list[dict]:
@@ -117,10 +122,16 @@ def latencies(models: list[nn.Module], threads: int, iters: int) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------- pruning
-def explainfix_prune(model: nn.Module, pct: float, cx, cy, bs: int, seed: int) -> nn.Module:
+def calib_batches(cx, cy, bs):
+    return lambda: ((cx[i:i + bs], cy[i:i + bs]) for i in range(0, len(cx), bs))
+
+
+def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int, seed: int) -> nn.Module:
     m = copy.deepcopy(model).eval()
-    batches = lambda: ((cx[i:i + bs], cy[i:i + bs]) for i in range(0, len(cx), bs))  # noqa: E731
-    prune_model(m, pct, example=cx[:1], batches=batches, criterion="saliency", check_inputs=cx[:8], seed=seed)
+    opts = PruneOptions(target_macs=frac) if method == "ef-channel" else \
+        PruneOptions(target_macs=frac, criterion="saliency", fill="restore")
+    r = prune_model(m, example=cx[:1], batches=calib_batches(cx, cy, bs), check_inputs=cx[:8], seed=seed, options=opts)
+    assert r.check.passed, r.check
     return m
 
 
@@ -157,142 +168,162 @@ def tp_prune(model: nn.Module, target_macs: int, criterion: str, cx, cy, bs: int
     return best
 
 
+def recalibrate(m: nn.Module, cx, cy, bs: int) -> None:
+    recalibrate_batchnorm(m, calib_batches(cx, cy, bs)())
+
+
 # ----------------------------------------------------------------------------------------------- main
+def get_base(a, x, y) -> nn.Module:
+    model = resnet18_fmnist()
+    if a.base.is_file():
+        model.load_state_dict(torch.load(a.base, map_location="cpu", weights_only=True))
+        print(f"base: loaded {a.base}", file=sys.stderr)
+        return model.eval()
+    torch.manual_seed(0)
+    model = resnet18_fmnist()
+    info = train(model, x, y, TrainOptions(epochs=a.epochs, optimizer="adamw", lr=a.lr), a.batch_size, 0, "train ResNet-18")
+    a.base.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), a.base)
+    print(f"base: trained in {info['seconds']:.0f}s, saved {a.base}", file=sys.stderr)
+    return model.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes for a CPU: 2000 train, 1000 test, 2 epochs; "
-                   "fine-tune 1 epoch on 1000; 128 calibration images; 20 latency runs")
+    p.add_argument("--quick", action="store_true", help="2 budgets, one seed, 2,000 test images, 500 fine-tune images")
     p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--train-samples", type=int, default=None, help="default 60000 (quick: 2000)")
-    p.add_argument("--test-samples", type=int, default=None, help="default 10000 (quick: 1000)")
-    p.add_argument("--epochs", type=int, default=None, help="base training epochs (default 3, quick 2)")
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training samples (default all)")
-    p.add_argument("--calib", type=int, default=None, help="training images for saliency / Taylor gradients (default 256, quick 128)")
-    p.add_argument("--pcts", type=float, nargs="+", default=[50, 80, 90, 95, 99])
-    p.add_argument("--criteria", nargs="+", default=["l1", "taylor"], choices=["l1", "taylor"])
-    p.add_argument("--no-fixed", action="store_true", help="skip the fixed-vs-learned filters experiment")
-    p.add_argument("--no-prune", action="store_true", help="skip the pruning comparison")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--base", type=Path, default=REPO / "benchmarks" / "results" / "fmnist_resnet18_base.pt",
+                   help="the trained base model (trained and saved here when missing; not committed)")
+    p.add_argument("--train-samples", type=int, default=None, help="base training images (default all 60k; for smoke runs)")
+    p.add_argument("--epochs", type=int, default=6, help="base training epochs on the 60k images")
     p.add_argument("--lr", type=float, default=2e-3, help="base training: AdamW lr (cosine)")
-    p.add_argument("--ft-optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--ft-lr", type=float, default=None, help="fine-tune lr (default: explainfix's for the optimizer)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[2, 3, 4, 10], help="MACs reduction factors")
+    p.add_argument("--methods", nargs="+", default=["ef-channel", "ef-filter-restore", "tp-l1", "tp-taylor"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--calib", type=int, default=512, help="calibration images (saliency, Taylor, BatchNorm)")
+    p.add_argument("--finetune-samples", type=int, default=2000)
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--test-samples", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
-    p.add_argument("--bench-iters", type=int, default=None, help="timed onnxruntime runs (default 50, quick 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
+    p.add_argument("--bench-iters", type=int, default=30)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fashion_mnist.json")
     a = p.parse_args(argv)
-    n_train = a.train_samples or (2000 if a.quick else 60000)
-    n_test = a.test_samples or (1000 if a.quick else 10000)
-    epochs = a.epochs or (2 if a.quick else 3)
-    a.calib = a.calib or (128 if a.quick else 256)
-    a.bench_iters = a.bench_iters or (20 if a.quick else 50)
-    if a.quick and a.finetune_samples is None:
-        a.finetune_samples = 1000
+    if a.quick:
+        a.budgets, a.seeds, a.test_samples, a.finetune_samples = [2, 4], [0], 2000, 500
     torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
     t_start = time.perf_counter()
-
-    x, y = load_split(a.data_dir, "train", n_train, a.seed)
-    xt, yt = load_split(a.data_dir, "test", n_test, a.seed)
-    cx, cy = x[:a.calib], y[:a.calib]
-    fx, fy = (x[:a.finetune_samples], y[:a.finetune_samples]) if a.finetune_samples else (x, y)
-    base_opts = TrainOptions(epochs=epochs, optimizer="adamw", lr=a.lr)
-    ft_opts = TrainOptions(epochs=a.finetune_epochs, optimizer=a.ft_optimizer, lr=a.ft_lr)
-    config = {"train_samples": len(x), "test_samples": len(xt), "epochs": epochs, "finetune_epochs": a.finetune_epochs,
-              "finetune_samples": len(fx), "calib": len(cx), "batch_size": a.batch_size, "base": "AdamW lr %g cosine" % a.lr,
-              "finetune": f"{ft_opts.resolved().optimizer} lr {ft_opts.resolved().lr:g} cosine", "threads": a.threads,
-              "seed": a.seed, "torch": torch.__version__}
-    print(f"config: {json.dumps(config)}", file=sys.stderr)
-    results: dict = {"config": config}
-
-    init = resnet18_fmnist()
-    model = copy.deepcopy(init)
-    results["train"] = train(model, x, y, base_opts, a.batch_size, a.seed, "train ResNet-18 (learned filters)")
-    base_acc = evaluate(model, xt, yt)
-    base = {"accuracy": base_acc, "macs": count_macs(model, xt[:1]), "params": count_params(model),
-            **latencies([model], a.threads, a.bench_iters)[0]}
-    results["base"] = base
-    print(f"base: acc {100 * base_acc:.2f}%  MACs {base['macs'] / 1e6:.1f}M  params {base['params'] / 1e6:.2f}M  "
-          f"p50 {base['latency_ms']:.3f} ms", file=sys.stderr)
-
-    if not a.no_fixed:
-        fixed = copy.deepcopy(init)
-        fix_spatial_conv2d(fixed, "ghaar", seed=a.seed)
-        tr = train(fixed, x, y, base_opts, a.batch_size, a.seed, "train ResNet-18 (GHaar fixed filters)")
-        results["fixed_vs_learned"] = {
-            "learned": {"accuracy": base_acc, "trainable_params": results["train"]["trainable_params"],
-                        "seconds": results["train"]["seconds"]},
-            "ghaar_fixed": {"accuracy": evaluate(fixed, xt, yt), "trainable_params": tr["trainable_params"],
-                            "seconds": tr["seconds"]},
-        }
-        print(f"fixed vs learned: {json.dumps(results['fixed_vs_learned'])}", file=sys.stderr)
-
-    rows = []
-    if not a.no_prune:
-        try:
-            import torch_pruning  # noqa: F401
-        except ImportError:
-            print("torch-pruning is not installed: pip install torch-pruning==1.6.1 (comparison skipped)", file=sys.stderr)
-            a.criteria = []
-        for pct in a.pcts:
+    x, y = load_split(a.data_dir, "train", a.train_samples, 0)
+    xt, yt = load_split(a.data_dir, "test", a.test_samples, 0)
+    base = get_base(a, x, y)
+    base_acc = evaluate(base, xt, yt)
+    base_macs = count_macs(base, xt[:1])
+    results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+               "base": {"accuracy": base_acc, "macs": base_macs, "params": count_params(base)}, "rows": []}
+    print(f"base: test accuracy {100 * base_acc:.2f}%, {base_macs / 1e6:.1f}M MACs", file=sys.stderr)
+    ft_opts = TrainOptions(epochs=a.finetune_epochs)
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        print("torch-pruning is not installed: pip install torch-pruning==1.6.1 (its rows are skipped)", file=sys.stderr)
+        a.methods = [m for m in a.methods if not m.startswith("tp-")]
+    for seed in a.seeds:
+        rng = np.random.default_rng(1000 + seed)
+        perm = torch.from_numpy(rng.permutation(len(x)))
+        cx, cy = x[perm[:a.calib]], y[perm[:a.calib]]
+        fx, fy = x[perm[a.calib:a.calib + a.finetune_samples]], y[perm[a.calib:a.calib + a.finetune_samples]]
+        for budget in a.budgets:
             t0 = time.perf_counter()
-            ef = explainfix_prune(model, pct, cx, cy, a.batch_size, a.seed)
-            target = count_macs(ef, xt[:1])
-            candidates = [("explainfix", ef, None)]
-            for crit in a.criteria:
-                m, ratio = tp_prune(model, target, crit, cx, cy, a.batch_size)
-                candidates.append((f"tp-{crit}", m, ratio))
-            pct_rows = []
-            for method, m, ratio in candidates:
-                row = {"pct": pct, "method": method, "tp_ratio": ratio, "macs": count_macs(m, xt[:1]),
-                       "params": count_params(m), "acc_pruned": evaluate(m, xt, yt)}
-                train(m, fx, fy, ft_opts, a.batch_size, a.seed, f"fine-tune {method} @ {pct:g}%")
-                row["acc_finetuned"] = evaluate(m, xt, yt)
-                pct_rows.append(row)
-            # the base and this pct's models timed interleaved: their ratios share the machine's state
-            for row, lat in zip(pct_rows, latencies([model] + [c[1] for c in candidates], a.threads, a.bench_iters)[1:]):
+            pruned = []
+            for method in a.methods:
+                torch.manual_seed(seed)
+                tp = time.perf_counter()
+                if method.startswith("ef-"):
+                    m, ratio = explainfix_prune(base, 1 / budget, method, cx, cy, a.batch_size, seed), None
+                else:
+                    m, ratio = tp_prune(base, int(base_macs / budget), method[3:], cx, cy, a.batch_size)
+                recalibrate(m, cx, cy, a.batch_size)
+                row = {"seed": seed, "budget": budget, "method": method, "tp_ratio": ratio, "macs": count_macs(m, xt[:1]),
+                       "params": count_params(m), "prune_seconds": time.perf_counter() - tp, "acc_oneshot": evaluate(m, xt, yt)}
+                ft = copy.deepcopy(m)
+                train(ft, fx, fy, ft_opts, a.batch_size, seed, f"ft {method} {budget:g}x")
+                row["acc_ft"] = evaluate(ft, xt, yt)
+                kd = copy.deepcopy(m)
+                train(kd, fx, None, ft_opts, a.batch_size, seed, f"kd {method} {budget:g}x", objective=Distillation(copy.deepcopy(base)))
+                row["acc_kd"] = evaluate(kd, xt, yt)
+                pruned.append((row, m))
+            for (row, _), lat in zip(pruned, latencies([base] + [m for _, m in pruned], a.threads, a.bench_iters)[1:]):
                 row.update(lat)
-                rows.append(row)
-                print(f"  {pct:>4g}% {row['method']:<11} MACs {row['macs'] / 1e6:7.2f}M params {row['params'] / 1e6:6.3f}M "
-                      f"acc {100 * row['acc_pruned']:5.2f}% → {100 * row['acc_finetuned']:5.2f}%  "
-                      f"p50 {row['latency_ms']:.3f} ms (×{row['latency_ratio']:.2f} of the base)", file=sys.stderr)
-            print(f"  pct {pct:g}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    results["prune"] = rows
-    results["seconds"] = time.perf_counter() - t_start
-
+                row["realized_over_theoretical"] = (1 / lat["latency_ratio"]) / (base_macs / row["macs"])
+                results["rows"].append(row)
+                print(f"  seed {seed} {budget:>3g}x {row['method']:<18} MACs {row['macs'] / base_macs:.3f} "
+                      f"acc one-shot {100 * row['acc_oneshot']:5.2f}% ft {100 * row['acc_ft']:5.2f}% kd {100 * row['acc_kd']:5.2f}% "
+                      f"speed-up {1 / lat['latency_ratio']:.2f}x (÷ theory {row['realized_over_theoretical']:.2f})", file=sys.stderr)
+            print(f"  seed {seed} budget {budget:g}x: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            results["seconds"] = time.perf_counter() - t_start
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(results, indent=2) + "\n")  # after every budget: partial results survive
     print(markdown(results))
-    if a.out:
-        a.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, a.out.with_suffix(".png"))
     return 0
 
 
-def _x(ratio: float | None) -> str:
-    return "—" if ratio is None else f"×{ratio:.2f}"
+def summarise(rows: list[dict]) -> dict:
+    """(budget, method) → mean (and range) of each measure over the seeds."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["budget"], r["method"]), []).append(r)
+    return out
+
+
+def _cell(vals: list[float], scale: float = 100, fmt: str = "{:.2f}") -> str:
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return fmt.format(scale * mean)
+    return fmt.format(scale * mean) + f" ({fmt.format(scale * min(vals))}–{fmt.format(scale * max(vals))})"
 
 
 def markdown(r: dict) -> str:
     b = r["base"]
-    lines = [f"Base ResNet-18: test accuracy {100 * b['accuracy']:.2f}%, {b['macs'] / 1e6:.1f} M MACs, "
-             f"{b['params'] / 1e6:.2f} M params, onnxruntime p50 {b['latency_ms']:.3f} ms.", ""]
-    if r.get("prune"):
-        lines += ["| pct | method | MACs | params | acc. pruned | acc. fine-tuned | p50 latency (× base, interleaved) |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
-        for row in r["prune"]:
-            name = row["method"] + (f" (ratio {row['tp_ratio']:.3g})" if row["tp_ratio"] is not None else "")
-            lines.append(f"| {row['pct']:g} | {name} | {row['macs'] / 1e6:.2f} M ({row['macs'] / b['macs']:.1%}) | "
-                         f"{row['params'] / 1e6:.3f} M | {100 * row['acc_pruned']:.2f}% | {100 * row['acc_finetuned']:.2f}% | "
-                         f"{row['latency_ms']:.3f} ms ({_x(row.get('latency_ratio'))}) |")
-        lines.append("")
-    fv = r.get("fixed_vs_learned")
-    if fv:
-        lines += ["| spatial filters | test accuracy | trainable params | train time |", "|---|---:|---:|---:|"]
-        for k, label in (("learned", "learned"), ("ghaar_fixed", "GHaar, fixed")):
-            lines.append(f"| {label} | {100 * fv[k]['accuracy']:.2f}% | {fv[k]['trainable_params'] / 1e6:.3f} M | "
-                         f"{fv[k]['seconds']:.0f} s |")
-        lines.append("")
-    lines.append(f"Total {r['seconds'] / 60:.1f} min; config {json.dumps(r['config'])}")
+    seeds = sorted({row["seed"] for row in r["rows"]})
+    lines = [f"Base ResNet-18 (60k training images): test accuracy {100 * b['accuracy']:.2f}% on "
+             f"{r['config']['test_samples']} test images, {b['macs'] / 1e6:.1f} M MACs. Mean over seeds {seeds} (range).", "",
+             "| budget | method | MACs kept | one-shot % | ft 2 ep. % | kd 2 ep. (no labels) % | speed-up | realized ÷ theory |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for (budget, method), rows in summarise(r["rows"]).items():
+        lines.append(f"| {budget:g}× | {method} | {_cell([x['macs'] / b['macs'] for x in rows], 1, '{:.3f}')} | "
+                     f"{_cell([x['acc_oneshot'] for x in rows])} | {_cell([x['acc_ft'] for x in rows])} | "
+                     f"{_cell([x['acc_kd'] for x in rows])} | {_cell([1 / x['latency_ratio'] for x in rows], 1)}× | "
+                     f"{_cell([x['realized_over_theoretical'] for x in rows], 1)} |")
+    lines.append("")
+    lines.append(f"Total {r['seconds'] / 60:.1f} min.")
     return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    b = r["base"]
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    groups = summarise(r["rows"])
+    methods = sorted({m for _, m in groups})
+    for ax, key, title in zip(axes, ("acc_oneshot", "acc_ft", "acc_kd"), ("one-shot", "fine-tune 2 epochs", "distillation 2 epochs, no labels")):
+        for method in methods:
+            pts = sorted((sum(x["macs"] for x in rows) / len(rows) / b["macs"], 100 * sum(x[key] for x in rows) / len(rows))
+                         for (bud, m), rows in groups.items() if m == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+        ax.plot([1.0], [100 * b["accuracy"]], "*", markersize=13, color="black", label="base")
+        ax.set_xscale("log")
+        ax.set_xlabel("MACs kept (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,13 @@ def test_params_budget_and_default_rounding():
     x = torch.randn(2, 3, 64, 64)
     params = sum(p.numel() for p in model.parameters())
     r = prune_model(model, example=x[:1], check_inputs=x, options=PruneOptions(target_params="3x"))
-    assert r.options["round_to"] == 8 and r.budget["metric"] == "params"
+    assert r.options["round_to"] == "auto" and r.budget["metric"] == "params"
     achieved = sum(p.numel() for p in model.parameters()) / params
+    # auto: a layer of ≥ 64 channels that lost channels keeps a multiple of 8; narrower ones any count
+    widths = {n: m.out_channels for n, m in tv.models.mobilenet_v2(num_classes=10).named_modules() if isinstance(m, torch.nn.Conv2d)}
+    now = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    changed = {n: (widths[n], now[n]) for n in widths if now[n] != widths[n]}
+    assert any(w >= 64 for w, _ in changed.values()) and all(c % 8 == 0 for w, c in changed.values() if w >= 64), changed
     assert achieved == pytest.approx(r.budget["achieved"]) and achieved <= (1 / 3) * 1.02
     assert r.budget["within_tolerance"] or r.budget["note"]  # else it says how close it got, and why
     for _, conv in iter_spatial_convs(model):  # every pruned layer keeps a multiple of 8 channels

@@ -71,11 +71,21 @@ def _zero_padded(m: nn.Module) -> bool:
     return pad == "same" or (isinstance(pad, tuple) and any(p != 0 for p in pad))
 
 
-def round_removal(graph: ChannelGraph, removable: set[int], producers: list, multiple: int) -> None:
+AUTO_MULTIPLE, AUTO_MIN_CHANNELS = 8, 64
+
+
+def auto_multiple(channels: int) -> int:
+    """``--round-to auto``: multiples of 8 for layers of ≥ 64 channels (vectorised kernels), any count for
+    narrower ones (steps of 8 would be ≥ 1/4 of such a layer, and they cost little time anyway)."""
+    return AUTO_MULTIPLE if channels >= AUTO_MIN_CHANNELS else 1
+
+
+def round_removal(graph: ChannelGraph, removable: set[int], producers: list, multiple: int | str) -> None:
     """Give back removable spaces until every producer that loses channels keeps a multiple of
-    ``multiple`` (e.g. 8 or 16: vectorised conv kernels run faster on such counts). Any subset of the
-    removable spaces is exact, so this only trades size for speed. Deterministic: a layer gives back its
-    highest-index removed channels first; repeated until no layer needs more."""
+    ``multiple`` (e.g. 8 or 16: vectorised conv kernels run faster on such counts; ``"auto"``:
+    :func:`auto_multiple` of the layer's width). Any subset of the removable spaces is exact, so this only
+    trades size for speed. Deterministic: a layer gives back its highest-index removed channels first;
+    repeated until no layer needs more."""
     changed = True
     while changed:
         changed = False
@@ -83,12 +93,13 @@ def round_removal(graph: ChannelGraph, removable: set[int], producers: list, mul
             roots = [graph.root(a) if a >= 0 else -1 for a in p.labels.tolist()]
             gone = [i for i, r in enumerate(roots) if r in removable]
             kept = len(roots) - len(gone)
-            if gone and kept % multiple:
+            m = auto_multiple(len(roots)) if multiple == "auto" else multiple
+            if gone and kept % m:
                 removable.discard(roots[gone[-1]])
                 changed = True
 
 
-def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None = None, *,
+def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | str | None = None, *,
                  allow_inexact: bool = False, remove: set[int] | None = None) -> Plan:
     """The removal plan. By zeros (``remove=None``): a space goes when every consumer ignores it or reads
     a constant that folds exactly; a fold into a zero-padded conv is inexact in the border windows, so
@@ -132,7 +143,7 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | None =
                     removable.discard(roots[0])
                     changed = True
 
-    if round_to and round_to > 1:
+    if round_to == "auto" or (round_to and round_to > 1):
         round_removal(graph, removable, graph.producers, round_to)
 
     def removed(labels: torch.Tensor) -> list[int]:

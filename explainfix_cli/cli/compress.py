@@ -16,6 +16,8 @@ from .options import (
     BatchSize,
     Debug,
     Device,
+    Distill,
+    DistillAlpha,
     Fill,
     Force,
     InputSize,
@@ -28,6 +30,7 @@ from .options import (
     Rtol,
     Seed,
     Std,
+    Temperature,
     TrustCode,
     TrustPickle,
 )
@@ -51,7 +54,12 @@ def compress(
     model: ModelArg,
     data: Annotated[Path, typer.Option("--data", help="Calibration images for saliency (class subfolders; also the fine-tuning set).")],
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled images for accuracy and agreement (default: --data).")] = None,
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune on --data after pruning (0 = no fine-tuning).")] = 0,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune on --data after pruning, per step (0 = no fine-tuning).")] = 0,
+    distill: Distill = False,
+    temperature: Temperature = 4.0,
+    distill_alpha: DistillAlpha = 0.9,
+    steps: Annotated[int, typer.Option("--steps", help="Iterative compression: K rounds of re-score → prune toward the budget "
+                                       "(geometric schedule) → fine-tune, ending at the budget. Needs a budget.")] = 1,
     lr: Lr = None,
     optimizer: Optimizer = "sgd",
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: accuracy may drop at most PTS percentage points.")] = None,
@@ -94,10 +102,14 @@ def compress(
     fails, so CI can publish it). Exit 1 when a gate fails; the last line names it with its numbers.
 
     Example: explainfix compress model.pt --arch m.py:Net --target-macs 4x --data calib/ --eval-data val/ --max-accuracy-drop 1 -o out/
+
+    Example (unlabeled calibration images, 3 rounds): explainfix compress model.pt --arch m.py:Net --target-macs 4x --steps 3
+    --finetune-epochs 1 --distill --data unlabeled/ --eval-data val/ -o out/
     """
     from ..core.errors import CheckFailed
     from ..jobs.compress import compress_job
     from ..train.finetune import TrainOptions
+    from ..train.objectives import DistillOptions
     from .render import render_compress, work_progress
 
     with work_progress() as bar:
@@ -108,7 +120,8 @@ def compress(
                                   floor, recalibrate_bn),
             max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, atol=atol, rtol=rtol,
             opset=opset, bench=bench, threads=threads, bench_iters=bench_iters, out=out, device=device, seed=seed,
-            force=force, progress=bar, on_step=bar.step if bar else None,
+            force=force, progress=bar, on_step=bar.step if bar else None, steps=steps,
+            distill=DistillOptions(temperature, distill_alpha) if distill else None,
         )
     render_compress(job)
     if json_out:

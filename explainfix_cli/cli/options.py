@@ -33,3 +33,9 @@ Lr = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (defaul
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9 Nesterov, weight decay 5e-4) | adamw (weight decay 1e-4).")]
 WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="Override the optimizer's default weight decay.")]
 EvalData = Annotated[Optional[Path], typer.Option("--eval-data", help="Labeled held-out images (class subfolders) for accuracy.")]
+Distill = Annotated[bool, typer.Option("--distill", help="Learn from the original model's outputs (KL on logits softened by "
+                                       "--temperature, plus cross-entropy where labels exist; MSE for non-classifiers). "
+                                       "Works from an unlabeled folder.")]
+Temperature = Annotated[float, typer.Option("--temperature", help="Distillation temperature T (logits divided by T; the KL term is scaled by T²).")]
+DistillAlpha = Annotated[float, typer.Option("--distill-alpha", help="Weight of the distillation term where a label exists "
+                                             "(the rest is cross-entropy); unlabeled samples use distillation only.")]

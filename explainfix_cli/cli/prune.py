@@ -34,7 +34,7 @@ TargetParams = Annotated[Optional[str], typer.Option("--target-params", help="Pa
 Pct = Annotated[Optional[float], typer.Option("--pct", help="Zero this percentage of spatial filters, in (0, 100), ranked globally (the ExplainFix reference's knob).")]
 Criterion = Annotated[Optional[str], typer.Option("--criterion", help="channel | saliency | magnitude. Default: channel with a budget; else saliency with --data, magnitude without.")]
 Rank = Annotated[str, typer.Option("--rank", help="Channel criterion: per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency.")]
-RoundToOpt = Annotated[Optional[str], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N, or auto (8; the default with a budget): faster kernels, still exact.")]
+RoundToOpt = Annotated[Optional[str], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N, or auto (the default with a budget: multiples of 8 for layers of ≥ 64 channels, any count below): faster kernels, still exact.")]
 AllowInexact = Annotated[bool, typer.Option("--allow-inexact-folds", help="Also remove channels whose constant would fold into a zero-padded conv (differs at the borders; the report gives the distance and never says passed).")]
 Floor = Annotated[float, typer.Option("--floor", help="Channel criterion: every layer keeps at least this fraction of its channels.")]
 RecalibrateBn = Annotated[Optional[bool], typer.Option("--recalibrate-bn/--no-recalibrate-bn", help="Re-estimate BatchNorm statistics on --data after pruning (default: on with a budget and data).")]

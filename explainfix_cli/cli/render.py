@@ -193,7 +193,7 @@ def work_progress(enabled: bool = True) -> Iterator[Any]:
             if key not in tasks:
                 tasks[key] = bars.add_task(key, total=s.steps, info="")
             bars.update(tasks[key], completed=s.step, total=s.steps,
-                        info=f"loss {s.loss:.4f} · acc {100 * s.accuracy:.1f}% · lr {s.lr:.2g}")
+                        info=f"loss {s.loss:.4f} · acc {pct(s.accuracy)} · lr {s.lr:.2g}")
 
     with bars:
         yield Callback()
@@ -233,7 +233,10 @@ def render_finetune(job: Any) -> None:
     console.print(_epochs_table(res))
     frozen = (f"{len(res.frozen_tensors)} frozen tensors ({human(res.frozen_params)} params) unchanged"
               if res.frozen_tensors else "no frozen tensors")
-    console.print(f"{o['optimizer']} lr {o['lr']:g} wd {o['weight_decay']:g} {o['schedule']}; "
+    how = o.get("objective", "cross-entropy")
+    if how == "distillation":
+        how += f" (T {o['temperature']:g}, alpha {o['alpha']:g})"
+    console.print(f"{how}; {o['optimizer']} lr {o['lr']:g} wd {o['weight_decay']:g} {o['schedule']}; "
                   f"{human(res.trainable_params)} trainable params; {frozen}")
     if res.eval_accuracy_before is not None:
         console.print(f"eval accuracy {pct(res.eval_accuracy_before)} → [bold]{pct(res.eval_accuracy_after)}[/]")

@@ -14,6 +14,8 @@ from .options import (
     BatchSize,
     Debug,
     Device,
+    Distill,
+    DistillAlpha,
     Epochs,
     EvalData,
     Force,
@@ -26,6 +28,7 @@ from .options import (
     Out,
     Seed,
     Std,
+    Temperature,
     TrustCode,
     TrustPickle,
     WeightDecay,
@@ -74,8 +77,14 @@ def fix(
 @command
 def finetune(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", help="Labeled training images: class subfolders (or an .npz with x and y).")],
+    data: Annotated[Path, typer.Option("--data", help="Training images: class subfolders (or an .npz with x and y); "
+                                       "with --distill also a flat, unlabeled folder.")],
     epochs: Epochs = 1,
+    distill: Distill = False,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="The teacher for --distill (default: the model the recipe was "
+                                                    "pruned from, its sha256 checked). A weights file uses the recipe's architecture.")] = None,
+    temperature: Temperature = 4.0,
+    distill_alpha: DistillAlpha = 0.9,
     lr: Lr = None,
     optimizer: Optimizer = "sgd",
     weight_decay: WeightDecay = None,
@@ -98,13 +107,16 @@ def finetune(
     json_out: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Short supervised training (cross-entropy) to recover accuracy after pruning; frozen spatial filters stay frozen.
+    """Short training to recover accuracy after pruning: cross-entropy, or --distill from the original model; frozen spatial filters stay frozen.
 
     Labels are the sorted class-subfolder index. No augmentation. Writes a new explainfix dir that keeps the recipe chain.
 
     Example: explainfix finetune model-pruned/ --data train/ --epochs 3 --eval-data val/ -o model-tuned/
+
+    Example (no labels): explainfix finetune model-pruned/ --distill --data unlabeled/ --epochs 3 -o model-tuned/
     """
     from ..train.finetune import TrainOptions
+    from ..train.objectives import DistillOptions
     from .render import render_finetune, work_progress
 
     options = TrainOptions(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_batches=batches)
@@ -113,6 +125,7 @@ def finetune(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size),
             options, fixed_spatial=fixed_spatial, eval_data=eval_data, out=out, device=device, seed=seed, force=force,
             on_step=bar.step if bar else None,
+            distill=DistillOptions(temperature, distill_alpha) if distill else None, teacher=teacher,
         )
     render_finetune(job)
     if json_out:

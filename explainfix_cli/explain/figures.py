@@ -124,3 +124,42 @@ def save_spectra_png(report, path: str | Path, *, loglog: bool = False, normaliz
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=dpi)
     return path
+
+
+def plot_tradeoff(report: dict) -> bytes:
+    """PNG of a sweep: accuracy against MACs kept, and against measured latency when timed (the original
+    is the star). Points without labels plot top-1 agreement with the original instead."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    pts, orig = report["points"], report["original"]
+    use_acc = orig["accuracy"] is not None and all(p["accuracy"] is not None for p in pts)
+    key, ylabel = ("accuracy", "top-1 accuracy (%)") if use_acc else ("agreement", "top-1 agreement with the original (%)")
+    y0 = 100 * (orig["accuracy"] if use_acc else 1.0)
+    timed = orig.get("latency_ms") is not None
+    fig = Figure(figsize=(10 if timed else 5.5, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2 if timed else 1, squeeze=False)[0]
+    panels = [("MACs kept (fraction of the original)", [p["macs_kept"] for p in pts], 1.0)]
+    if timed:
+        panels.append(("latency p50 (ms, onnxruntime)", [p["latency_ms"] for p in pts], orig["latency_ms"]))
+    for ax, (xlabel, xs, x0) in zip(axes, panels):
+        ys = [100 * p[key] for p in pts]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="pruned" + (" + fine-tune" if report.get("finetune_epochs") else ""))
+        if report.get("finetune_epochs"):
+            ax.plot(xs, [100 * (p[key + "_after_prune"] or 0) for p in pts], "o--", color="tab:gray", alpha=0.7,
+                    label="pruned, before fine-tune")
+        for x, y, p in zip(xs, ys, pts):
+            ax.annotate(p["target"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot([x0], [y0], "*", markersize=14, color="tab:red", label="original")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"explainfix sweep · {report['criterion']} criterion", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()

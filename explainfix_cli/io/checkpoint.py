@@ -159,3 +159,36 @@ def _load_pickled_module(path: Path, sha: str, arch: str | None) -> LoadedModel:
 
 
 # ------------------------------------------------------------------------------- explainfix dirs
+
+
+def load_original(recipe: dict, path: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
+    """The model a recipe was made from (the teacher for distillation): the recipe's architecture before
+    any edit, with the weights of ``path`` or else of the recipe's source file (whose sha256 must still
+    match). An explainfix directory as ``path`` is loaded as itself. The recipe's architecture was
+    already allowed when its directory was opened."""
+    from .model_dir import rebuild
+
+    src = recipe.get("source") or {}
+    p = Path(path) if path is not None else Path(src.get("path", ""))
+    named = "--teacher" if path is not None else "the recipe's source (the model before pruning)"
+    if not p.exists() or not str(p):
+        raise BadInput(f"{named} {p} does not exist", hint="pass --teacher PATH (the original model)")
+    if p.is_dir():
+        return load_explainfix_dir(p, trust_pickle=trust_pickle, trust_code=True).model
+    if path is None and sha256_file(p) != src.get("sha256"):
+        raise BadInput(f"{named} {p} changed since the recipe was written", hint="pass --teacher PATH (the original model)")
+    if recipe["arch"]["kind"] == "pickle":
+        return rebuild({**recipe, "edits": []}, trust_pickle=trust_pickle).eval()
+    model = rebuild({**recipe, "edits": []}, trust_code=True)
+    if sniff_format(p) == "safetensors":
+        state_dict, _ = read_safetensors(p)
+    else:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refused or a damaged file
+            raise BadInput(f"cannot read {named} {p} as a state_dict: {type(e).__name__}") from None
+        state_dict = unwrap_state_dict(obj)
+        if state_dict is None:
+            raise BadInput(f"{named} {p} holds no state_dict")
+    load_into(model, state_dict, p)
+    return model.eval()

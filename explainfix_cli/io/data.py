@@ -151,12 +151,21 @@ class CalibrationSet:
     def num_batches(self, batch_size: int, max_batches: float = math.inf) -> int:
         return int(min(math.ceil(len(self) / batch_size), max_batches))
 
-    def batches(self, batch_size: int, max_batches: float = math.inf) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) in file order; at most ``max_batches`` batches."""
+    def batches(self, batch_size: int, max_batches: float = math.inf,
+                shuffle_seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) in file order, or in the seeded random order of ``shuffle_seed`` (the same order on
+        every call, so batches mix classes: a class folder read in order gives one-class batches, which
+        skew per-batch saliency and BatchNorm statistics); at most ``max_batches`` batches."""
+        order = None
+        if shuffle_seed is not None:
+            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
         for b in range(self.num_batches(batch_size, max_batches)):
-            idx = range(b * batch_size, min((b + 1) * batch_size, len(self)))
+            idx = list(range(b * batch_size, min((b + 1) * batch_size, len(self))))
+            if order is not None:
+                idx = [order[i] for i in idx]
             if self.array is not None:
-                x = torch.from_numpy(np.ascontiguousarray(self.array[idx.start : idx.stop], dtype=np.float32))
+                x = torch.from_numpy(np.ascontiguousarray(self.array[idx] if order is not None else self.array[idx[0] : idx[-1] + 1],
+                                                          dtype=np.float32))
             else:
                 x = torch.stack([load_image(self.files[i], self.preprocessing) for i in idx])
             yield x, torch.tensor([self.labels[i] for i in idx], dtype=torch.long)

@@ -133,11 +133,16 @@ def dir_files(recipe: dict, weights: bytes) -> dict[str, bytes | dict]:
     return {WEIGHTS_NAME: weights, RECIPE_NAME: {**recipe, "integrity": integrity}, **arch_files}
 
 
+def model_dir_files(model: nn.Module, recipe: dict) -> dict[str, bytes | dict]:
+    """:func:`dir_files` of an in-memory model (its weights encoded with the directory's metadata)."""
+    meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe["arch"])}
+    return dir_files(recipe, safetensors_bytes(model, meta))
+
+
 def save_model_dir(
     model: nn.Module, recipe: dict, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False
 ) -> Path:
     """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically."""
-    meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe["arch"])}
-    files: dict[str, bytes | str | dict] = dict(dir_files(recipe, safetensors_bytes(model, meta)))
+    files: dict[str, bytes | str | dict] = dict(model_dir_files(model, recipe))
     files.update(extra or {})
     return write_output_dir(out, files, force=force)

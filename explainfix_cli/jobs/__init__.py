@@ -11,7 +11,8 @@ from .finetune import finetune_job
 from .fix import fix_job
 from .info import info_job
 from .prune import prune_job
+from .sweep import sweep_job
 from .verify import verify_job
 
 __all__ = ["DataSpec", "ModelSpec", "bench_job", "compress_job", "explain_job", "export_job", "finetune_job",
-           "fix_job", "info_job", "prune_job", "verify_job"]
+           "fix_job", "info_job", "prune_job", "sweep_job", "verify_job"]

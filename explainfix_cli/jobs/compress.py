@@ -1,5 +1,10 @@
 """``explainfix compress``: prune → (fine-tune) → export ONNX → verify → bench → quality gates, for CI.
 
+With ``steps=K`` (a budget only) the prune and fine-tune repeat K times: each round re-scores the current
+model and prunes toward the geometric schedule ``budget^(k/K)`` of the original, and the last round aims
+at the budget itself, so the run ends at the budget (within its tolerance). ``distill`` fine-tunes from
+the original model's outputs (labels optional).
+
     job = compress_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), pct=70,
                        eval_data=Path("eval"), max_accuracy_drop=1.0, min_agreement=0.95)
     job.passed, [g.name for g in job.gates if not g.passed]
@@ -20,7 +25,7 @@ import copy
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,12 @@ import torch
 from torch import nn
 
 from ..core.errors import BadInput
+from ..core.model import count_params
 from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
-from ..prune.options import PruneOptions
+from ..prune.options import BUDGET_TOLERANCE, PruneOptions
 from ..prune.pipeline import Progress
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
@@ -98,11 +104,23 @@ def compress_job(
     progress: Progress | None = None,
     on_step: Any = None,
     options: PruneOptions | None = None,
+    steps: int = 1,
+    distill: Any = None,
 ) -> CompressJob:
-    """``options`` (budgets: ``PruneOptions(target_macs="4x")``) replaces ``pct``/``criterion``/``fill``/``round_to``."""
+    """``options`` (budgets: ``PruneOptions(target_macs="4x")``) replaces ``pct``/``criterion``/``fill``/``round_to``;
+    ``distill`` is a ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
     options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
-    options.resolved(has_data=data.path is not None)
+    resolved = options.resolved(has_data=data.path is not None)
+    if not (isinstance(steps, int) and 1 <= steps <= 20):
+        raise BadInput(f"--steps must be an integer in [1, 20], got {steps}")
+    if steps > 1 and resolved.budget is None:
+        raise BadInput("--steps needs a budget (--target-macs or --target-params); --pct prunes in one step",
+                       hint="e.g. --target-macs 4x --steps 3 --finetune-epochs 1")
+    if distill is not None:
+        distill.resolved()
+        if not finetune_epochs:
+            raise BadInput("--distill trains the pruned model: give --finetune-epochs N too", hint="e.g. --distill --finetune-epochs 2")
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     train = (train or TrainOptions()).resolved() if finetune_epochs else None
@@ -115,23 +133,35 @@ def compress_job(
     if max_accuracy_drop is not None and not eval_calib.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
                        hint="pass --eval-data with class subfolders")
-    if finetune_epochs and not opened.calib.labeled:
-        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled")
+    if finetune_epochs and distill is None and not opened.calib.labeled:
+        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled",
+                       hint="or add --distill, which learns from the original model's outputs")
     bs = data.batch_size
     stage = _stages(progress)
 
     original = copy.deepcopy(opened.model).to("cpu")
     before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
-    result, recipe = prune_opened(opened, data, options, seed=seed, progress=progress)
-    pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
-    tuned = None
-    if train is not None:
-        tuned, recipe = finetune_opened(opened, data, train, None, None, seed, on_step, recipe=recipe)
+    rounds, recipe = [], None
+    costs = {"macs": opened.macs, "params": count_params(original)}
+    for k in range(1, steps + 1):
+        current = {"macs": opened.macs, "params": count_params(opened.model)}
+        step_options = _step_options(resolved, k, steps, current, costs)
+        result, recipe = prune_opened(opened, data, step_options, seed=seed, progress=progress, recipe=recipe)
+        pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
+        tuned = None
+        if train is not None:
+            tuned, recipe = finetune_opened(opened, data, train, None, None, seed + k - 1, on_step, recipe=recipe,
+                                            teacher=original if distill is not None else None, distill=distill)
+            original.to("cpu")
+        rounds.append((result, pruned_eval, tuned))
+    first = rounds[0][0]
+    result = _overall(rounds, resolved)
     final = opened.model.to("cpu").eval()
     after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
 
     recipe["provenance"] = recipe["provenance"] + [{"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget,
-                                                    "criterion": result.criterion, "finetune_epochs": finetune_epochs}]
+                                                    "criterion": result.criterion, "finetune_epochs": finetune_epochs,
+                                                    "steps": steps, "distill": asdict(distill) if distill else None}]
     work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
     try:
         stage("export")  # the export job's own steps: provenance metadata, ONNX, onnxruntime check
@@ -156,11 +186,12 @@ def compress_job(
         "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
-        "original": {"params": result.params_before, "macs": result.macs_before, "accuracy": acc_b},
+        "original": {"params": first.params_before, "macs": first.macs_before, "accuracy": acc_b},
         "compressed": {"params": result.params_after, "macs": result.macs_after, "accuracy": acc_a,
                        "accuracy_after_prune": pruned_eval["accuracy"], "agreement": agree,
                        "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"])},
-        "eval_samples": after["samples"],
+        "eval_samples": after["samples"], "steps": steps, "distill": asdict(distill) if distill else None,
+        "rounds": [_round_json(i, r, p, t, {**before, **costs}) for i, (r, p, t) in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
         "export": exported.to_json(), "verify": check.to_json(), "verify_summary": check.summary_line(),
         "bench": bench_rows, "seed": seed,
@@ -169,6 +200,46 @@ def compress_job(
     recipe["provenance"][-1].update({"passed": report["passed"], "gates": {g.name: g.value for g in gates}})
     save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force)
     return CompressJob(out, report, gates, summary, final)
+
+
+def _step_options(opts: PruneOptions, k: int, steps: int, current: dict, original: dict) -> PruneOptions:
+    """Round k of K: the budget ``fraction^(k/K)`` of the original, as a fraction of the current model."""
+    if steps == 1:
+        return opts
+    metric, frac = opts.budget
+    want = original[metric] * frac ** (k / steps) / current[metric]
+    if not 0 < want < 1:
+        raise BadInput(f"round {k} of --steps {steps} has nothing left to remove ({metric} already at "
+                       f"{current[metric] / original[metric]:.3f} of the original)", hint="use fewer --steps")
+    return replace(opts, **{"target_macs" if metric == "macs" else "target_params": want})
+
+
+def _overall(rounds: list, opts: PruneOptions):
+    """The prune result the report shows: the last round's, with the original's costs and the whole budget."""
+    first, last = rounds[0][0], rounds[-1][0]
+    if len(rounds) == 1:
+        return first
+    out = copy.copy(last)
+    out.params_before, out.macs_before = first.params_before, first.macs_before
+    out.channels_before = first.channels_before
+    out.channels_removed = sum(r.channels_removed for r, _, _ in rounds)
+    if opts.budget is not None and last.budget is not None:
+        metric, frac = opts.budget
+        achieved = (out.macs_after / out.macs_before) if metric == "macs" else (out.params_after / out.params_before)
+        within = abs(achieved - frac) <= BUDGET_TOLERANCE * frac
+        note = "" if within else (f"after {len(rounds)} rounds {achieved:.3f} is kept (asked {frac:.3f}); in the last round "
+                                  + last.budget["note"].replace("closest plan", "the closest plan"))
+        out.budget = {**last.budget, "requested": frac, "achieved": achieved, "within_tolerance": within, "note": note,
+                      "evaluations": sum(r.budget["evaluations"] for r, _, _ in rounds)}
+    return out
+
+
+def _round_json(i: int, result: Any, pruned_eval: dict, tuned: Any, before: dict) -> dict:
+    return {"round": i, "macs_after": result.macs_after, "params_after": result.params_after,
+            "macs_kept": result.macs_after / before["macs"], "params_kept": result.params_after / before["params"],
+            "accuracy_after_prune": pruned_eval["accuracy"],
+            "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"]),
+            "eval_accuracy_after_finetune": tuned.eval_accuracy_after if tuned else None}
 
 
 def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: float, rtol: float, epochs: int) -> None:

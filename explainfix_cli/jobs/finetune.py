@@ -1,4 +1,5 @@
-"""``explainfix finetune``: short supervised training; frozen spatial filters stay frozen; the recipe chain is kept."""
+"""``explainfix finetune``: short training (cross-entropy, or distillation from the original model); frozen
+spatial filters stay frozen; the recipe chain is kept."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,42 +33,42 @@ def finetune_opened(
     seed: int = 0,
     on_step: Any = None,
     recipe: dict | None = None,
+    teacher: nn.Module | None = None,
+    distill: Any = None,
 ) -> tuple[Any, dict]:
     """Fine-tune ``opened.model`` in place on ``opened.calib``; return the FinetuneResult and the new recipe.
+
+    ``distill`` (a DistillOptions) trains against ``teacher``'s outputs, from labeled or unlabeled data.
 
     ``fixed_spatial`` None: keep the recipe's frozen tensors frozen (a fixed model stays fixed); True on a
     model without frozen tensors: freeze its spatial filters as they are; False: train everything.
     ``recipe`` defaults to the loaded model's (pass the pruned one when chaining in memory)."""
-    from ..train.finetune import (
-        accuracy,
-        finetune,
-        predict,
-        set_spatial_frozen,
-        shuffled_batches,
-        spatial_param_names,
-    )
+    from ..train.batches import shuffled_batches
+    from ..train.finetune import accuracy, finetune, predict, set_spatial_frozen, spatial_param_names
+    from ..train.objectives import Distillation
 
     if opened.calib is None:
-        raise BadInput("fine-tuning needs labeled data", hint="pass --data PATH with class subfolders")
+        raise BadInput("fine-tuning needs data", hint="pass --data PATH (class subfolders; unlabeled with --distill)")
+    objective = Distillation(teacher, distill) if distill is not None else None
     recipe = dict(opened.loaded.recipe if recipe is None else recipe)
     stored = list(recipe.get("frozen", []))
     fixed = bool(stored) if fixed_spatial is None else fixed_spatial
     names = (stored or spatial_param_names(opened.model)) if fixed else []
     frozen = set_spatial_frozen(opened.model, names, fixed)
-    batches, steps = shuffled_batches(opened.calib, data.batch_size, seed=seed)
+    batches, steps = shuffled_batches(opened.calib, data.batch_size, seed=seed, need_labels=objective is None)
     evaluate = None
     if eval_calib is not None:
         if not eval_calib.labeled:
             raise BadInput(f"--eval-data {eval_calib.source} is unlabeled", hint="use class subfolders")
         evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
     result = finetune(opened.model, batches, options, steps_per_epoch=steps, device=opened.device,
-                      evaluate=evaluate, on_step=on_step, seed=seed)
+                      evaluate=evaluate, on_step=on_step, seed=seed, objective=objective)
     opt = result.options
     recipe["preprocessing"] = opened.pre.to_dict()
     recipe["frozen"] = frozen
     recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "finetune", "epochs": opt["epochs"], "seed": seed}]
     provenance = {
-        "command": "finetune", "time": now(), "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],
+        "command": "finetune", "time": now(), "objective": opt["objective"], "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],
         "weight_decay": opt["weight_decay"], "batch_size": data.batch_size, "fixed_spatial": fixed, "seed": seed,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
         "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
@@ -89,16 +90,27 @@ def finetune_job(
     seed: int = 0,
     force: bool = False,
     on_step: Any = None,
+    distill: Any = None,
+    teacher: Path | None = None,
 ) -> FinetuneJob:
-    """Short supervised training on a labeled folder; writes a new explainfix dir keeping the recipe chain."""
+    """Short training on a folder; writes a new explainfix dir keeping the recipe chain. ``distill`` (a
+    DistillOptions) learns from ``teacher`` (default: the model the recipe was made from), labels optional."""
+    from ..io.checkpoint import load_original
+
     if data.path is None:
-        raise BadInput("finetune needs --data PATH (labeled class subfolders)")
+        raise BadInput("finetune needs --data PATH (labeled class subfolders, or any images with --distill)")
     options = options.resolved()
+    if distill is not None:
+        distill.resolved()
+    elif teacher is not None:
+        raise BadInput("--teacher is only used with --distill")
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "finetuned")
     check_output_dir(out, force)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else None
-    result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step)
+    teacher_model = load_original(opened.loaded.recipe, teacher, model.trust_pickle) if distill is not None else None
+    result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step,
+                                     teacher=teacher_model, distill=distill)
     m = opened.model.to("cpu")
     report = {"command": "finetune", "model": str(model.path), "out": str(out),
               "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,25 +67,30 @@ def prune_opened(
     seed: int = 0,
     check_samples: int = 8,
     progress: Progress | None = None,
+    recipe: dict | None = None,
+    scored: Any = None,
 ) -> tuple[PruneResult, dict]:
     """Prune ``opened.model`` in place (then re-estimate BatchNorm statistics on the calibration data when
-    the options say so); return the result and the updated recipe (nothing is written)."""
+    the options say so); return the result and the updated recipe (nothing is written). ``recipe``
+    defaults to the loaded model's (pass the current one when chaining in memory); ``opened.macs`` is
+    updated to the pruned model's; ``scored`` (prune/scoring.py) reuses scores of an identical model."""
     opts = options.resolved(has_data=opened.calib is not None)
     torch.manual_seed(seed)
     calib = opened.calib
     batches = None
     total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
-    if calib is not None:
-        batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"))  # noqa: E731
+    if calib is not None:  # a seeded random order: batches mix classes (io/data.py CalibrationSet.batches)
+        batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"), shuffle_seed=seed)  # noqa: E731
     check_x = opened.example(check_samples)
     if progress and calib is not None:
         progress("saliency", 0, total)
     result = prune_model(
         opened.model, example=check_x[:1], batches=batches, num_batches=data.batches, device=opened.device,
         target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
-        progress=with_total(progress, total), options=opts,
+        progress=with_total(progress, total), options=opts, scored=scored,
     )
-    recipe = dict(opened.loaded.recipe)
+    recipe = dict(opened.loaded.recipe if recipe is None else recipe)
+    opened.macs = result.macs_after
     recipe["preprocessing"] = opened.pre.to_dict()
     recipe["edits"] = list(recipe.get("edits", [])) + [result.edit]
     if opts.recalibrate_bn:

@@ -18,7 +18,6 @@ CRITERIA = ("channel", *FILTER_CRITERIA)
 RANKS = ("per-cost", "saliency")
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
-AUTO_ROUND_TO = 8  # onnxruntime / cuDNN kernels vectorise over multiples of 8 channels
 BUDGET_TOLERANCE = 0.02
 
 
@@ -61,7 +60,7 @@ class PruneOptions:
     criterion: str | None = None  # None: channel with a budget; else saliency with data, magnitude without
     rank: str = "per-cost"
     fill: str = "none"
-    round_to: int | str | None = None  # None: "auto" with a budget, 1 with --pct
+    round_to: int | str | None = None  # None: "auto" with a budget (channels/plan.auto_multiple), 1 with --pct
     allow_inexact_folds: bool = False
     floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
     recalibrate_bn: bool | None = None  # None: on with a budget and data
@@ -110,7 +109,7 @@ class PruneOptions:
         if recal and not has_data:
             raise BadInput("--recalibrate-bn needs calibration data", hint="pass --data PATH")
         return replace(self, target_macs=macs, target_params=params, criterion=criterion, fill=fill,
-                       round_to=AUTO_ROUND_TO if round_to == "auto" else round_to, recalibrate_bn=bool(recal))
+                       round_to=round_to, recalibrate_bn=bool(recal))
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

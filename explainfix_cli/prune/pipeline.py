@@ -25,18 +25,16 @@ from ..channels.plan import Plan
 from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.model import (
-    call_model,
     count_macs,
     count_params,
-    first_output,
     is_depthwise,
     iter_spatial_convs,
     to_device,
 )
 from ..io.edits import apply_edit
-from . import saliency as sal
 from .channel import output_sizes, scored_modules
 from .check import SelfCheck, run_outputs, self_check
+from .scoring import Scored, random_agreement, score_model
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import PruneOptions
 from .select import select_channels, select_filters
@@ -136,12 +134,14 @@ def prune_model(
     macs_before: int | None = None,
     allow_inexact_folds: bool = False,
     options: PruneOptions | None = None,
+    scored: Scored | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
     ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
     counted by the caller for one input of the same size). ``options`` (a :class:`PruneOptions`, e.g.
     with ``target_macs="4x"``) replaces ``pct``, ``criterion``, ``fill``, ``round_to`` and
-    ``allow_inexact_folds``."""
+    ``allow_inexact_folds``. ``scored`` (:func:`scoring.score_model` of this model, or of an identical copy)
+    skips the calibration pass: a sweep scores once and prunes copies to every budget."""
     if options is None:
         options = PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to,
                                allow_inexact_folds=allow_inexact_folds)
@@ -164,38 +164,15 @@ def prune_model(
     lap("trace")
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
-    record = Recorder(target_fn)
-    limit = math.inf if num_batches is None else num_batches
-    done = [0]
-
-    def tick_batches(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress("saliency", done[0], None if limit == math.inf else int(limit))
-
-    channel_graph = None
-    if opts.criterion == "channel":
-        channel_graph = graph_mod.analyse(gm)
-        names = scored_modules(channel_graph)
-        params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
-        if batches is not None:
-            values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
-                                          record, tick_batches)
-        else:
-            values = [p.detach().abs().double() for *_, p in params]
-        scores: Any = {}
-        for (n, pn, _), v in zip(params, values):
-            scores.setdefault(n, {})[pn] = v.cpu()
-    elif opts.criterion == "saliency":
-        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, tick_batches)
-    else:
-        scores = sal.get_spatial_filter_magnitude(model)
-    if batches is not None and not record.preds:  # no gradients needed, but record the original predictions
-        with torch.no_grad():
-            for i, (x, y) in enumerate(batches()):
-                if i >= limit:
-                    break
-                record(first_output(call_model(model, to_device(x, device))), y)
+    if scored is None:
+        scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
+                             grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
+        channel_graph = scored.graph
+    else:  # scores of an identical model: the analysis must be of this model's own trace
+        if scored.criterion != opts.criterion:
+            raise BadInput(f"the scores were computed for the {scored.criterion} criterion, not {opts.criterion}")
+        channel_graph = graph_mod.analyse(gm) if opts.criterion == "channel" else None
+    scores, record = scored.scores, scored.record
     lap("saliency")
 
     if check_inputs is None:
@@ -259,44 +236,6 @@ def prune_model(
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, preds_before=torch.cat(record.preds) if record.preds else None,
     )
-
-
-class Recorder:
-    """The target function of the gradient pass that also records the original model's top-1 and labels."""
-
-    def __init__(self, target_fn: Callable | None):
-        self.target_fn = target_fn
-        self.preds: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-
-    def __call__(self, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.preds.append(yhat.argmax(1).cpu() if yhat.ndim == 2 else torch.empty(0))
-        self.labels.append(y.cpu() if y.ndim == 1 else torch.empty(0))
-        return self.target_fn(yhat, y) if self.target_fn is not None else y
-
-    def compare(self, model: nn.Module, batches: Callable[[], Iterable], device: Any) -> dict:
-        out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
-        if not self.preds or not self.preds[0].numel():
-            return out
-        after = []
-        with torch.inference_mode():
-            for i, (x, _) in enumerate(batches()):
-                if i >= len(self.preds):
-                    break
-                after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
-        pb, pa, y = torch.cat(self.preds), torch.cat(after), torch.cat(self.labels)
-        out.update(eval_samples=len(pb), eval_source="calibration data", agreement=float((pb == pa).float().mean()))
-        if y.numel() == len(pb) and bool((y >= 0).all()):
-            out.update(accuracy_before=float((pb == y).float().mean()), accuracy_after=float((pa == y).float().mean()))
-        return out
-
-
-def random_agreement(out_original: list[torch.Tensor] | None, out_pruned: list[torch.Tensor]) -> dict:
-    out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
-    if out_original and out_original[0].ndim == 2:
-        pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
-        out.update(agreement=float((pb == pa).float().mean()), eval_samples=len(pb), eval_source="seeded random inputs")
-    return out
 
 
 def _batches_from_loader(loader: Iterable) -> Callable[[], Iterator]:

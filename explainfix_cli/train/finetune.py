@@ -1,4 +1,4 @@
-"""Short supervised fine-tuning (cross-entropy) and top-1 evaluation, for classifiers.
+"""Short fine-tuning (cross-entropy on labels, or distillation from the original model) and top-1 evaluation.
 
 >>> batches, steps = shuffled_batches(calib, batch_size=32, seed=0)
 >>> res = finetune(model, batches, TrainOptions(epochs=3), steps_per_epoch=steps)
@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..core.errors import BadInput, CannotProcess
-from ..io.data import CalibrationSet, load_image
-
-Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch → (x, y) batches
+from .batches import Batches, shuffled_batches, tensor_batches
+from .objectives import CrossEntropy, classifier_logits
 OPTIMIZERS = {  # name → (default lr, default weight decay)
     "sgd": (0.01, 5e-4),
     "adamw": (1e-3, 1e-4),
 }
-CACHE_BYTES = 512 << 20  # decoded images are kept in memory after the first epoch below this size
 
 
 @dataclass
@@ -70,7 +67,7 @@ class TrainStep:
     step: int  # 1-based, within the epoch
     steps: int | None
     loss: float
-    accuracy: float
+    accuracy: float | None  # vs the labels (or the teacher's top-1 where unlabeled); None for non-classifiers
     lr: float
 
 
@@ -78,7 +75,7 @@ class TrainStep:
 class EpochStats:
     epoch: int
     loss: float
-    accuracy: float
+    accuracy: float | None
     samples: int
     lr: float  # at the end of the epoch
     seconds: float
@@ -101,79 +98,7 @@ class FinetuneResult:
         return asdict(self)
 
 
-# ----------------------------------------------------------------------------------------- batches
-def shuffled_batches(calib: CalibrationSet, batch_size: int, seed: int = 0,
-                     cache_bytes: int = CACHE_BYTES) -> tuple[Batches, int]:
-    """(epoch → shuffled (x, y) batches, batches per epoch) over a labeled calibration set.
-
-    The permutation is seeded by ``(seed, epoch)``; a trailing batch of one sample is merged into the
-    previous one (BatchNorm cannot train on one sample). Decoded images are cached when they fit."""
-    if not calib.labeled:
-        raise BadInput(f"{calib.source} is unlabeled; fine-tuning needs labels",
-                       hint="use class subfolders (calib/<class>/*.png) or an .npz with arrays x and y")
-    n = len(calib)
-    if batch_size < 1:
-        raise BadInput(f"--batch-size must be ≥ 1, got {batch_size}")
-    labels = torch.tensor(calib.labels, dtype=torch.long)
-    pre = calib.preprocessing
-    per_item = 4 * (pre.channels * pre.input_size[0] * pre.input_size[1] if pre else 0)
-    cache: dict[int, torch.Tensor] = {}
-    use_cache = calib.array is None and per_item * n <= cache_bytes
-
-    def item(i: int) -> torch.Tensor:
-        if calib.array is not None:
-            return torch.from_numpy(np.ascontiguousarray(calib.array[i], dtype=np.float32))
-        if i in cache:
-            return cache[i]
-        x = load_image(calib.files[i], calib.preprocessing)
-        if use_cache:
-            cache[i] = x
-        return x
-
-    bounds = _batch_bounds(n, batch_size)
-
-    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for lo, hi in bounds:
-            idx = order[lo:hi]
-            yield torch.stack([item(int(i)) for i in idx]), labels[idx]
-
-    return epoch_batches, len(bounds)
-
-
-def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0) -> tuple[Batches, int]:
-    """The same as :func:`shuffled_batches` for in-memory tensors (benchmarks, the Python API)."""
-    bounds = _batch_bounds(len(x), batch_size)
-
-    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for lo, hi in bounds:
-            idx = order[lo:hi]
-            yield x[idx], y[idx]
-
-    return epoch_batches, len(bounds)
-
-
-def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
 # --------------------------------------------------------------------------------------- evaluation
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CannotProcess(f"fine-tuning and accuracy need a classifier with (N, classes) logits; the model returns {shape}")
-    return out
-
-
 def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(top-1 predictions, labels) over all batches, in eval mode (the train flag is restored)."""
@@ -183,7 +108,7 @@ def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     try:
         with torch.no_grad():
             for x, y in batches:
-                preds.append(_logits(model, x.to(device)).argmax(1).cpu())
+                preds.append(classifier_logits(model(x.to(device))).argmax(1).cpu())
                 labels.append(y.cpu())
     finally:
         model.train(was)
@@ -213,11 +138,13 @@ def finetune(
     evaluate: Callable[[nn.Module], float | None] | None = None,
     on_step: Callable[[TrainStep], None] | None = None,
     seed: int = 0,
+    objective: Any = None,
 ) -> FinetuneResult:
-    """Train ``model`` in place with cross-entropy; parameters with ``requires_grad=False`` stay as they are.
+    """Train ``model`` in place; parameters with ``requires_grad=False`` stay as they are.
 
-    ``batches(epoch)`` yields (x, y) with integer labels; ``evaluate(model)`` (optional) returns an accuracy
-    after each epoch. Leaves the model in eval mode."""
+    ``batches(epoch)`` yields (x, y) (y = -1 where unlabeled); ``objective`` (train/objectives.py) is
+    cross-entropy by default, or ``Distillation(teacher)``; ``evaluate(model)`` (optional) returns an
+    accuracy after each epoch. Leaves the model in eval mode."""
     opt = options.resolved()
     torch.manual_seed(seed)
     model.to(device)
@@ -231,25 +158,21 @@ def finetune(
     per_epoch = min(steps_per_epoch, limit) if steps_per_epoch is not None else None
     total_steps = per_epoch * opt.epochs if per_epoch else None
     schedule = _schedule(optimizer, opt, total_steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=opt.label_smoothing)
+    objective = objective or CrossEntropy(opt.label_smoothing)
+    if hasattr(objective, "to"):
+        objective.to(device)
     eval_before = evaluate(model) if evaluate else None
     history: list[EpochStats] = []
     t_start = time.perf_counter()
     for epoch in range(1, opt.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, counted = 0.0, 0, 0, 0
         for step, (x, y) in enumerate(batches(epoch), start=1):
             if step > limit:
                 break
             x, y = x.to(device), y.to(device)
-            if bool((y < 0).any()):
-                raise BadInput("fine-tuning needs every sample labeled (found a label < 0)")
-            logits = _logits(model, x)
-            if int(y.max()) >= logits.shape[1]:
-                raise BadInput(f"label {int(y.max())} but the model has {logits.shape[1]} outputs",
-                               hint="the data's class folders must match the model's classes (sorted folder index = class)")
-            loss = loss_fn(logits, y)
+            loss, preds, targets = objective(model, x, y)
             if not torch.isfinite(loss):
                 raise CannotProcess(f"the loss became {float(loss)} at epoch {epoch} step {step}",
                                     hint="lower --lr; nothing was written")
@@ -259,17 +182,19 @@ def finetune(
             if schedule is not None:
                 schedule.step()
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            if preds is not None:
+                correct += int((preds == targets).sum())
+                counted += len(y)
             seen += len(y)
             if on_step:
-                on_step(TrainStep(epoch, opt.epochs, step, per_epoch, loss_sum / seen, correct / seen,
+                on_step(TrainStep(epoch, opt.epochs, step, per_epoch, loss_sum / seen, correct / counted if counted else None,
                                   optimizer.param_groups[0]["lr"]))
         if not seen:
             raise BadInput("the training data yielded no batch")
         if opt.recalibrate_bn and epoch == opt.epochs:
             recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
         eval_acc = evaluate(model) if evaluate else None
-        history.append(EpochStats(epoch, loss_sum / seen, correct / seen, seen, optimizer.param_groups[0]["lr"],
+        history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
                                   time.perf_counter() - t0, eval_acc))
     model.eval()
     named = dict(model.named_parameters())
@@ -277,7 +202,7 @@ def finetune(
     if not unchanged:
         raise CannotProcess("a frozen parameter changed during fine-tuning", hint="this is an explainfix bug; please report it")
     return FinetuneResult(
-        options=asdict(opt), epochs=history, trainable_params=sum(p.numel() for p in trainable),
+        options={**asdict(opt), "objective": objective.name, **getattr(objective, "details", {})}, epochs=history, trainable_params=sum(p.numel() for p in trainable),
         frozen_params=sum(v.numel() for v in frozen.values()), frozen_tensors=sorted(frozen),
         frozen_unchanged=unchanged, seconds=time.perf_counter() - t_start,
         eval_accuracy_before=eval_before, eval_accuracy_after=history[-1].eval_accuracy if evaluate else None,

@@ -1,0 +1,201 @@
+"""``explainfix sweep``: prune one model to several budgets from one saliency pass, and show the trade-off.
+
+    job = sweep_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), "2x,3x,4x",
+                    eval_data=Path("val"))
+    [(p["target"], p["accuracy"], p["latency_ms"]) for p in job.report["points"]]
+
+Every point starts from a copy of the original and reuses the one set of scores (the pass count does not
+grow with the number of budgets); each may get the same short fine-tune or distillation. Writes
+``sweep.json``, ``sweep.md`` and ``tradeoff.png`` (accuracy against MACs and against measured onnxruntime
+latency, the original marked), and with ``save_models`` each point's explainfix directory under
+``points/<target>/``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+from ..channels import graph as graph_mod
+from ..core import gradients as grad
+from ..core.errors import BadInput
+from ..core.model import count_params
+from ..io.data import load_calibration
+from ..io.model_dir import model_dir_files
+from ..io.outdir import check_output_dir, default_out, write_output_dir
+from ..prune.options import PruneOptions, parse_target
+from ..prune.pipeline import Progress
+from ..prune.scoring import score_model
+from ..train.finetune import TrainOptions, agreement
+from .bench import bench_models
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, with_total
+from .finetune import finetune_opened
+from .prune import prune_opened
+
+MAX_POINTS = 12
+
+
+@dataclass
+class SweepJob:
+    out: Path
+    report: dict
+    figure: Path
+
+
+def parse_targets(text: str, flag: str = "--targets") -> list[tuple[str, float]]:
+    """``"2x,3x,0.25"`` → [(label, fraction kept)], largest fraction first; duplicates are bad input."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise BadInput(f"{flag} needs at least one budget", hint=f"e.g. {flag} 2x,3x,4x,10x")
+    if len(items) > MAX_POINTS:
+        raise BadInput(f"{flag}: at most {MAX_POINTS} budgets, got {len(items)}")
+    parsed = [(t, parse_target(t, flag)) for t in items]
+    fracs = [round(f, 9) for _, f in parsed]
+    if len(set(fracs)) != len(fracs):
+        raise BadInput(f"{flag} {text}: a budget is given twice")
+    return sorted(parsed, key=lambda p: -p[1])
+
+
+def sweep_job(
+    model: ModelSpec,
+    data: DataSpec,
+    targets: str,
+    *,
+    metric: str = "macs",
+    options: PruneOptions | None = None,
+    eval_data: Path | None = None,
+    finetune_epochs: int = 0,
+    train: TrainOptions | None = None,
+    distill: Any = None,
+    bench: bool = True,
+    threads: int = 2,
+    bench_iters: int = 30,
+    save_models: bool = False,
+    out: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_step: Any = None,
+) -> SweepJob:
+    """``options`` carries everything but the budget (criterion, rank, round_to, floor…)."""
+    from ..explain.figures import plot_tradeoff
+
+    if metric not in ("macs", "params"):
+        raise BadInput(f"--metric must be macs or params, got {metric!r}")
+    points = parse_targets(targets)
+    base = options or PruneOptions()
+    if base.pct is not None or base.target_macs is not None or base.target_params is not None:
+        raise BadInput("sweep takes its budgets from --targets; do not give --pct or --target-*")
+    field = "target_macs" if metric == "macs" else "target_params"
+    per_point = [dataclasses.replace(base, **{field: f}).resolved(has_data=data.path is not None) for _, f in points]
+    if data.path is None:
+        raise BadInput("sweep needs --data PATH (calibration images for saliency)")
+    if finetune_epochs < 0:
+        raise BadInput(f"--finetune-epochs must be ≥ 0, got {finetune_epochs}")
+    if distill is not None:
+        distill.resolved()
+        if not finetune_epochs:
+            raise BadInput("--distill trains each pruned model: give --finetune-epochs N too")
+    train = dataclasses.replace((train or TrainOptions()).resolved(), epochs=finetune_epochs) if finetune_epochs else None
+    opened = open_inputs(model, data, device)
+    out = Path(out) if out is not None else default_out(model.path, "sweep")
+    check_output_dir(out, force)
+    eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
+    if train is not None and distill is None and not opened.calib.labeled:
+        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled",
+                       hint="or add --distill, which learns from the original model's outputs")
+    bs = data.batch_size
+    original = opened.model.to(opened.device).eval()
+    macs0, params0 = opened.macs, count_params(original)
+    before = evaluate_on(original, eval_calib, bs, opened.device)
+
+    calib = opened.calib
+    batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed)  # noqa: E731 (as prune_opened)
+    total = calib.num_batches(bs, data.batches or float("inf"))
+    gm = graph_mod.trace(original, opened.example(1).to(opened.device))
+    scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
+                         target_fn=grad.onehot_targets, progress=with_total(progress, total))
+
+    rows, models, files = [], [], {}
+    for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):
+        if progress:
+            progress(f"budget {label}", k - 1, len(points))
+        work = copy.deepcopy(original)
+        point = dataclasses.replace(opened, loaded=dataclasses.replace(opened.loaded, model=work), macs=macs0)
+        result, recipe = prune_opened(point, data, opts, seed=seed, scored=scored)
+        pruned_eval = evaluate_on(work, eval_calib, bs, opened.device)
+        tuned = None
+        if train is not None:
+            tuned, recipe = finetune_opened(point, data, train, None, None, seed, on_step, recipe=recipe,
+                                            teacher=copy.deepcopy(original) if distill is not None else None,
+                                            distill=distill)
+        final = evaluate_on(work, eval_calib, bs, opened.device)
+        rows.append({
+            "target": label, "requested": frac, "macs": result.macs_after, "params": result.params_after,
+            "macs_kept": result.macs_after / macs0, "params_kept": result.params_after / params0,
+            "within_tolerance": result.budget["within_tolerance"], "note": result.budget["note"],
+            "self_check": result.check.status, "accuracy_after_prune": pruned_eval["accuracy"],
+            "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"]),
+            "accuracy": final["accuracy"], "agreement": agreement(before["preds"], final["preds"]),
+            "finetune": tuned.to_json() if tuned else None,
+        })
+        models.append((label, work.to("cpu").eval()))
+        if save_models:
+            recipe["provenance"] = recipe["provenance"] + [{"command": "sweep", "time": now(), "target": label}]
+            files.update({f"points/{_safe(label)}/{name}": content
+                          for name, content in model_dir_files(work, recipe).items()})
+    original = original.to("cpu")
+    latency = None
+    if bench:
+        if progress:
+            progress("bench", 0, 1)
+        latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,
+                               seed=seed)
+        for row, timed in zip(rows, latency[1:]):
+            row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
+    report = {
+        "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
+        "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
+        "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
+        "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
+        "distill": dataclasses.asdict(distill) if distill else None, "seed": seed,
+        "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
+                     "latency_ms": latency[0]["p50_ms"] if latency else None},
+        "bench": {"threads": threads, "iters": bench_iters, "batch_size": 1} if bench else None,
+        "points": rows,
+    }
+    figure = out / "tradeoff.png"
+    png = plot_tradeoff(report)
+    files.update({"sweep.json": report, "sweep.md": sweep_markdown(report), "tradeoff.png": png})
+    write_output_dir(out, files, force=force)
+    return SweepJob(out, report, figure)
+
+
+def _safe(label: str) -> str:
+    return label.replace(".", "_")
+
+
+def sweep_markdown(report: dict) -> str:
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    o = report["original"]
+    lat0 = "—" if o["latency_ms"] is None else f"{o['latency_ms']:.3f} ms"
+    lines = [f"# explainfix sweep · {report['model']}", "",
+             f"{report['criterion']} criterion, one saliency pass over {report['data']['samples']} images; accuracy on "
+             f"{report['eval_samples']} images of {report['eval_data']['source']}"
+             + (f"; {report['finetune_epochs']} fine-tune epoch(s) per point"
+                + (" (distillation)" if report["distill"] else "") if report["finetune_epochs"] else "; one-shot") + ".", "",
+             "| budget | MACs kept | params kept | accuracy (pruned) | accuracy | top-1 agreement | latency p50 | speed-up |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| original | 1.000 | 1.000 | | {pct(o['accuracy'])} | 100.0% | {lat0} | 1.00× |"]
+    for p in report["points"]:
+        lat = f"{p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "—"
+        speed = f"{1 / p['latency_ratio']:.2f}×" if p.get("latency_ratio") else "—"
+        lines.append(f"| {p['target']} | {p['macs_kept']:.3f} | {p['params_kept']:.3f} | {pct(p['accuracy_after_prune'])} | "
+                     f"{pct(p['accuracy'])} | {pct(p['agreement'])} | {lat} | {speed} |")
+    return "\n".join(lines) + "\n"

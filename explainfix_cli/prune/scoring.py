@@ -1,0 +1,110 @@
+"""Step 1 of a prune: score the model once over the calibration data, recording its own predictions.
+
+>>> scored = score_model(model, gm, "channel", lambda: calib.batches(32))
+>>> prune_model(copy.deepcopy(model), options=PruneOptions(target_macs="4x"), example=x, batches=…, scored=scored)
+
+The channel criterion needs Σ|w·∂C/∂w| of every weight of the modules a removal touches; the saliency
+criterion needs the per-kernel ExplainFix saliency; magnitude needs no data. Without data the scores are
+weight magnitudes. The :class:`Recorder` keeps the original model's top-1 (and the labels) seen during
+that pass, so the agreement of a pruned model is measured without another pass over the original.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..channels import graph as graph_mod
+from ..core import gradients as grad
+from ..core.model import call_model, first_output, to_device
+from . import saliency as sal
+from .channel import scored_modules
+
+
+@dataclass
+class Scored:
+    criterion: str
+    scores: Any  # channel: {module: {param: |w·g| tensor}}; filter criteria: per-layer kernel scores
+    record: "Recorder"
+    graph: Any = None  # the channel analysis (channel criterion)
+
+
+def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
+                device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
+                target_fn: Callable | None = grad.onehot_targets, progress: Callable | None = None) -> Scored:
+    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data."""
+    record = Recorder(target_fn)
+    limit = math.inf if num_batches is None else num_batches
+    done = [0]
+
+    def tick_batches(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress("saliency", done[0], None if limit == math.inf else int(limit))
+
+    channel_graph = None
+    if criterion == "channel":
+        channel_graph = graph_mod.analyse(gm)
+        names = scored_modules(channel_graph)
+        params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
+        if batches is not None:
+            values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
+                                          record, tick_batches)
+        else:
+            values = [p.detach().abs().double() for *_, p in params]
+        scores: Any = {}
+        for (n, pn, _), v in zip(params, values):
+            scores.setdefault(n, {})[pn] = v.cpu()
+    elif criterion == "saliency":
+        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, tick_batches)
+    else:
+        scores = sal.get_spatial_filter_magnitude(model)
+    if batches is not None and not record.preds:  # no gradients needed, but record the original predictions
+        with torch.no_grad():
+            for i, (x, y) in enumerate(batches()):
+                if i >= limit:
+                    break
+                record(first_output(call_model(model, to_device(x, device))), y)
+    return Scored(criterion, scores, record, channel_graph)
+
+
+class Recorder:
+    """The target function of the gradient pass that also records the original model's top-1 and labels."""
+
+    def __init__(self, target_fn: Callable | None):
+        self.target_fn = target_fn
+        self.preds: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def __call__(self, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.preds.append(yhat.argmax(1).cpu() if yhat.ndim == 2 else torch.empty(0))
+        self.labels.append(y.cpu() if y.ndim == 1 else torch.empty(0))
+        return self.target_fn(yhat, y) if self.target_fn is not None else y
+
+    def compare(self, model: nn.Module, batches: Callable[[], Iterable], device: Any) -> dict:
+        out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+        if not self.preds or not self.preds[0].numel():
+            return out
+        after = []
+        with torch.inference_mode():
+            for i, (x, _) in enumerate(batches()):
+                if i >= len(self.preds):
+                    break
+                after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
+        pb, pa, y = torch.cat(self.preds), torch.cat(after), torch.cat(self.labels)
+        out.update(eval_samples=len(pb), eval_source="calibration data", agreement=float((pb == pa).float().mean()))
+        if y.numel() == len(pb) and bool((y >= 0).all()):
+            out.update(accuracy_before=float((pb == y).float().mean()), accuracy_after=float((pa == y).float().mean()))
+        return out
+
+
+def random_agreement(out_original: list[torch.Tensor] | None, out_pruned: list[torch.Tensor]) -> dict:
+    out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+    if out_original and out_original[0].ndim == 2:
+        pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
+        out.update(agreement=float((pb == pa).float().mean()), eval_samples=len(pb), eval_source="seeded random inputs")
+    return out
