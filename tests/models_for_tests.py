@@ -114,3 +114,22 @@ class TopGate(nn.Module):
         if y.mean() > 0:
             y = -y
         return self.fc(y.mean((2, 3)))
+
+
+class FailsOnBatches(nn.Module):
+    """Runs on one input (the loader's probe) but raises an exception no layer of explainfix expects on a
+    batch: what an internal error looks like from the CLI (exit 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise ArithmeticError("a batch")
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class StateHolder(dict):
+    """A dict subclass around a state_dict: not an allowed global, so loading it needs --trust-pickle."""

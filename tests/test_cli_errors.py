@@ -213,3 +213,23 @@ def test_cli_and_api_reject_a_bad_value_with_the_same_message(tmp_path, flag, va
     res = run_cli("export", FIXTURE_PT, "--arch", A, "--input-size", "32", flag, value, "-o", tmp_path / "o")
     assert res.returncode == 2 and not (tmp_path / "o").exists()
     assert error_lines(res.stderr)[0] == f"error: {e.value.message}"
+
+
+def test_internal_error_is_exit_4_and_debug_does_not_refer_to_itself(tmp_path):
+    """An exception explainfix does not expect is exit 4 (distinct from 3, "cannot be processed")."""
+    import torch
+
+    from models_for_tests import FailsOnBatches
+
+    ckpt = tmp_path / "m.pt"
+    torch.save(FailsOnBatches().state_dict(), ckpt)
+    args = ["finetune", ckpt, "--arch", f"{Path(__file__).parent / 'models_for_tests.py'}:FailsOnBatches", "--input-size", "8",
+            "--data", FIXTURE_CALIB, "-o", tmp_path / "out"]
+    plain = run_cli(*args)
+    lines = error_lines(plain.stderr)
+    assert plain.returncode == 4, plain.stderr
+    assert lines[0].startswith("error: internal error: unexpected ArithmeticError: a batch") and "--debug" in lines[1]
+    assert "Traceback" not in plain.stderr and not (tmp_path / "out").exists()
+    debug = run_cli(*args, "--debug")
+    assert debug.returncode == 4 and "Traceback (most recent call last)" in debug.stderr
+    assert "rerun with --debug" not in debug.stderr

@@ -1,6 +1,6 @@
 """The Typer app and the one place where errors become exit codes (docs/CLI.md, "Exit codes").
 
-0 done, 1 a check failed, 2 bad usage or input, 3 cannot process. Commands live in the sibling modules
+0 done, 1 a check failed, 2 bad usage or input, 3 cannot process, 4 internal error (a bug; please report). Commands live in the sibling modules
 (prune.py, inspect_cmds.py, train.py, compress.py, deploy.py); each is parse → one job → render.
 """
 from __future__ import annotations
@@ -57,10 +57,11 @@ def command(fn: Callable) -> Callable:
             _fail(e.exit_code, e.message, e.hint)
         except KeyboardInterrupt:
             _fail(130, "interrupted; nothing was written")
-        except Exception as e:  # a bug or an unexpected library error: one line, exit 3
+        except Exception as e:  # a bug or an unexpected library error: one line, exit 4
             if debug:
                 traceback.print_exc()
-            _fail(3, f"unexpected {type(e).__name__}: {first_line(e)}", "rerun with --debug for the traceback, and report it")
+            hint = "please report it with the traceback above" if debug else "rerun with --debug for the traceback, and report it"
+            _fail(4, f"internal error: unexpected {type(e).__name__}: {first_line(e)}", hint)
 
     return wrapper
 

@@ -14,8 +14,23 @@ TrustCode = Annotated[bool, typer.Option("--trust-code", envvar="EXPLAINFIX_TRUS
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
 InputSize = Annotated[Optional[str], typer.Option("--input-size", help="Resize images to H or HxW (default: the recipe's, else 224).")]
-Mean = Annotated[Optional[list[float]], typer.Option("--mean", help="Per-channel mean for normalisation (repeat the flag per channel).")]
-Std = Annotated[Optional[list[float]], typer.Option("--std", help="Per-channel std for normalisation (repeat the flag per channel).")]
+def _float_list(values: Optional[list[str]]) -> Optional[list[float]]:
+    """``--mean 0.485,0.456,0.406`` or the flag repeated once per channel → floats (one value: every channel)."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise typer.BadParameter(f"{part.strip()!r} is not a number (give a comma list, e.g. 0.485,0.456,0.406)") from None
+    return out
+
+
+Mean = Annotated[Optional[list[str]], typer.Option("--mean", callback=_float_list, help="Per-channel mean for normalisation: "
+                 "a comma list (0.485,0.456,0.406) or the flag once per channel; one value applies to every channel.")]
+Std = Annotated[Optional[list[str]], typer.Option("--std", callback=_float_list, help="Per-channel std for normalisation, as --mean.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
 Batches = Annotated[Optional[int], typer.Option("--batches", help="Use at most N calibration batches (default: all).")]
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Output directory.")]

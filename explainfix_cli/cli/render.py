@@ -52,7 +52,14 @@ def _changed(before: int, after: int) -> str:
     return f"{before}" if before == after else f"{before} → [bold green]{after}[/]"
 
 
+def render_notes(report: dict) -> None:
+    """What loading decided on the user's behalf (EMA weights, the architecture from --arch, …)."""
+    for note in report.get("load_notes") or []:
+        console.print(f"[dim]note: {note}[/]")
+
+
 def render_prune(job: Any) -> None:
+    render_notes(job.report)
     r = job.result
     table = Table(title=f"explainfix prune · {pruned_how(r.pct, r.criterion, r.budget, r.options.get('rank'))}", title_justify="left")
     for col in ("layer", "kind", "in", "out", "filters zeroed"):
@@ -228,6 +235,7 @@ def _epochs_table(res: Any) -> Table:
 
 
 def render_finetune(job: Any) -> None:
+    render_notes(job.report)
     res = job.result
     o = res.options
     console.print(_epochs_table(res))
@@ -244,6 +252,7 @@ def render_finetune(job: Any) -> None:
 
 
 def render_compress(job: Any) -> None:
+    render_notes(job.report)
     r = job.report
     o, c = r["original"], r["compressed"]
     t = Table(title=f"explainfix compress · {pruned_how(r['pct'], r['criterion'], r['budget'], r.get('rank'))}", title_justify="left")

@@ -106,7 +106,10 @@ def render_sweep(job, console) -> None:
 
     from ..core.fmt import pct
 
+    from .render import render_notes
+
     r = job.report
+    render_notes(r)
     o = r["original"]
     how = f"{r['finetune_epochs']} epoch(s) {'distillation' if r['distill'] else 'fine-tune'}" if r["finetune_epochs"] else "one-shot"
     t = Table(title=f"explainfix sweep · {r['criterion']} criterion · {how} · {r['eval_samples']} eval images", title_justify="left")

@@ -3,7 +3,10 @@
     ExplainFixError
     ├── BadInput         exit 2  (missing/corrupt file, wrong arch, empty data, refused pickle, bad value)
     ├── CannotProcess    exit 3  (an op or coupling the engine cannot prove correct, export failure)
-    └── CheckFailed      exit 1  (output mismatch, quality gate)
+    ├── CheckFailed      exit 1  (output mismatch, quality gate)
+    └── InternalError    exit 4  (a bug: a self-check between explainfix's own models failed; please report)
+
+Any other exception that reaches the CLI is also exit 4 (a bug here or in a library called).
 
 Every error carries a one-line message and an optional hint ("what to do").
 """
@@ -35,6 +38,10 @@ class CannotProcess(ExplainFixError):
 
 class CheckFailed(ExplainFixError):
     exit_code = 1
+
+
+class InternalError(ExplainFixError):
+    exit_code = 4
 
 
 class UnsupportedOp(CannotProcess):

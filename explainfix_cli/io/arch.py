@@ -34,10 +34,27 @@ def parse_arch_kwargs(text: str | None) -> dict:
     return kwargs
 
 
+SHORTHANDS = {  # --arch LIB:NAME → (module, callable, how NAME is passed, default kwargs)
+    "timm": ("timm", "create_model", "model_name", {"pretrained": False}),
+    "torchvision": ("torchvision.models", None, None, {}),
+    "smp": ("segmentation_models_pytorch", None, None, {"encoder_weights": None}),
+}
+
+
 def arch_spec(arch: str, kwargs: dict) -> dict:
-    """The recipe's record of an architecture: importable ``module:callable`` or ``file.py:Name``."""
+    """The recipe's record of an architecture: importable ``module:callable`` or ``file.py:Name``, or a
+    shorthand: ``timm:NAME`` (``timm.create_model(NAME, pretrained=False)``), ``torchvision:NAME``
+    (``torchvision.models.NAME``), ``smp:NAME`` (``segmentation_models_pytorch.NAME``, encoder_weights
+    None unless given). Nothing is downloaded: weights come from the checkpoint."""
+    lib, sep, rest = arch.partition(":")
+    if sep and lib in SHORTHANDS and rest and ":" not in rest:
+        module, name, name_kwarg, defaults = SHORTHANDS[lib]
+        if name is None:
+            return {"kind": "import", "module": module, "name": rest, "kwargs": {**defaults, **kwargs}}
+        return {"kind": "import", "module": module, "name": name, "kwargs": {name_kwarg: rest, **defaults, **kwargs}}
     if ":" not in arch:
-        raise BadInput(f"--arch {arch!r} must be MODULE:CALLABLE or path/to/file.py:ClassName", hint="e.g. --arch torchvision.models:resnet18")
+        raise BadInput(f"--arch {arch!r} must be MODULE:CALLABLE, path/to/file.py:ClassName, timm:NAME, torchvision:NAME or smp:NAME",
+                       hint="e.g. --arch torchvision.models:resnet18 or --arch timm:resnet26d")
     where, _, name = arch.rpartition(":")
     if where.endswith(".py"):
         path = Path(where)

@@ -12,8 +12,10 @@ State dicts are always read with ``torch.load(weights_only=True)``: no code runs
 """
 from __future__ import annotations
 
+import argparse
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +53,60 @@ def sniff_format(path: Path) -> str:
     return "legacy-pickle" if head[:1] == b"\x80" else "unknown"
 
 
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
-    """A flat {name: tensor} from the usual checkpoint wrappers, ``module.``/``_orig_mod.`` stripped."""
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")  # timm train.py and friends; preferred when present
+STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")  # DDP, torch.compile, Lightning, wrappers
+
+
+def unwrap_state_dict(obj: Any, notes: list[str] | None = None) -> dict[str, torch.Tensor] | None:
+    """A flat {name: tensor} from the usual checkpoint wrappers (EMA weights preferred, said in ``notes``),
+    ``module.``/``_orig_mod.`` stripped; the state dict's ``_metadata`` (module versions some layers
+    read on load, e.g. torchvision MNASNet) is kept."""
     for _ in range(3):
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             break
         if isinstance(obj, dict):
-            inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
-            if inner is None:
+            ema = next((k for k in EMA_KEYS if isinstance(obj.get(k), dict) and obj[k]), None)
+            if ema is not None and notes is not None:
+                notes.append(f"using the EMA weights ({ema}) of the checkpoint")
+            key = ema or next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+            if key is None:
                 return None
-            obj = inner
+            obj = obj[key]
         else:
             return None
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
         return None
-    sd = dict(obj)
+    sd = with_metadata(dict(obj), getattr(obj, "_metadata", None))
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = strip_prefix(sd, prefix)
+    return sd
+
+
+def with_metadata(sd: dict, metadata: Any) -> dict:
+    out = OrderedDict(sd)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def strip_prefix(sd: dict, prefix: str) -> dict:
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        meta = OrderedDict((k[len(prefix):] if k.startswith(prefix) else ("" if k == prefix.rstrip(".") else k), v)
+                           for k, v in meta.items())
+    return with_metadata({k[len(prefix):]: v for k, v in sd.items()}, meta)
+
+
+def fit_prefix(sd: dict, model: nn.Module) -> dict:
+    """``sd`` with a common wrapper prefix (``model.``, ``net.`` …) removed when the keys then fit the
+    model exactly; else ``sd`` unchanged (the loader's own error names the mismatch)."""
+    own = set(model.state_dict())
+    if set(sd) == own:
+        return sd
+    for prefix in STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in sd) and {k[len(prefix):] for k in sd} == own:
+            return strip_prefix(sd, prefix)
     return sd
 
 
@@ -117,7 +155,8 @@ def load_model(
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol N": stderr stays the one error line
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):  # timm train.py's args: plain data
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for disallowed globals; RuntimeError/EOFError for corrupt files
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
@@ -126,12 +165,15 @@ def load_model(
                     f"{path} holds a pickled object, and unpickling it would run code from the file; refused",
                     hint=f"if you trust the file pass --trust-pickle; the safe way: {SAFE_ARCH_HINT}",
                 ) from None
-            return _load_pickled_module(path, sha, arch)
+            return _load_pickled_module(path, sha, arch, arch_kwargs)
         raise BadInput(f"cannot read {path} as a torch checkpoint: {text.splitlines()[0] if text else type(e).__name__}") from None
-    state_dict = unwrap_state_dict(obj)
+    notes: list[str] = []
+    state_dict = unwrap_state_dict(obj, notes)
     if state_dict is None:
         raise BadInput(f"{path} holds no state_dict (a {type(obj).__name__} without a tensor dict)", hint=SAFE_ARCH_HINT)
-    return _with_arch(path, sha, "state_dict", state_dict, arch, arch_kwargs)
+    loaded = _with_arch(path, sha, "state_dict", state_dict, arch, arch_kwargs)
+    loaded.notes.extend(notes)
+    return loaded
 
 
 def _with_arch(path: Path, sha: str, fmt: str, state_dict: dict, arch: str | None, arch_kwargs: dict | None) -> LoadedModel:
@@ -139,12 +181,12 @@ def _with_arch(path: Path, sha: str, fmt: str, state_dict: dict, arch: str | Non
         raise BadInput(f"{path} holds weights only; explainfix needs the architecture", hint="pass --arch MODULE:CALLABLE, e.g. --arch torchvision.models:resnet18")
     spec = arch_spec(arch, arch_kwargs or {})
     model = build_arch(spec)
-    load_into(model, state_dict, path)
+    load_into(model, fit_prefix(state_dict, model), path)
     model.eval()
     return LoadedModel(model, empty_recipe(spec, path, sha, fmt), path, sha, fmt)
 
 
-def _load_pickled_module(path: Path, sha: str, arch: str | None) -> LoadedModel:
+def _load_pickled_module(path: Path, sha: str, arch: str | None, arch_kwargs: dict | None = None) -> LoadedModel:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -152,7 +194,7 @@ def _load_pickled_module(path: Path, sha: str, arch: str | None) -> LoadedModel:
     if not isinstance(obj, nn.Module):
         sd = unwrap_state_dict(obj)
         if sd is not None:
-            return _with_arch(path, sha, "state_dict", sd, arch, None)
+            return _with_arch(path, sha, "state_dict", sd, arch, arch_kwargs)
         raise BadInput(f"{path} unpickled to a {type(obj).__name__}, not an nn.Module")
     spec = {"kind": "pickle", "path": str(path.resolve()), "sha256": sha}
     return LoadedModel(obj.eval(), empty_recipe(spec, path, sha, "pickle"), path, sha, "pickle")

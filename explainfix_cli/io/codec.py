@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,7 +167,10 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
             hint="check --arch and --arch-kwargs (e.g. num_classes)",
         )
     retied = _retie(model, dict(aliases or {}))
-    model.load_state_dict(dict(state_dict), strict=True)
+    sd = OrderedDict(state_dict)
+    if getattr(state_dict, "_metadata", None) is not None:  # module versions (e.g. MNASNet's), as torch saved them
+        sd._metadata = state_dict._metadata  # type: ignore[attr-defined]
+    model.load_state_dict(sd, strict=True)
     return retied
 
 

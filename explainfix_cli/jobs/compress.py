@@ -182,7 +182,7 @@ def compress_job(
     agree = agreement(before["preds"], after["preds"])
     gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
     report = {
-        "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
+        "load_notes": opened.loaded.notes, "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
         "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],

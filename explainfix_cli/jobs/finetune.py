@@ -112,7 +112,7 @@ def finetune_job(
     result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step,
                                      teacher=teacher_model, distill=distill)
     m = opened.model.to("cpu")
-    report = {"command": "finetune", "model": str(model.path), "out": str(out),
+    report = {"load_notes": opened.loaded.notes, "command": "finetune", "model": str(model.path), "out": str(out),
               "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
               "params": count_params(m), "fixed_spatial": bool(recipe["frozen"]), **result.to_json()}
     save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)

@@ -49,7 +49,7 @@ def prune_job(
     check_output_dir(out, force)
     result, recipe = prune_opened(opened, data, options, seed=seed, check_samples=check_samples, progress=progress)
     calib = opened.calib
-    report = {"command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
+    report = {"load_notes": opened.loaded.notes, "command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
               "data": calib.describe() if calib else None, **result.to_json()}
     opened.model.to("cpu")
     t0 = time.perf_counter()

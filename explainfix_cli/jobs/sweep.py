@@ -158,7 +158,7 @@ def sweep_job(
         for row, timed in zip(rows, latency[1:]):
             row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
     report = {
-        "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
+        "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
         "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import CannotProcess
+from ..core.errors import InternalError
 from ..core.model import call_model, output_tensors
 
 CHECK_RTOL = 1e-4  # pruned vs masked equivalent, relative to the output's largest magnitude
@@ -51,18 +51,18 @@ def distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float
 def self_check(out_pruned: list[torch.Tensor], out_masked: list[torch.Tensor], out_zeroed: list[torch.Tensor],
                inputs: Any, inexact: bool) -> SelfCheck:
     """Pruned vs masked equivalent (an index error is an explainfix bug), masked vs the zeroed model the
-    user asked for (the folds). Raises CannotProcess unless both hold, except that inexact folds the user
+    user asked for (the folds). Raises InternalError (exit 4) unless both hold, except that inexact folds the user
     allowed give ``status="inexact"`` with the distance and ``passed=False``."""
     pm_abs, pm_rel = distance(out_pruned, out_masked)
     mz_abs, mz_rel = distance(out_masked, out_zeroed)
     n = int(inputs.shape[0]) if isinstance(inputs, torch.Tensor) else int(inputs[0].shape[0])
     if pm_rel > CHECK_RTOL:
-        raise CannotProcess(
+        raise InternalError(
             f"self-check failed: the pruned model differs from its masked equivalent (max rel error {pm_rel:.2e} > {CHECK_RTOL:g})",
             hint="this is an explainfix bug; nothing was written. Please report it with the model")
     exact = mz_rel <= CHECK_RTOL
     if not exact and not inexact:
-        raise CannotProcess(
+        raise InternalError(
             f"self-check failed: the pruned model differs from the zeroed model (max rel error {mz_rel:.2e} > {CHECK_RTOL:g})",
             hint="this is an explainfix bug; nothing was written. Please report it with the model")
     return SelfCheck(n, pm_abs, pm_rel, mz_abs, mz_rel, passed=exact, status="passed" if exact else "inexact")

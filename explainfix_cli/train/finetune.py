@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import BadInput, CannotProcess
+from ..core.errors import BadInput, CannotProcess, InternalError
 from .batches import Batches, shuffled_batches, tensor_batches
 from .objectives import CrossEntropy, classifier_logits
 OPTIMIZERS = {  # name → (default lr, default weight decay)
@@ -200,7 +200,7 @@ def finetune(
     named = dict(model.named_parameters())
     unchanged = all(torch.equal(named[n].detach(), v) for n, v in frozen.items())
     if not unchanged:
-        raise CannotProcess("a frozen parameter changed during fine-tuning", hint="this is an explainfix bug; please report it")
+        raise InternalError("a frozen parameter changed during fine-tuning", hint="this is an explainfix bug; please report it")
     return FinetuneResult(
         options={**asdict(opt), "objective": objective.name, **getattr(objective, "details", {})}, epochs=history, trainable_params=sum(p.numel() for p in trainable),
         frozen_params=sum(v.numel() for v in frozen.values()), frozen_tensors=sorted(frozen),
