@@ -15,6 +15,21 @@ ELEMENTWISE_MODULES = (
     nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
     nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
 )
+from ..core.model import behaves_like_base  # noqa: E402,F401 (re-exported for the tracer)
+
+NORM_BASES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def is_norm_act(m: nn.Module) -> bool:
+    """A model library's norm + activation layer (timm BatchNormAct2d, GroupNormAct, LayerNorm2d…): a
+    subclass of a torch norm whose submodules are all element-wise (act, drop). Its forward calls
+    ``F.batch_norm`` on its own attributes and then the act; as a leaf it is one channel-wise layer whose
+    constants are computed by running the module itself, so the act is included exactly."""
+    if type(m) in NORM_BASES or not isinstance(m, NORM_BASES) or type(m).__module__.startswith("torch."):
+        return False
+    return all(isinstance(c, ELEMENTWISE_MODULES) for c in m.children())
+
+
 UNARY_FNS = {
     torch.relu, F.relu, F.relu6, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.silu, F.gelu, F.hardswish,
     F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout2d,

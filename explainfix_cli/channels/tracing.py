@@ -27,6 +27,7 @@ from torch import nn
 from torch.fx.proxy import Attribute
 
 from ..core.errors import CannotProcess, UnsupportedOp, first_line
+from .rules import behaves_like_base, is_norm_act
 
 # nn.Module's own __call__/__getattr__, saved before fx patches them while tracing
 _MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__
@@ -91,12 +92,18 @@ class ConcreteTracer(fx.Tracer):
         self._example = list(example_args)
         self._placeholders = 0
         self.opaque = set(opaque or ())
+        self._library_leaf: set[int] = set()  # norm-act layers and plain-behaving Linear/Conv2d subclasses
         self.guards: list[tuple[str, Any]] = []
         self.failed_at: str | None = None
 
     # ------------------------------------------------------------------ module bookkeeping
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.opaque or super().is_leaf_module(m, qualname)
+        return qualname in self.opaque or id(m) in self._library_leaf or super().is_leaf_module(m, qualname)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        if isinstance(root, nn.Module):  # probed before tracing starts: a probe inside it would be recorded
+            self._library_leaf = {id(m) for m in root.modules() if is_norm_act(m) or behaves_like_base(m)}
+        return super().trace(root, concrete_args)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         path = self.path_of_module(m)

@@ -38,12 +38,23 @@ def count_macs(model: nn.Module, example: Any) -> int:
 
 
 def iter_spatial_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """(name, module) of every Conv2d with a kernel larger than 1×1, in ``named_modules`` order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)
-    ]
+    """(name, module) of every Conv2d with a kernel larger than 1×1 whose raw kernel is its effective one,
+    in ``named_modules`` order. A weight-standardised conv (timm StdConv2d, ScaledStdConv2d) is left out:
+    zeroing its raw kernel does not zero what it computes (:func:`effective_kernel_convs` lists them)."""
+    return [(name, m) for name, m in _spatial(model) if _raw_is_effective(m)]
+
+
+def effective_kernel_convs(model: nn.Module) -> list[str]:
+    """Names of the spatial convs :func:`iter_spatial_convs` leaves out (their forward transforms the kernel)."""
+    return [name for name, m in _spatial(model) if not _raw_is_effective(m)]
+
+
+def _spatial(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)]
+
+
+def _raw_is_effective(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch.") or behaves_like_base(m)
 
 
 def first_output(out: Any) -> torch.Tensor:
@@ -82,3 +93,30 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
 
 def is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def behaves_like_base(m: nn.Module) -> bool:
+    """A library's subclass of ``nn.Linear`` / ``nn.Conv2d`` without children whose forward computes exactly
+    what the torch layer computes from the same attributes (e.g. timm's ``Linear``), checked on a probe:
+    then it is analysed and sliced as that layer. Weight-standardised or "same"-padded convs compute
+    something else, fail the probe and are traced into (and refused by name where the engine cannot follow)."""
+    import torch.nn.functional as F
+
+    if type(m) in (nn.Linear, nn.Conv2d) or not isinstance(m, (nn.Linear, nn.Conv2d)) or any(True for _ in m.children()):
+        return False
+    if type(m).__module__.startswith("torch."):
+        return False
+    w = m.weight
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if isinstance(m, nn.Linear):
+            x = torch.randn(2, m.in_features, generator=g).to(w)
+            want = F.linear(x, w, m.bias)
+        else:
+            x = torch.randn(1, m.in_channels, 11, 11, generator=g).to(w)
+            want = nn.Conv2d._conv_forward(m, x, w, m.bias)
+        try:
+            got = type(m).forward(m, x)
+        except Exception:  # noqa: BLE001 - whatever it does, it is not the plain layer
+            return False
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)

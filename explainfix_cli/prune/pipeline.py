@@ -27,6 +27,7 @@ from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.model import (
     count_macs,
     count_params,
+    effective_kernel_convs,
     is_depthwise,
     iter_spatial_convs,
     to_device,
@@ -34,12 +35,13 @@ from ..core.model import (
 from ..io.edits import apply_edit
 from .channel import output_sizes, scored_modules
 from .check import SelfCheck, run_outputs, self_check
-from .scoring import Scored, random_agreement, score_model
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import PruneOptions
+from .scoring import Scored, random_agreement, score_model
 from .select import select_channels, select_filters
 from .surgery import mask_and_fold
 
+STANDARDISED = "its forward transforms the kernel (weight standardisation): zeroing the raw kernel would not zero it, so it is not ranked or zeroed"
 Progress = Callable[[str, int, int | None], None]  # (stage, completed, total)
 
 
@@ -232,7 +234,8 @@ def prune_model(
         channels_before=chosen.graph.channels_total,
         channels_removed=plan.channels_removed,
         nonzero_folds=plan.nonzero_folds, inexact_folds=plan.inexact_folds, inexact_kept=plan.inexact_kept, check=check,
-        **quality, opaque={**graph_mod.opaque_modules(gm), **chosen.graph.passed}, timings=t,
+        **quality, opaque={**graph_mod.opaque_modules(gm), **chosen.graph.passed,
+                                 **{name: STANDARDISED for name in effective_kernel_convs(model)}}, timings=t,
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, preds_before=torch.cat(record.preds) if record.preds else None,
     )

@@ -1,0 +1,118 @@
+"""timm models as people have them (random init from packaged configs, no downloads): each prunes to what an
+independently zeroed copy computes, or is refused naming the op — never a crash, never wrong.
+
+The test zeroes the kernels itself: ``--pct`` with the magnitude criterion zeroes the globally smallest
+Σ|W| spatial kernels, so the copy zeroes the same number of smallest kernels by its own ranking and the
+pruned model must compute what that copy computes (≤ 1e-4 relative), and its ONNX export (run by
+onnxruntime) what the pruned torch model computes. CI runs REALWORLD_FAST (one model per family of layers);
+``EXPLAINFIX_ZOO=all`` runs every name below.
+"""
+import copy
+import os
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from explainfix_cli.core.errors import UnsupportedOp  # noqa: E402
+from explainfix_cli.core.model import iter_spatial_convs  # noqa: E402
+from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
+from explainfix_cli.prune.options import PruneOptions  # noqa: E402
+from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+
+# name → expected outcome (pruned | refused); pruned includes "checked, no channel removable"
+TIMM = {
+    "efficientnet_b0": "pruned",  # BatchNormAct2d, SE, drop path
+    "mobilenetv3_large_100": "pruned",  # timm's Linear head, hard-swish, SE
+    "regnety_002": "pruned",  # grouped convs, SE
+    "rexnet_100": "pruned",  # partial residual (channel slice add)
+    "nf_resnet26": "pruned",  # ScaledStdConv2d: excluded from zeroing, not silently "zeroed"
+    "tf_efficientnet_b0": "refused",  # Conv2dSame: F.pad before the conv
+    "ghostnet_100": "pruned",
+    "cspresnet50": "pruned",
+    "resnetv2_50": "pruned",
+    "densenet121": "pruned",
+    "repvgg_a0": "pruned",
+    "dpn48b": "pruned",
+    "ese_vovnet19b_dw": "pruned",
+    "resnet26d": "pruned",
+    "resnet50": "pruned",
+    "dla34": "pruned",
+    "mobilevit_xxs": "pruned",
+    "inception_v3": "pruned",
+    "hrnet_w18_small": "pruned",
+    "res2net50_26w_4s": "pruned",
+    "vgg11_bn": "pruned",
+    "efficientnet_lite0": "pruned",
+    "mnasnet_100": "pruned",
+    "convnext_atto": "pruned",
+}
+REALWORLD_FAST = ["efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "nf_resnet26", "tf_efficientnet_b0"]
+FULL = os.environ.get("EXPLAINFIX_ZOO") == "all"
+
+
+def _zero_smallest(model, count):
+    """The test's own zeroing: the ``count`` spatial kernels of smallest Σ|W| over all layers."""
+    convs = iter_spatial_convs(model)
+    if not count:
+        return
+    scores = torch.cat([m.weight.detach().abs().sum((2, 3)).flatten() for _, m in convs])
+    cut = set(scores.argsort()[:count].tolist())
+    i = 0
+    with torch.no_grad():
+        for _, m in convs:
+            flat = m.weight.view(-1, *m.weight.shape[2:])
+            for j in range(flat.shape[0]):
+                if i in cut:
+                    flat[j] = 0
+                i += 1
+
+
+@pytest.mark.parametrize("name", list(TIMM) if FULL else REALWORLD_FAST)
+def test_timm_prunes_exactly_or_is_refused(name, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    size = 96 if name == "inception_v3" else 64
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    original = copy.deepcopy(model)
+    try:
+        r = prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+    except UnsupportedOp as e:
+        assert TIMM[name] == "refused", f"{name}: {e.message}"
+        assert e.op and e.where and "cannot prune through op" in e.message
+        return
+    assert TIMM[name] == "pruned" and r.check.passed
+    zeroed = copy.deepcopy(original)
+    _zero_smallest(zeroed, r.filters_zeroed)
+    with torch.no_grad():
+        want, got = zeroed(x), model(x)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max())), name
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(model, x, onnx_path)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), got, rtol=1e-3, atol=1e-4)
+
+
+def test_weight_standardised_convs_are_not_reported_zeroed():
+    model = timm.create_model("nf_resnet26", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    r = prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert r.filters_zeroed == 0 and r.filters_total == 0
+    assert any("weight standardisation" in why for why in r.opaque.values())
+
+
+def test_channel_budget_on_a_timm_model():
+    """BatchNormAct2d as a channel-wise leaf: a budget removes channels and the self-check holds."""
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    macs = None
+    r = prune_model(model, example=x[:1], check_inputs=x, options=PruneOptions(target_macs="2x"))
+    macs = r.macs_after / r.macs_before
+    assert r.check.passed and r.budget["within_tolerance"] and abs(macs - 0.5) <= 0.01
