@@ -116,3 +116,18 @@ def test_channel_budget_on_a_timm_model():
     r = prune_model(model, example=x[:1], check_inputs=x, options=PruneOptions(target_macs="2x"))
     macs = r.macs_after / r.macs_before
     assert r.check.passed and r.budget["within_tolerance"] and abs(macs - 0.5) <= 0.01
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_dense_output_saliency_segmentation(labels):
+    """torchvision LR-ASPP returns {"out": (N, C, H, W)}: saliency uses the model's top class per pixel,
+    with or without per-image labels (which say nothing about pixels), and a budget prunes exactly."""
+    import torchvision as tv
+
+    torch.manual_seed(0)
+    model = tv.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4).eval()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 3]) if labels else torch.full((4,), -1)
+    r = prune_model(model, example=x[:1], batches=lambda: [(x[:2], y[:2]), (x[2:], y[2:])], check_inputs=x,
+                    options=PruneOptions(target_macs=0.7))
+    assert r.check.passed and r.channels_removed > 0 and r.budget["within_tolerance"]
