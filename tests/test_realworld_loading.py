@@ -76,3 +76,22 @@ def test_mean_as_a_comma_list(tmp_path, mean, ok):
     else:
         assert res.exit_code == 2 and ("3 mean/std values" in res.output or "is not a number" in res.output), res.output
         assert not (tmp_path / "o").exists()
+
+
+def test_folder_classes_the_head_lacks_give_no_accuracy_row(tmp_path):
+    """A 3-class head with the fixture's 10 class folders: saliency pseudo-labels the unknown classes and
+    the report shows no accuracy (it would mean nothing), only agreement."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    (tmp_path / "arch.py").write_text(
+        "from torch import nn\n\ndef Net():\n    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),"
+        " nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
+    res = invoke("prune", tmp_path / "m.pt", "--arch", f"{tmp_path / 'arch.py'}:Net", "--input-size", "16", "--pct", "50",
+                 "--data", FIXTURE_CALIB, "-o", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    assert report["accuracy_before"] is None and report["agreement"] is not None

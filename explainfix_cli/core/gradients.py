@@ -30,14 +30,14 @@ def onehot_targets(yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The one-hot selection of the outputs the cost sums.
 
     Classifier logits (N, C): integer labels → one-hot over ŷ's classes; a negative label means *unlabeled*
-    and is replaced by the model's own top class (pseudo-label). Dense outputs (N, C, H, W…): the model's
+    and is replaced by the model's own top class (pseudo-label), as is a label the head has no class for. Dense outputs (N, C, H, W…): the model's
     own top class at every position (a folder's per-image labels say nothing about pixels). Anything that
     is not a 1-D integer label tensor passes through."""
     if y.ndim != 1 or y.dtype.is_floating_point:
         return y
     if yhat.ndim > 2:
         return torch.nn.functional.one_hot(yhat.argmax(dim=1), num_classes=yhat.shape[1]).movedim(-1, 1).to(yhat.dtype)
-    labels = torch.where(y < 0, yhat.argmax(dim=1), y)
+    labels = torch.where((y < 0) | (y >= yhat.shape[1]), yhat.argmax(dim=1), y)  # no such class: pseudo-label
     return torch.nn.functional.one_hot(labels, num_classes=yhat.shape[1]).to(yhat.dtype)
 
 

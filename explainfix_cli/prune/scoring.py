@@ -79,9 +79,11 @@ class Recorder:
         self.target_fn = target_fn
         self.preds: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self.classes = 0  # the head's width, seen on the first batch
 
     def __call__(self, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.preds.append(yhat.argmax(1).cpu() if yhat.ndim == 2 else torch.empty(0))
+        self.classes = yhat.shape[1] if yhat.ndim == 2 else 0
         self.labels.append(y.cpu() if y.ndim == 1 else torch.empty(0))
         return self.target_fn(yhat, y) if self.target_fn is not None else y
 
@@ -97,7 +99,8 @@ class Recorder:
                 after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
         pb, pa, y = torch.cat(self.preds), torch.cat(after), torch.cat(self.labels)
         out.update(eval_samples=len(pb), eval_source="calibration data", agreement=float((pb == pa).float().mean()))
-        if y.numel() == len(pb) and bool((y >= 0).all()):
+        # accuracy only where the labels can be the head's classes (a folder of other classes means nothing)
+        if y.numel() == len(pb) and bool((y >= 0).all()) and int(y.max()) < self.classes:
             out.update(accuracy_before=float((pb == y).float().mean()), accuracy_after=float((pa == y).float().mean()))
         return out
 
