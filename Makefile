@@ -27,7 +27,9 @@ demo: setup
 	$(EF) bench $(FIXTURE_ARGS) $(DEMO_OUT)/pruned --iters 100
 	$(EF) compress $(FIXTURE_ARGS) --pct 70 --data fixtures/digits/calib --eval-data fixtures/digits/eval \
 	    --finetune-epochs 2 --max-accuracy-drop 8 --min-agreement 0.9 -o $(DEMO_OUT)/compressed --force
-	@echo "demo outputs in $(DEMO_OUT)/ (pruned/, spectra/spectra.png, compressed/summary.md)"
+	$(EF) sweep $(FIXTURE_ARGS) --data fixtures/digits/calib --eval-data fixtures/digits/eval --targets 2x,3x,4x \
+	    --bench-iters 20 -o $(DEMO_OUT)/sweep --force
+	@echo "demo outputs in $(DEMO_OUT)/ (pruned/, spectra/spectra.png, compressed/summary.md, sweep/tradeoff.png)"
 
 lint: setup
 	$(VENV)/bin/lint-imports

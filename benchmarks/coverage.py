@@ -1,6 +1,6 @@
 """Coverage of `explainfix prune` over the torchvision classification zoo, next to Torch-Pruning.
 
-    .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121] [--no-tp] [--timeout 900]
+    .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121 | --timm] [--no-tp] [--timeout 900]
                                             [--tp-from benchmarks/results/coverage_pct90.json] [--json OUT]
 
 Every model of ``torchvision.models.list_models(module=torchvision.models)`` is built with random init
@@ -39,11 +39,26 @@ def input_size(name: str) -> int:
     return 64
 
 
+TIMM = ["efficientnet_b0", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "ghostnet_100", "rexnet_100",
+        "cspresnet50", "resnetv2_50", "densenet121", "repvgg_a0", "dpn48b", "ese_vovnet19b_dw", "resnet26d", "resnet50",
+        "dla34", "mobilevit_xxs", "inception_v3", "hrnet_w18_small", "res2net50_26w_4s", "vgg11_bn", "efficientnet_lite0",
+        "mnasnet_100", "convnext_atto", "nf_resnet26"]
+
+
 def build(name: str):
     import torch
     import torchvision
 
     torch.manual_seed(0)
+    if name.startswith("timm:"):  # random init from timm's packaged config; nothing downloaded
+        import os
+
+        import timm
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        model = timm.create_model(name[5:], pretrained=False, num_classes=10).eval()
+        s = 96 if name.endswith("inception_v3") else 64
+        return model, torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     s = input_size(name)
@@ -124,6 +139,7 @@ def main() -> None:
     ap.add_argument("--no-tp", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default="")
+    ap.add_argument("--timm", action="store_true", help="the 24 timm CNNs of tests/test_realworld.py instead of torchvision")
     ap.add_argument("--tp-from", default="", help="reuse the Torch-Pruning column of an earlier --json file")
     ap.add_argument("--render", default="", help="print the table of an earlier --json file; run nothing")
     a = ap.parse_args()
@@ -139,7 +155,10 @@ def main() -> None:
     if a.tp_from:
         with open(a.tp_from) as f:
             earlier = {r["model"]: r["tp"] for r in json.load(f)}
-    names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
+    if a.timm:
+        names = [f"timm:{n}" for n in TIMM]
+    else:
+        names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
     rows = []
     print(HEADER)
     for name in names:

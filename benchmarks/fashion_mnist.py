@@ -39,6 +39,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from explainfix_cli.core.errors import BadInput  # noqa: E402
 from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
 from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
 from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     p.add_argument("--bench-iters", type=int, default=30)
+    p.add_argument("--resume", action="store_true", help="keep the points already in --out and measure the rest")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fashion_mnist.json")
     a = p.parse_args(argv)
     if a.quick:
@@ -221,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     base_acc = evaluate(base, xt, yt)
     base_macs = count_macs(base, xt[:1])
     results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-               "base": {"accuracy": base_acc, "macs": base_macs, "params": count_params(base)}, "rows": []}
+               "base": {"accuracy": base_acc, "macs": base_macs, "params": count_params(base)}, "rows": [], "unreachable": []}
+    if a.resume and a.out.is_file():  # keep the (seed, budget) points an interrupted run already measured
+        old = json.loads(a.out.read_text())
+        results["rows"], results["unreachable"] = old["rows"], old.get("unreachable", [])
+    done = {(r["seed"], r["budget"]) for r in results["rows"]}
     print(f"base: test accuracy {100 * base_acc:.2f}%, {base_macs / 1e6:.1f}M MACs", file=sys.stderr)
     ft_opts = TrainOptions(epochs=a.finetune_epochs)
     try:
@@ -235,13 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         cx, cy = x[perm[:a.calib]], y[perm[:a.calib]]
         fx, fy = x[perm[a.calib:a.calib + a.finetune_samples]], y[perm[a.calib:a.calib + a.finetune_samples]]
         for budget in a.budgets:
+            if (seed, budget) in done:
+                continue
             t0 = time.perf_counter()
             pruned = []
             for method in a.methods:
                 torch.manual_seed(seed)
                 tp = time.perf_counter()
                 if method.startswith("ef-"):
-                    m, ratio = explainfix_prune(base, 1 / budget, method, cx, cy, a.batch_size, seed), None
+                    try:
+                        m, ratio = explainfix_prune(base, 1 / budget, method, cx, cy, a.batch_size, seed), None
+                    except BadInput as e:  # e.g. the filter criterion cannot free enough channels for 4x
+                        results["unreachable"].append({"seed": seed, "budget": budget, "method": method, "why": e.message})
+                        print(f"  seed {seed} {budget:>3g}x {method:<18} unreachable: {e.message}", file=sys.stderr)
+                        continue
                 else:
                     m, ratio = tp_prune(base, int(base_macs / budget), method[3:], cx, cy, a.batch_size)
                 recalibrate(m, cx, cy, a.batch_size)
@@ -298,7 +311,9 @@ def markdown(r: dict) -> str:
                      f"{_cell([x['acc_kd'] for x in rows])} | {_cell([1 / x['latency_ratio'] for x in rows], 1)}× | "
                      f"{_cell([x['realized_over_theoretical'] for x in rows], 1)} |")
     lines.append("")
-    lines.append(f"Total {r['seconds'] / 60:.1f} min.")
+    for u in r.get("unreachable", []):
+        lines.append(f"- seed {u['seed']}, {u['budget']:g}×, {u['method']}: not reachable ({u['why']})")
+    lines.append(f"Total {r['seconds'] / 60:.1f} min (this run).")
     return "\n".join(lines)
 
 
