@@ -53,6 +53,17 @@ def test_sweep_cli_json_and_one_shot_table(tmp_path):
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert [p["target"] for p in report["points"]] == ["2x", "0.4"] and report["saliency_passes"] == 1
     assert report["original"]["latency_ms"] is None and (tmp_path / "s" / "tradeoff.png").is_file()
+    assert "accuracy (pruned)" not in (tmp_path / "s" / "sweep.md").read_text()  # one-shot: one accuracy column
+
+
+def test_sweep_with_distillation_per_point(tmp_path):
+    res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--targets", "2x",
+                 "--finetune-epochs", "1", "--distill", "--no-bench", "-o", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    (point,) = report["points"]
+    assert point["finetune"]["options"]["objective"] == "distillation" and report["distill"]["alpha"] == 0.9
+    assert "accuracy (pruned)" in (tmp_path / "s" / "sweep.md").read_text()
 
 
 @pytest.mark.parametrize("targets, message", [

@@ -113,15 +113,16 @@ def render_sweep(job, console) -> None:
     o = r["original"]
     how = f"{r['finetune_epochs']} epoch(s) {'distillation' if r['distill'] else 'fine-tune'}" if r["finetune_epochs"] else "one-shot"
     t = Table(title=f"explainfix sweep · {r['criterion']} criterion · {how} · {r['eval_samples']} eval images", title_justify="left")
-    for col in ("budget", f"{r['metric'].upper() if r['metric'] == 'macs' else 'params'} kept", "accuracy (pruned)",
-                "accuracy", "agreement", "latency p50", "speed-up", "check"):
+    tuned = bool(r["finetune_epochs"])
+    for col in ("budget", f"{r['metric'].upper() if r['metric'] == 'macs' else 'params'} kept",
+                *(["accuracy (pruned)"] if tuned else []), "accuracy", "agreement", "latency p50", "speed-up", "check"):
         t.add_column(col, justify="right")
     lat0 = f"{o['latency_ms']:.3f} ms" if o["latency_ms"] is not None else "—"
-    t.add_row("original", "1.000", "", pct(o["accuracy"]), "100.0%", lat0, "1.00×", "")
+    t.add_row("original", "1.000", *([""] if tuned else []), pct(o["accuracy"]), "100.0%", lat0, "1.00×", "")
     for p in r["points"]:
         kept = p["macs_kept"] if r["metric"] == "macs" else p["params_kept"]
-        t.add_row(p["target"], f"{kept:.3f}" + ("" if p["within_tolerance"] else " *"), pct(p["accuracy_after_prune"]),
-                  pct(p["accuracy"]), pct(p["agreement"]),
+        t.add_row(p["target"], f"{kept:.3f}" + ("" if p["within_tolerance"] else " *"),
+                  *([pct(p["accuracy_after_prune"])] if tuned else []), pct(p["accuracy"]), pct(p["agreement"]),
                   f"{p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "—",
                   f"{1 / p['latency_ratio']:.2f}×" if p.get("latency_ratio") else "—", p["self_check"])
     console.print(t)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from ..channels import graph as graph_mod
 from ..core import gradients as grad
 from ..core.errors import BadInput
+from ..core.fmt import pct
 from ..core.model import count_params
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files
@@ -180,9 +180,6 @@ def _safe(label: str) -> str:
 
 
 def sweep_markdown(report: dict) -> str:
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{100 * x:.1f}%"
-
     o = report["original"]
     lat0 = "—" if o["latency_ms"] is None else f"{o['latency_ms']:.3f} ms"
     lines = [f"# explainfix sweep · {report['model']}", "",
@@ -190,12 +187,16 @@ def sweep_markdown(report: dict) -> str:
              f"{report['eval_samples']} images of {report['eval_data']['source']}"
              + (f"; {report['finetune_epochs']} fine-tune epoch(s) per point"
                 + (" (distillation)" if report["distill"] else "") if report["finetune_epochs"] else "; one-shot") + ".", "",
-             "| budget | MACs kept | params kept | accuracy (pruned) | accuracy | top-1 agreement | latency p50 | speed-up |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| original | 1.000 | 1.000 | | {pct(o['accuracy'])} | 100.0% | {lat0} | 1.00× |"]
+             ]
+    tuned = bool(report["finetune_epochs"])
+    head = ["budget", "MACs kept", "params kept"] + (["accuracy (pruned)"] if tuned else []) + \
+        ["accuracy", "top-1 agreement", "latency p50", "speed-up"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| original | 1.000 | 1.000 | " + ("| " if tuned else "") + f"{pct(o['accuracy'])} | 100.0% | {lat0} | 1.00× |")
     for p in report["points"]:
         lat = f"{p['latency_ms']:.3f} ms" if p.get("latency_ms") is not None else "—"
         speed = f"{1 / p['latency_ratio']:.2f}×" if p.get("latency_ratio") else "—"
-        lines.append(f"| {p['target']} | {p['macs_kept']:.3f} | {p['params_kept']:.3f} | {pct(p['accuracy_after_prune'])} | "
+        pruned = f"{pct(p['accuracy_after_prune'])} | " if tuned else ""
+        lines.append(f"| {p['target']} | {p['macs_kept']:.3f} | {p['params_kept']:.3f} | {pruned}"
                      f"{pct(p['accuracy'])} | {pct(p['agreement'])} | {lat} | {speed} |")
     return "\n".join(lines) + "\n"
