@@ -44,7 +44,7 @@ from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs
 from .export import export_verified, provenance_metadata
-from .finetune import finetune_opened
+from .finetune import check_recovery_data, finetune_opened, recovery_options
 from .prune import prune_opened
 from .summary import summary_markdown
 
@@ -109,7 +109,7 @@ def compress_job(
 ) -> CompressJob:
     """``options`` (budgets: ``PruneOptions(target_macs="4x")``) replaces ``pct``/``criterion``/``fill``/``round_to``;
     ``distill`` is a ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step."""
-    _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol, finetune_epochs)
+    _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol)
     options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
     resolved = options.resolved(has_data=data.path is not None)
     if not (isinstance(steps, int) and 1 <= steps <= 20):
@@ -117,15 +117,9 @@ def compress_job(
     if steps > 1 and resolved.budget is None:
         raise BadInput("--steps needs a budget (--target-macs or --target-params); --pct prunes in one step",
                        hint="e.g. --target-macs 4x --steps 3 --finetune-epochs 1")
-    if distill is not None:
-        distill.resolved()
-        if not finetune_epochs:
-            raise BadInput("--distill trains the pruned model: give --finetune-epochs N too", hint="e.g. --distill --finetune-epochs 2")
+    train = recovery_options(finetune_epochs, train, distill)
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
-    train = (train or TrainOptions()).resolved() if finetune_epochs else None
-    if train is not None:
-        train.epochs = finetune_epochs
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "compressed")
     check_output_dir(out, force)
@@ -133,9 +127,7 @@ def compress_job(
     if max_accuracy_drop is not None and not eval_calib.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
                        hint="pass --eval-data with class subfolders")
-    if finetune_epochs and distill is None and not opened.calib.labeled:
-        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled",
-                       hint="or add --distill, which learns from the original model's outputs")
+    check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
     stage = _stages(progress)
 
@@ -242,14 +234,12 @@ def _round_json(i: int, result: Any, pruned_eval: dict, tuned: Any, before: dict
             "eval_accuracy_after_finetune": tuned.eval_accuracy_after if tuned else None}
 
 
-def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: float, rtol: float, epochs: int) -> None:
+def _check_gate_values(max_drop: float | None, min_agree: float | None, atol: float, rtol: float) -> None:
     if max_drop is not None and not (max_drop >= 0 and math.isfinite(max_drop)):
         raise BadInput(f"--max-accuracy-drop must be ≥ 0 percentage points, got {max_drop:g}")
     if min_agree is not None and not 0 <= min_agree <= 1:
         raise BadInput(f"--min-agreement is a fraction in [0, 1], got {min_agree:g}", hint="e.g. --min-agreement 0.98")
     check_tolerances(atol, rtol)
-    if epochs < 0:
-        raise BadInput(f"--finetune-epochs must be ≥ 0, got {epochs}")
 
 
 def _stages(progress: Progress | None):

@@ -2,7 +2,7 @@
 spatial filters stay frozen; the recipe chain is kept."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,27 @@ class FinetuneJob:
     report: dict
     result: Any  # finetune.FinetuneResult
     model: nn.Module
+
+
+def recovery_options(finetune_epochs: int, train: Any, distill: Any) -> Any:
+    """The fine-tune a pruning job (compress, sweep) runs after each prune: TrainOptions with
+    ``finetune_epochs`` epochs, or None for none; ``distill`` (a DistillOptions) needs epochs."""
+    from ..train.finetune import TrainOptions
+
+    if not (isinstance(finetune_epochs, int) and finetune_epochs >= 0):
+        raise BadInput(f"--finetune-epochs must be ≥ 0, got {finetune_epochs}")
+    if distill is not None:
+        distill.resolved()
+        if not finetune_epochs:
+            raise BadInput("--distill trains the pruned model: give --finetune-epochs N too", hint="e.g. --distill --finetune-epochs 2")
+    return replace((train or TrainOptions()).resolved(), epochs=finetune_epochs) if finetune_epochs else None
+
+
+def check_recovery_data(train: Any, distill: Any, calib: CalibrationSet) -> None:
+    """Cross-entropy needs labels; distillation does not."""
+    if train is not None and distill is None and not calib.labeled:
+        raise BadInput(f"--finetune-epochs needs labeled --data; {calib.source} is unlabeled",
+                       hint="or add --distill, which learns from the original model's outputs")
 
 
 def finetune_opened(

@@ -32,7 +32,7 @@ from ..prune.scoring import score_model
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, with_total
-from .finetune import finetune_opened
+from .finetune import check_recovery_data, finetune_opened, recovery_options
 from .prune import prune_opened
 
 MAX_POINTS = 12
@@ -94,20 +94,12 @@ def sweep_job(
     per_point = [dataclasses.replace(base, **{field: f}).resolved(has_data=data.path is not None) for _, f in points]
     if data.path is None:
         raise BadInput("sweep needs --data PATH (calibration images for saliency)")
-    if finetune_epochs < 0:
-        raise BadInput(f"--finetune-epochs must be ≥ 0, got {finetune_epochs}")
-    if distill is not None:
-        distill.resolved()
-        if not finetune_epochs:
-            raise BadInput("--distill trains each pruned model: give --finetune-epochs N too")
-    train = dataclasses.replace((train or TrainOptions()).resolved(), epochs=finetune_epochs) if finetune_epochs else None
+    train = recovery_options(finetune_epochs, train, distill)
     opened = open_inputs(model, data, device)
     out = Path(out) if out is not None else default_out(model.path, "sweep")
     check_output_dir(out, force)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
-    if train is not None and distill is None and not opened.calib.labeled:
-        raise BadInput(f"--finetune-epochs needs labeled --data; {opened.calib.source} is unlabeled",
-                       hint="or add --distill, which learns from the original model's outputs")
+    check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
     original = opened.model.to(opened.device).eval()
     macs0, params0 = opened.macs, count_params(original)
