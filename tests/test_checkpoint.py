@@ -55,8 +55,8 @@ def test_plain_state_dict(tmp_path, fixture_pt, fixture_arch, fixture_sd):
     assert lm.source_format == "state_dict"
     assert lm.source_sha256 == sha256(fixture_pt)
     assert not lm.model.training
-    assert lm.recipe["arch"]["kind"] == "file" and lm.recipe["arch"]["name"] == "DigitsResNet"
-    assert lm.recipe["arch"]["sha256"] == sha256(Path(fixture_arch.rpartition(":")[0]))
+    assert lm.recipe.arch["kind"] == "file" and lm.recipe.arch["name"] == "DigitsResNet"
+    assert lm.recipe.arch["sha256"] == sha256(Path(fixture_arch.rpartition(":")[0]))
     assert_same_state(lm.model.state_dict(), fixture_sd)
     with torch.no_grad():
         assert lm.model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
@@ -106,7 +106,7 @@ def test_torchvision_arch_with_kwargs(tmp_path):
     path = tmp_path / "r18.pt"
     torch.save(ref.state_dict(), path)
     lm = load_model(path, "torchvision.models:resnet18", {"num_classes": 10})
-    assert lm.recipe["arch"] == {"kind": "import", "module": "torchvision.models", "name": "resnet18", "kwargs": {"num_classes": 10}}
+    assert lm.recipe.arch == {"kind": "import", "module": "torchvision.models", "name": "resnet18", "kwargs": {"num_classes": 10}}
     assert lm.model.fc.weight.shape == (10, 512)
     assert_same_state(lm.model.state_dict(), ref.state_dict())
     # without the kwargs, the 1000-class head does not fit and the error names it
@@ -129,7 +129,7 @@ def test_arch_from_a_python_file(tmp_path):
     weights = {"conv.weight": torch.randn(5, 3, 3, 3), "conv.bias": torch.randn(5)}
     torch.save(weights, tmp_path / "tiny.pt")
     lm = load_model(tmp_path / "tiny.pt", f"{src}:Tiny", {"width": 5})
-    assert lm.recipe["arch"]["kind"] == "file" and lm.recipe["arch"]["path"] == str(src.resolve())
+    assert lm.recipe.arch["kind"] == "file" and lm.recipe.arch["path"] == str(src.resolve())
     assert_same_state(lm.model.state_dict(), weights)
     with pytest.raises(BadInput, match="does not exist"):
         load_model(tmp_path / "tiny.pt", f"{tmp_path / 'nope.py'}:Tiny")
@@ -201,7 +201,7 @@ def test_pickled_module_refused_then_trusted(tmp_path):
     assert "run code" in e.value.message and "refused" in e.value.message
     assert "--trust-pickle" in e.value.hint and "state_dict()" in e.value.hint and "--arch" in e.value.hint
     lm = load_model(path, trust_pickle=True)
-    assert lm.source_format == "pickle" and lm.recipe["arch"]["kind"] == "pickle"
+    assert lm.source_format == "pickle" and lm.recipe.arch["kind"] == "pickle"
     assert isinstance(lm.model, nn.Sequential) and not lm.model.training
     assert_same_state(lm.model.state_dict(), net.state_dict())
     assert sha256(path) == before
@@ -332,9 +332,8 @@ def test_missing_model_and_directory_without_recipe(tmp_path):
 # -------------------------------------------------------------------------- explainfix directories
 def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_sd):
     lm = load_model(fixture_pt, fixture_arch)
-    recipe = dict(lm.recipe)
-    recipe["preprocessing"] = {"input_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.5], "resize": "bilinear"}
-    recipe["frozen"] = ["conv1.weight"]
+    pre = {"input_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.5], "resize": "bilinear"}
+    recipe = lm.recipe.record({"command": "test"}, frozen=["conv1.weight"], preprocessing=pre)
     out = tmp_path / "saved"
     assert save_model_dir(lm.model, recipe, out, extra={"report.json": {"ok": True}}) == out
     assert sorted(p.name for p in out.iterdir()) == ["arch", "explainfix.json", "model.safetensors", "report.json"]
@@ -342,7 +341,7 @@ def test_explainfix_dir_round_trip(tmp_path, fixture_pt, fixture_arch, fixture_s
 
     again = load_model(out, trust_code=True)
     assert again.source_format == "explainfix"
-    assert again.preprocessing == recipe["preprocessing"]
+    assert again.preprocessing == pre and again.recipe.frozen == ("conv1.weight",)
     assert_same_state(again.model.state_dict(), fixture_sd)
     assert not again.model.conv1.weight.requires_grad and again.model.fc.weight.requires_grad
     assert_same_state(load(out, trust_code=True).state_dict(), fixture_sd)

@@ -95,3 +95,134 @@ def test_folder_classes_the_head_lacks_give_no_accuracy_row(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert report["accuracy_before"] is None and report["agreement"] is not None
+
+
+# -------------------------------------------------------------------------------- weight dtypes (#13 item 4)
+def _stored(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k).dtype for k in f.keys()}
+
+
+def _half_resnet(tmp_path, dtype, bn_fp32=False):
+    m = tv.models.resnet18(num_classes=10).eval()
+    sd = {k: (v.to(dtype) if v.is_floating_point() and not (bn_fp32 and ("bn" in k or "downsample.1" in k)) else v)
+          for k, v in m.state_dict().items()}
+    torch.save(sd, tmp_path / "half.pt")
+    return tmp_path / "half.pt", sd
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_checkpoint_is_written_in_its_dtype(tmp_path, dtype):
+    src, sd = _half_resnet(tmp_path, dtype)
+    out = tmp_path / "p"
+    r = invoke("prune", src, "--arch", "torchvision:resnet18", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "32",
+               "--pct", "70", "--criterion", "magnitude", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    name = str(dtype).removeprefix("torch.")
+    assert doc["weights_dtype"] == name and doc["check"]["status"] == "passed"
+    assert any(f"stored as {name}" in n and f"writes them as {name}" in n for n in doc["load_notes"])
+    stored = _stored(out / "model.safetensors")
+    assert {d for d in stored.values() if d.is_floating_point} == {dtype}
+    assert stored["bn1.num_batches_tracked"] == torch.int64
+    # a pruned fp16 directory stays fp16 through the next command
+    again = tmp_path / "again"
+    r = invoke("prune", out, "--pct", "20", "--criterion", "magnitude", "-o", again)
+    assert r.exit_code == 0, r.output
+    assert {d for d in _stored(again / "model.safetensors").values() if d.is_floating_point} == {dtype}
+
+
+def test_mixed_dtypes_keep_each_tensor_and_dtype_flag_overrides(tmp_path):
+    src, sd = _half_resnet(tmp_path, torch.float16, bn_fp32=True)
+    args = [src, "--arch", "torchvision:resnet18", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "32",
+            "--pct", "50", "--criterion", "magnitude"]
+    r = invoke("prune", *args, "-o", tmp_path / "keep")
+    assert r.exit_code == 0, r.output
+    stored = _stored(tmp_path / "keep" / "model.safetensors")
+    assert stored["conv1.weight"] == torch.float16 and stored["bn1.running_var"] == torch.float32
+    assert stored["layer1.0.bn1.weight"] == torch.float32 and stored["fc.weight"] == torch.float16
+    r = invoke("prune", *args, "--dtype", "float32", "-o", tmp_path / "f32")
+    assert r.exit_code == 0, r.output
+    assert {d for d in _stored(tmp_path / "f32" / "model.safetensors").values() if d.is_floating_point} == {torch.float32}
+    r = invoke("prune", *args, "--dtype", "float8", "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "--dtype must be keep, float32, float16, bfloat16" in r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_training_checkpoint_holding_a_half_module(tmp_path):
+    """ultralytics (and others) save {"model": <the module, half precision>, "ema": …, "epoch": …}."""
+    m = tv.models.resnet18(num_classes=10).eval()
+    torch.save({"epoch": 5, "model": m.half(), "ema": None, "train_args": {"imgsz": 32}}, tmp_path / "best.pt")
+    out = tmp_path / "p"
+    r = invoke("prune", tmp_path / "best.pt", "--input-size", "32", "--pct", "60", "--criterion", "magnitude", "-o", out, "--json")
+    assert r.exit_code == 2 and "--trust-pickle" in r.output  # a pickle: refused unless trusted
+    r = invoke("prune", tmp_path / "best.pt", "--trust-pickle", "--input-size", "32", "--target-macs", "2x", "--criterion",
+               "magnitude", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert "using the module under 'model' of the checkpoint" in doc["load_notes"] and doc["weights_dtype"] == "float16"
+    assert doc["check"]["status"] == "passed" and doc["params_after"] < doc["params_before"]
+    again = load_model(out, trust_pickle=True)  # the directory rebuilds from the same checkpoint file
+    x = torch.randn(2, 3, 32, 32)
+    assert again.model.conv1.weight.dtype == torch.float32 and again.dtypes["conv1.weight"] == "float16"
+    assert again.model(x).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------- save_pretrained directories (#13 item 4)
+def _timm_pretrained(tmp_path, **kwargs):
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf
+
+    m = timm.create_model("resnet18d", pretrained=False, num_classes=7, in_chans=1, **kwargs).eval()
+    d = tmp_path / "hf"
+    save_for_hf(m, str(d), safe_serialization=True)
+    return m, d
+
+
+def test_timm_save_pretrained_directory(tmp_path):
+    m, d = _timm_pretrained(tmp_path)
+    loaded = load_model(d)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), m(x))
+    assert loaded.source_format == "pretrained" and "timm: resnet18d" in loaded.notes[0]
+    assert loaded.preprocessing["input_size"] == [224, 224] and loaded.preprocessing["channels"] == 1
+    out = tmp_path / "p"
+    r = invoke("prune", d, "--input-size", "64", "--target-macs", "2x", "--criterion", "magnitude", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["check"]["status"] == "passed" and doc["budget"]["achieved"] <= 0.51
+    recipe = json.loads((out / "explainfix.json").read_text())
+    assert recipe["arch"]["kwargs"]["model_name"] == "resnet18d" and recipe["arch"]["kwargs"]["in_chans"] == 1
+    assert recipe["source"]["format"] == "pretrained"
+    assert load_model(out).model(x).shape == (2, 7)  # the output directory reloads without flags
+
+
+def test_save_pretrained_config_is_checked_like_a_recipe(tmp_path):
+    _, d = _timm_pretrained(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["model_args"]["checkpoint_path"] = "/etc/passwd"  # a shipped config asking to read a file
+    (d / "config.json").write_text(json.dumps(config))
+    r = invoke("info", d)
+    assert r.exit_code == 2 and "checkpoint_path" in r.output and "Traceback" not in r.output
+    (d / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    r = invoke("info", d)
+    assert r.exit_code == 2 and "names no architecture" in r.output
+    r = invoke("info", d, "--arch", "timm:resnet18d", "--arch-kwargs", '{"num_classes": 7, "in_chans": 1}', "--input-size", "64")
+    assert r.exit_code == 0, r.output  # --arch wins over the config
+
+
+def test_smp_style_config_needs_the_library(tmp_path):
+    """segmentation-models-pytorch writes {"_model_class": "Unet", ...}; without smp installed the error says so."""
+    pytest.importorskip("timm")
+    _, d = _timm_pretrained(tmp_path)
+    (d / "config.json").write_text(json.dumps({"_model_class": "Unet", "encoder_name": "resnet18", "classes": 2}))
+    r = invoke("info", d)
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        assert r.exit_code == 2 and "cannot import segmentation_models_pytorch" in r.output
+    else:
+        assert r.exit_code == 2 and "do not fit the architecture" in r.output  # smp's Unet, the timm weights

@@ -15,7 +15,7 @@ from conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, invoke, run_cli
 from explainfix_cli import BadInput, load
 from explainfix_cli.io.arch import arch_spec, build_arch
 from explainfix_cli.io.model_dir import save_model_dir
-from explainfix_cli.io.recipe import empty_recipe
+from explainfix_cli.io.recipe import Recipe
 from explainfix_cli.io.trust import ALLOWED_MODULES, check_import_target
 
 
@@ -44,8 +44,8 @@ def tv_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trust") / "tv"
     spec = arch_spec("torchvision.models:resnet18", {"num_classes": 10})
     model = build_arch(spec)
-    recipe = empty_recipe(spec, Path(__file__), "0" * 64, "state_dict")
-    recipe["preprocessing"] = {"input_size": [32, 32], "channels": 3, "mean": [0.5], "std": [0.5], "resize": "bilinear"}
+    recipe = Recipe.new(spec, Path(__file__), "0" * 64, "state_dict").record(
+        {"command": "test"}, preprocessing={"input_size": [32, 32], "channels": 3, "mean": [0.5], "std": [0.5], "resize": "bilinear"})
     save_model_dir(model, recipe, out)
     return out
 
@@ -157,7 +157,7 @@ def _paths(obj, prefix=()):
 
 WRONG = [None, True, -1, 10**30, 1e308, "x" * 5000, [], [10**9] * 3, {"__class__": "os.system"}]
 HARMLESS = {"kwargs", "resize"}  # optional keys (their default is used when removed)
-OPTIONAL = {("source",), ("preprocessing",), ("frozen",), ("provenance",), ("versions",), ("integrity",)}
+OPTIONAL = {("source",), ("preprocessing",), ("frozen",), ("provenance",), ("versions",), ("integrity",), ("schema",)}  # no schema: a schema-1 recipe
 
 
 def test_fuzzed_recipe_is_one_line_exit_2(pruned_dir, tmp_path):
@@ -208,7 +208,7 @@ def test_allow_listed_timm_dir_loads_without_flag(tmp_path, monkeypatch):
     spec = arch_spec("timm:create_model", {"model_name": "resnet18", "num_classes": 4, "pretrained": False})
     model = build_arch(spec)
     out = tmp_path / "timm"
-    save_model_dir(model, empty_recipe(spec, Path(__file__), "0" * 64, "state_dict"), out)
+    save_model_dir(model, Recipe.new(spec, Path(__file__), "0" * 64, "state_dict"), out)
     again = load(out)
     assert type(again).__name__ == "ResNet" and again.fc.out_features == 4
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

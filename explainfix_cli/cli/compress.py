@@ -33,6 +33,7 @@ from .options import (
     Temperature,
     TrustCode,
     TrustPickle,
+    WeightDtype,
 )
 from .prune import (
     AllowInexact,
@@ -84,6 +85,7 @@ def compress(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
     input_size: InputSize = None,
@@ -114,7 +116,7 @@ def compress(
 
     with work_progress() as bar:
         job = compress_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
             options=prune_options(pct, target_macs, target_params, criterion, rank, fill, round_to, allow_inexact_folds,
                                   floor, recalibrate_bn),

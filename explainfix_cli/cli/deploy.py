@@ -26,6 +26,7 @@ from .options import (
     Std,
     TrustCode,
     TrustPickle,
+    WeightDtype,
 )
 
 
@@ -40,6 +41,7 @@ def export(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 18).")] = 18,
     atol: Atol = 1e-4,
     rtol: Rtol = 1e-3,
@@ -67,7 +69,7 @@ def export(
     if not onnx and not safetensors:
         onnx = True
     job = export_job(
-        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size),
+        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size),
         onnx=onnx, safetensors=safetensors, out=out, opset=opset, atol=atol, rtol=rtol, verify=not no_verify,
         force=force, seed=seed,
     )

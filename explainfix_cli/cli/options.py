@@ -7,10 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 ModelArg = Annotated[Path, typer.Argument(help="Checkpoint (.pt/.pth/.bin/.safetensors) or an explainfix output directory.", show_default=False)]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture for a weights file: MODULE:CALLABLE (torchvision.models:resnet18) or path/to/file.py:ClassName.")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture for a weights file: MODULE:CALLABLE (torchvision.models:resnet18), "
+                                               "path/to/file.py:ClassName, or timm:NAME / torchvision:NAME / smp:NAME.")]
 ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.')]
 TrustCode = Annotated[bool, typer.Option("--trust-code", envvar="EXPLAINFIX_TRUST_CODE",
                                          help="Run the architecture code an explainfix directory names (its arch/*.py, or an import outside the allow-list). Only for directories you trust.")]
+WeightDtype = Annotated[str, typer.Option("--dtype", help="Dtype of the written weights: keep (each tensor as loaded, e.g. "
+                                                       "an fp16 checkpoint stays fp16), float32, float16 or bfloat16. Work is done in float32.")]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
 InputSize = Annotated[Optional[str], typer.Option("--input-size", help="Resize images to H or HxW (default: the recipe's, else 224).")]

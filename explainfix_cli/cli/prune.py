@@ -27,6 +27,7 @@ from .options import (
     Std,
     TrustCode,
     TrustPickle,
+    WeightDtype,
 )
 
 TargetMacs = Annotated[Optional[str], typer.Option("--target-macs", help="MACs budget: 4x (4× fewer) or 0.25 (keep a quarter). Exclusive with --pct.")]
@@ -61,6 +62,7 @@ def prune(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
     criterion: Criterion = None,
@@ -90,7 +92,7 @@ def prune(
                             floor, recalibrate_bn)
     with progress_bar() as bar:
         job = jobs.prune_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             out=out, device=device, seed=seed, force=force, progress=bar, options=options,
         )

@@ -30,6 +30,7 @@ from .options import (
     Temperature,
     TrustCode,
     TrustPickle,
+    WeightDtype,
 )
 from .prune import AllowInexact, Criterion, Floor, Rank, RecalibrateBn, RoundToOpt
 
@@ -62,6 +63,7 @@ def sweep(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
     input_size: InputSize = None,
@@ -90,7 +92,7 @@ def sweep(
                            allow_inexact_folds=allow_inexact_folds)
     with work_progress() as bar:
         job = jobs.sweep_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
             targets, metric=metric, options=options, eval_data=eval_data, finetune_epochs=finetune_epochs,
             train=TrainOptions(optimizer=optimizer, lr=lr), distill=DistillOptions(temperature, distill_alpha) if distill else None,
             bench=bench, threads=threads, bench_iters=bench_iters, save_models=save_models, out=out, device=device,
@@ -105,7 +107,6 @@ def render_sweep(job, console) -> None:
     from rich.table import Table
 
     from ..core.fmt import pct
-
     from .render import render_notes
 
     r = job.report

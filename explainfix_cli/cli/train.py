@@ -32,6 +32,7 @@ from .options import (
     TrustCode,
     TrustPickle,
     WeightDecay,
+    WeightDtype,
 )
 
 
@@ -47,6 +48,7 @@ def fix(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     batch_size: BatchSize = 32,
     input_size: InputSize = None,
     mean: Mean = None,
@@ -66,7 +68,7 @@ def fix(
     """
     from .render import render_fix
 
-    job = jobs.fix_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), init,
+    job = jobs.fix_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), init,
                        jobs.DataSpec(data, input_size, mean, std, batch_size), out=out, device=device, seed=seed, force=force)
     render_fix(job)
     if json_out:
@@ -95,6 +97,7 @@ def finetune(
     arch_kwargs: ArchKwargs = None,
     trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False,
+    dtype: WeightDtype = "keep",
     batches: Annotated[Optional[int], typer.Option("--batches", help="At most N batches per epoch (default: all).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
     input_size: InputSize = None,
@@ -122,7 +125,7 @@ def finetune(
     options = TrainOptions(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_batches=batches)
     with work_progress() as bar:
         job = jobs.finetune_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code), jobs.DataSpec(data, input_size, mean, std, batch_size),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size),
             options, fixed_spatial=fixed_spatial, eval_data=eval_data, out=out, device=device, seed=seed, force=force,
             on_step=bar.step if bar else None,
             distill=DistillOptions(temperature, distill_alpha) if distill else None, teacher=teacher,

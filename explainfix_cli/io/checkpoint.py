@@ -6,7 +6,8 @@ Accepted ``MODEL`` inputs (docs/CLI.md, "Loading a model"):
 2. weights (``.safetensors`` or a ``.pt/.pth/.bin`` state_dict, also wrapped in ``{"state_dict": …}``,
    ``{"model": …}``, ``{"model_state_dict": …}``, with ``module.`` prefixes) plus ``--arch``;
 3. a pickled ``nn.Module``: refused unless ``trust_pickle=True`` (unpickling runs code);
-4. TorchScript / ``torch.export`` archives: recognised and refused by name.
+4. a ``save_pretrained`` directory (``config.json`` + weights, timm or segmentation-models-pytorch), io/pretrained.py;
+5. TorchScript / ``torch.export`` archives: recognised and refused by name.
 
 State dicts are always read with ``torch.load(weights_only=True)``: no code runs.
 """
@@ -16,6 +17,7 @@ import argparse
 import warnings
 import zipfile
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,16 @@ from torch import nn
 
 from ..core.errors import BadInput
 from .arch import arch_spec, build_arch, sha256_file
-from .codec import load_into, read_safetensors
-from .model_dir import LoadedModel, load_explainfix_dir
-from .recipe import RECIPE_NAME, empty_recipe
+from .codec import load_into, read_safetensors, source_dtypes
+from .model_dir import LoadedModel, load_explainfix_dir, module_of
+from .pretrained import (
+    CONFIG_NAME,
+    pretrained_spec,
+    pretrained_weights,
+    read_config,
+    read_pretrained_weights,
+)
+from .recipe import RECIPE_NAME, Recipe
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 SAFE_ARCH_HINT = "save the weights with torch.save(model.state_dict(), 'model.pt') and pass --arch MODULE:CALLABLE"
@@ -124,6 +133,8 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise BadInput(f"model {path} does not exist")
+    if path.is_dir() and not (path / RECIPE_NAME).is_file() and (weights := pretrained_weights(path)) is not None:
+        return _load_pretrained_dir(path, weights, arch, arch_kwargs, trust_code)
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / RECIPE_NAME).is_file() and arch is None):
         directory = path if path.is_dir() else path.parent
         own = arch_spec(arch, arch_kwargs or {}) if arch is not None else None
@@ -183,7 +194,23 @@ def _with_arch(path: Path, sha: str, fmt: str, state_dict: dict, arch: str | Non
     model = build_arch(spec)
     load_into(model, fit_prefix(state_dict, model), path)
     model.eval()
-    return LoadedModel(model, empty_recipe(spec, path, sha, fmt), path, sha, fmt)
+    return LoadedModel(model, Recipe.new(spec, path, sha, fmt), path, sha, fmt, dtypes=source_dtypes(state_dict))
+
+
+def _load_pretrained_dir(directory: Path, weights: Path, arch: str | None, arch_kwargs: dict | None,
+                         trust_code: bool) -> LoadedModel:
+    """A save_pretrained directory (io/pretrained.py): its config.json builds the model, unless ``arch``."""
+    sha = sha256_file(weights)
+    if arch is not None:
+        spec, pre, notes = arch_spec(arch, arch_kwargs or {}), None, []
+    else:
+        spec, pre, lib = pretrained_spec(read_config(directory), directory)
+        notes = [f"architecture from {directory / CONFIG_NAME} ({lib}: {spec['kwargs'].get('model_name', spec['name'])})"]
+    model = build_arch(spec, trusted=trust_code or arch is not None)
+    state_dict = read_pretrained_weights(weights)
+    load_into(model, fit_prefix(state_dict, model), weights)
+    recipe = replace(Recipe.new(spec, weights, sha, "pretrained"), preprocessing=pre)
+    return LoadedModel(model.eval(), recipe, weights, sha, "pretrained", notes, source_dtypes(state_dict))
 
 
 def _load_pickled_module(path: Path, sha: str, arch: str | None, arch_kwargs: dict | None = None) -> LoadedModel:
@@ -191,26 +218,29 @@ def _load_pickled_module(path: Path, sha: str, arch: str | None, arch_kwargs: di
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise BadInput(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, nn.Module):
+    module, key = module_of(obj)
+    if module is None:
         sd = unwrap_state_dict(obj)
         if sd is not None:
             return _with_arch(path, sha, "state_dict", sd, arch, arch_kwargs)
         raise BadInput(f"{path} unpickled to a {type(obj).__name__}, not an nn.Module")
+    notes = [f"using the module under {key!r} of the checkpoint"] if key else []
+    dtypes = source_dtypes(module.state_dict())
     spec = {"kind": "pickle", "path": str(path.resolve()), "sha256": sha}
-    return LoadedModel(obj.eval(), empty_recipe(spec, path, sha, "pickle"), path, sha, "pickle")
+    return LoadedModel(module.float().eval(), Recipe.new(spec, path, sha, "pickle"), path, sha, "pickle", notes, dtypes)
 
 
 # ------------------------------------------------------------------------------- explainfix dirs
 
 
-def load_original(recipe: dict, path: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
+def load_original(recipe: Recipe, path: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
     """The model a recipe was made from (the teacher for distillation): the recipe's architecture before
     any edit, with the weights of ``path`` or else of the recipe's source file (whose sha256 must still
     match). An explainfix directory as ``path`` is loaded as itself. The recipe's architecture was
     already allowed when its directory was opened."""
     from .model_dir import rebuild
 
-    src = recipe.get("source") or {}
+    src = recipe.source or {}
     p = Path(path) if path is not None else Path(src.get("path", ""))
     named = "--teacher" if path is not None else "the recipe's source (the model before pruning)"
     if not p.exists() or not str(p):
@@ -219,9 +249,9 @@ def load_original(recipe: dict, path: str | Path | None = None, trust_pickle: bo
         return load_explainfix_dir(p, trust_pickle=trust_pickle, trust_code=True).model
     if path is None and sha256_file(p) != src.get("sha256"):
         raise BadInput(f"{named} {p} changed since the recipe was written", hint="pass --teacher PATH (the original model)")
-    if recipe["arch"]["kind"] == "pickle":
-        return rebuild({**recipe, "edits": []}, trust_pickle=trust_pickle).eval()
-    model = rebuild({**recipe, "edits": []}, trust_code=True)
+    if recipe.arch["kind"] == "pickle":
+        return rebuild(recipe.original(), trust_pickle=trust_pickle).eval()
+    model = rebuild(recipe.original(), trust_code=True)
     if sniff_format(p) == "safetensors":
         state_dict, _ = read_safetensors(p)
     else:

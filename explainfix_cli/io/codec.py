@@ -74,14 +74,52 @@ def dedupe_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor]
     return tensors, aliases
 
 
-def safetensors_bytes(model: nn.Module, metadata: dict[str, str] | None = None) -> bytes:
-    """The model's state_dict as safetensors bytes with string metadata (tied weights stored once)."""
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+WeightDtypes = Mapping[str, str] | str | None  # per tensor name, one for all floating tensors, or as in memory
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def source_dtypes(state: Mapping[str, Any]) -> dict[str, str]:
+    """The stored dtype of every floating-point tensor, when any is not float32 (else ``{}``: the common case
+    needs no record). Explainfix computes in float32 and writes each tensor back in its own dtype."""
+    found = {k: dtype_name(t) for k, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return found if any(d != "float32" for d in found.values()) else {}
+
+
+def main_dtype(dtypes: WeightDtypes) -> str:
+    """The dtype most floating tensors are written in (what a report states)."""
+    if isinstance(dtypes, str):
+        return dtypes
+    if not dtypes:
+        return "float32"
+    counts: dict[str, int] = {}
+    for d in dtypes.values():
+        counts[d] = counts.get(d, 0) + 1
+    return max(counts, key=counts.get)
+
+
+def cast_floats(tensors: dict[str, torch.Tensor], dtypes: WeightDtypes) -> dict[str, torch.Tensor]:
+    """Floating tensors cast as ``dtypes`` says; a name it lacks (a bias added by a fold) gets the main dtype."""
+    if not dtypes:
+        return tensors
+    default = main_dtype(dtypes)
+    pick = (lambda _k: dtypes) if isinstance(dtypes, str) else (lambda k: dtypes.get(k, default))
+    return {k: t.to(FLOAT_DTYPES[pick(k)]) if t.is_floating_point() else t for k, t in tensors.items()}
+
+
+def safetensors_bytes(model: nn.Module, metadata: dict[str, str] | None = None, dtypes: WeightDtypes = None) -> bytes:
+    """The model's state_dict as safetensors bytes with string metadata (tied weights stored once),
+    floating tensors written in ``dtypes`` (see :func:`cast_floats`)."""
     from safetensors.torch import save
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     if ALIASES_KEY in meta:
         raise BadInput(f"metadata key {ALIASES_KEY!r} is reserved")
     tensors, aliases = dedupe_state_dict(model.state_dict())
+    tensors = cast_floats(tensors, dtypes)
     if aliases:
         meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
     try:
@@ -90,8 +128,8 @@ def safetensors_bytes(model: nn.Module, metadata: dict[str, str] | None = None) 
         raise CannotProcess(f"cannot serialise the state_dict to safetensors: {first_line(e)}") from None
 
 
-def export_safetensors(model: nn.Module, path: str | os.PathLike,
-                       metadata: dict[str, str] | None = None) -> SafetensorsExportResult:
+def export_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                       dtypes: WeightDtypes = None) -> SafetensorsExportResult:
     """Write ``model.state_dict()`` to ``path`` atomically (temporary file, then rename).
 
         export_safetensors(model, "out/model.safetensors", metadata={"arch": "torchvision.models:resnet18"})
@@ -99,7 +137,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike,
     target = Path(path)
     if not target.parent.is_dir():
         raise BadInput(f"output directory {target.parent} does not exist")
-    data = safetensors_bytes(model, metadata)
+    data = safetensors_bytes(model, metadata, dtypes)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:

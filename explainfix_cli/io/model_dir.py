@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,17 +11,10 @@ from torch import nn
 from ..core.errors import BadInput, ExplainFixError, first_line
 from ..core.version import __version__
 from .arch import arch_label, build_arch, sha256_file
-from .codec import load_into, read_safetensors, safetensors_bytes
+from .codec import WeightDtypes, load_into, read_safetensors, safetensors_bytes, source_dtypes
 from .edits import apply_edit
 from .outdir import write_output_dir
-from .recipe import (
-    RECIPE_FORMAT,
-    RECIPE_NAME,
-    WEIGHTS_NAME,
-    portable_recipe,
-    read_recipe,
-    versions,
-)
+from .recipe import RECIPE_FORMAT, RECIPE_NAME, WEIGHTS_NAME, Recipe, versions
 from .trust import refuse_file_arch
 
 
@@ -30,21 +23,22 @@ class LoadedModel:
     """A model ready to use, with the recipe that rebuilds it and where it came from."""
 
     model: nn.Module
-    recipe: dict
+    recipe: Recipe
     source: Path
     source_sha256: str
-    source_format: str  # explainfix | safetensors | state_dict | pickle
+    source_format: str  # explainfix | safetensors | state_dict | pickle | pretrained
     notes: list[str] = field(default_factory=list)
+    dtypes: dict[str, str] = field(default_factory=dict)  # codec.source_dtypes: {} when all float32
 
     @property
     def preprocessing(self) -> dict | None:
-        return self.recipe.get("preprocessing")
+        return self.recipe.preprocessing
 
 
-def rebuild(recipe: dict, trust_pickle: bool = False, trust_code: bool = True) -> nn.Module:
+def rebuild(recipe: Recipe, trust_pickle: bool = False, trust_code: bool = True) -> nn.Module:
     """The architecture of a recipe with every structural edit applied (weights not loaded).
     ``trust_code=False`` for a recipe read from a directory: see io/trust.py."""
-    spec = recipe["arch"]
+    spec = recipe.arch
     if spec["kind"] == "pickle":
         if not trust_pickle:
             raise BadInput(
@@ -54,14 +48,26 @@ def rebuild(recipe: dict, trust_pickle: bool = False, trust_code: bool = True) -
         p = Path(spec["path"])
         if not p.is_file() or sha256_file(p) != spec["sha256"]:
             raise BadInput(f"the pickled source {p} is missing or changed since the recipe was written")
-        model = torch.load(p, map_location="cpu", weights_only=False)
+        model = module_of(torch.load(p, map_location="cpu", weights_only=False))[0].float()
     else:
         model = build_arch(spec, trusted=trust_code)
-    replay_edits(model, recipe.get("edits", []))
+    replay_edits(model, recipe.edits)
     return model
 
 
-def replay_edits(model: nn.Module, edits: list[dict]) -> None:
+def module_of(obj: object) -> tuple[nn.Module | None, str | None]:
+    """The module of an unpickled object: the object itself, or a training checkpoint's ``{"ema": …,
+    "model": …}`` (ultralytics and friends; EMA preferred). Returns (module, the key used) or (None, None)."""
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, dict):
+        for key in ("ema", "model"):
+            if isinstance(obj.get(key), nn.Module):
+                return obj[key], key
+    return None, None
+
+
+def replay_edits(model: nn.Module, edits: tuple[dict, ...] | list[dict]) -> None:
     """Apply a recipe's structural edits; an edit that does not fit the architecture is bad input."""
     for i, edit in enumerate(edits):
         try:
@@ -72,11 +78,11 @@ def replay_edits(model: nn.Module, edits: list[dict]) -> None:
             raise BadInput(f"the recipe's edit {i} does not fit the architecture: {type(e).__name__}: {first_line(e, 200)}") from None
 
 
-def check_integrity(directory: Path, recipe: dict) -> str:
+def check_integrity(directory: Path, recipe: Recipe) -> str:
     """The sha256 the recipe records for ``model.safetensors`` and ``arch/*`` (integrity against corruption
     or an accidental change; not authenticity: whoever edits a file can edit the recipe too). Returns the
     weights' sha256 (each file is hashed once)."""
-    recorded = recipe.get("integrity", {})
+    recorded = recipe.integrity
     for rel in {WEIGHTS_NAME, *recorded}:
         f = directory / rel
         if not f.is_file():
@@ -95,26 +101,27 @@ def load_explainfix_dir(directory: Path, trust_pickle: bool = False, trust_code:
     """An explainfix directory as a model. Nothing it names is imported unless allowed (io/trust.py):
     ``trust_code`` allows its ``arch/*.py`` and any import target; ``arch`` (the user's own ``--arch``
     spec) replaces the recipe's architecture."""
-    recipe = read_recipe(directory)
+    recipe = Recipe.read(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise BadInput(f"{directory} has {RECIPE_NAME} but no {WEIGHTS_NAME}")
     weights_sha = check_integrity(directory, recipe)
     notes = []
     if arch is not None:
-        notes.append(f"architecture from --arch {arch_label(arch)} (the recipe named {arch_label(recipe['arch'])})")
-        recipe = {**recipe, "arch": arch}
-    elif recipe["arch"]["kind"] == "file" and not trust_code:
-        raise refuse_file_arch(str(Path(recipe["arch"]["path"]).relative_to(directory.resolve())), recipe["arch"]["name"])
+        notes.append(f"architecture from --arch {arch_label(arch)} (the recipe named {arch_label(recipe.arch)})")
+        recipe = recipe.with_arch(arch)
+    elif recipe.arch["kind"] == "file" and not trust_code:
+        raise refuse_file_arch(str(Path(recipe.arch["path"]).relative_to(directory.resolve())), recipe.arch["name"])
     model = rebuild(recipe, trust_pickle=trust_pickle, trust_code=trust_code or arch is not None)
     state_dict, _ = read_safetensors(weights)
     load_into(model, state_dict, weights)
-    frozen = set(recipe.get("frozen", []))
+    dtypes = source_dtypes(state_dict)
+    frozen = set(recipe.frozen)
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
     model.eval()
-    return LoadedModel(model, recipe, directory, weights_sha, "explainfix", notes)
+    return LoadedModel(model, recipe, directory, weights_sha, "explainfix", notes, dtypes)
 
 
 def load(path: str | Path, trust_pickle: bool = False, trust_code: bool = False) -> nn.Module:
@@ -124,25 +131,28 @@ def load(path: str | Path, trust_pickle: bool = False, trust_code: bool = False)
     return load_explainfix_dir(path.parent if path.suffix == ".safetensors" else path, trust_pickle, trust_code).model
 
 
-def dir_files(recipe: dict, weights: bytes) -> dict[str, bytes | dict]:
+def dir_files(recipe: Recipe, weights: bytes) -> dict[str, bytes | dict]:
     """What an explainfix directory holds: the weights, the recipe (made portable, with the sha256 of
     every file beside it) and the ``arch/*.py`` copy of a file-kind architecture."""
-    recipe, arch_files = portable_recipe({**recipe, "versions": versions()})
+    portable, arch_files = recipe.portable()
     integrity = {WEIGHTS_NAME: hashlib.sha256(weights).hexdigest(),
                  **{rel: hashlib.sha256(data).hexdigest() for rel, data in arch_files.items()}}
-    return {WEIGHTS_NAME: weights, RECIPE_NAME: {**recipe, "integrity": integrity}, **arch_files}
+    written = replace(portable, versions=versions(), integrity=integrity)
+    return {WEIGHTS_NAME: weights, RECIPE_NAME: written.to_dict(), **arch_files}
 
 
-def model_dir_files(model: nn.Module, recipe: dict) -> dict[str, bytes | dict]:
-    """:func:`dir_files` of an in-memory model (its weights encoded with the directory's metadata)."""
-    meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe["arch"])}
-    return dir_files(recipe, safetensors_bytes(model, meta))
+def model_dir_files(model: nn.Module, recipe: Recipe, dtypes: WeightDtypes = None) -> dict[str, bytes | dict]:
+    """:func:`dir_files` of an in-memory model (its weights encoded with the directory's metadata, floating
+    tensors in ``dtypes``: codec.cast_floats)."""
+    meta = {"format": RECIPE_FORMAT, "explainfix": __version__, "arch": arch_label(recipe.arch)}
+    return dir_files(recipe, safetensors_bytes(model, meta, dtypes))
 
 
 def save_model_dir(
-    model: nn.Module, recipe: dict, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False
+    model: nn.Module, recipe: Recipe, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False,
+    dtypes: WeightDtypes = None,
 ) -> Path:
     """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically."""
-    files: dict[str, bytes | str | dict] = dict(model_dir_files(model, recipe))
+    files: dict[str, bytes | str | dict] = dict(model_dir_files(model, recipe, dtypes))
     files.update(extra or {})
     return write_output_dir(out, files, force=force)

@@ -23,7 +23,8 @@ PY_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 ARCH_FILE = re.compile(r"arch/[A-Za-z0-9_][A-Za-z0-9_.-]*\.py")
 EDIT_OPS = {"prune", "fix", "finetune", "bn-recalibrate"}
 PRUNE_KEYS = {"out", "in", "channels", "in_block", "add_bias"}
-TOP_LEVEL = {"format", "arch", "source", "preprocessing", "edits", "frozen", "provenance", "versions", "integrity"}
+SCHEMA_VERSION = 2           # io/recipe.py: 1 = recipes written before the field existed
+TOP_LEVEL = {"format", "schema", "arch", "source", "preprocessing", "edits", "frozen", "provenance", "versions", "integrity"}
 
 
 class _Bad(Exception):
@@ -161,6 +162,11 @@ def validate_recipe(recipe: Any, where: str) -> dict:
     """``recipe`` as read from ``where``, checked field by field; raises BadInput (exit 2) naming the field."""
     try:
         r = _dict(recipe, "recipe")
+        schema = r.get("schema", 1)
+        _need(isinstance(schema, int) and not isinstance(schema, bool) and schema >= 1, "schema", "expected an integer ≥ 1")
+        if schema > SCHEMA_VERSION:
+            raise BadInput(f"{where} has recipe schema {schema}; this explainfix reads schemas 1 to {SCHEMA_VERSION}",
+                           hint="upgrade explainfix to read it")
         unknown = set(r) - TOP_LEVEL
         _need(not unknown, "recipe", f"unknown fields {sorted(unknown)[:5]} (written by a newer explainfix?)")
         for key in ("format", "arch", "edits"):
@@ -169,7 +175,7 @@ def validate_recipe(recipe: Any, where: str) -> dict:
         for i, e in enumerate(_list(r["edits"], "edits", 10_000)):
             _edit(e, i)
         _preprocessing(r.get("preprocessing"))
-        if "source" in r:
+        if r.get("source") is not None:
             src = _dict(r["source"], "source")
             _need(set(src) <= {"path", "sha256", "format"}, "source", f"unknown keys {sorted(set(src) - {'path', 'sha256', 'format'})}")
             for key in src:

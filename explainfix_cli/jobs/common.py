@@ -17,6 +17,7 @@ from ..core.errors import BadInput, first_line
 from ..core.model import count_macs
 from ..io.arch import parse_arch_kwargs
 from ..io.checkpoint import LoadedModel, load_model
+from ..io.codec import FLOAT_DTYPES, WeightDtypes, main_dtype
 from ..io.data import (
     CalibrationSet,
     Preprocessing,
@@ -37,6 +38,11 @@ class ModelSpec:
     arch_kwargs: str | None = None
     trust_pickle: bool = False
     trust_code: bool = False  # run the code an explainfix directory names (io/trust.py)
+    dtype: str = "keep"  # the dtype weights are written in: keep (each tensor's own, as loaded) or one of FLOAT_DTYPES
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("keep", *FLOAT_DTYPES):
+            raise BadInput(f"--dtype must be keep, {', '.join(FLOAT_DTYPES)}; got {self.dtype!r}", hint="e.g. --dtype float16")
 
 
 @dataclass
@@ -56,6 +62,16 @@ class Opened:
     calib: CalibrationSet | None
     device: torch.device
     macs: int = 0  # of one input, counted by the probe forward in open_inputs
+    dtype: str = "keep"  # ModelSpec.dtype
+
+    @property
+    def out_dtypes(self) -> WeightDtypes:
+        """How written weights are cast (codec.cast_floats): as loaded, or the one dtype asked for."""
+        return self.loaded.dtypes if self.dtype == "keep" else self.dtype
+
+    @property
+    def written_dtype(self) -> str:
+        return main_dtype(self.out_dtypes)
 
     @property
     def model(self) -> nn.Module:
@@ -99,7 +115,11 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
     if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
         raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
                        hint="x must be (N, C, H, W) as the model expects it (already normalised)")
-    opened = Opened(loaded, pre, calib, dev)
+    opened = Opened(loaded, pre, calib, dev, dtype=model.dtype)
+    if loaded.dtypes:
+        loaded.notes.append(f"the weights are stored as {main_dtype(loaded.dtypes)}: explainfix computes in float32 and "
+                            f"writes them as {opened.written_dtype}" + (" (each tensor in its own dtype; --dtype to change)"
+                                                                         if model.dtype == "keep" else ""))
     opened.macs = _probe(opened)
     return opened
 

@@ -151,13 +151,12 @@ def compress_job(
     final = opened.model.to("cpu").eval()
     after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
 
-    recipe["provenance"] = recipe["provenance"] + [{"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget,
-                                                    "criterion": result.criterion, "finetune_epochs": finetune_epochs,
-                                                    "steps": steps, "distill": asdict(distill) if distill else None}]
+    entry = {"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget, "criterion": result.criterion,
+             "finetune_epochs": finetune_epochs, "steps": steps, "distill": asdict(distill) if distill else None}
     work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
     try:
         stage("export")  # the export job's own steps: provenance metadata, ONNX, onnxruntime check
-        meta = provenance_metadata(recipe, opened.pre, opened.loaded.source_sha256, command="compress")
+        meta = provenance_metadata(recipe.record(entry), opened.pre, opened.loaded.source_sha256, command="compress")
         exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
                                           atol=atol, rtol=rtol, batch_size=bs, seed=seed)
         onnx_bytes = (work / "model.onnx").read_bytes()
@@ -174,7 +173,7 @@ def compress_job(
     agree = agreement(before["preds"], after["preds"])
     gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
     report = {
-        "load_notes": opened.loaded.notes, "command": "compress", "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
+        "load_notes": opened.loaded.notes, "command": "compress", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
         "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
@@ -189,8 +188,9 @@ def compress_job(
         "bench": bench_rows, "seed": seed,
     }
     summary = summary_markdown(report)
-    recipe["provenance"][-1].update({"passed": report["passed"], "gates": {g.name: g.value for g in gates}})
-    save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force)
+    recipe = recipe.record({**entry, "passed": report["passed"], "gates": {g.name: g.value for g in gates}})
+    save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force,
+                   dtypes=opened.out_dtypes)
     return CompressJob(out, report, gates, summary, final)
 
 

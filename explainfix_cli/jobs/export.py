@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
 from ..io.model_dir import dir_files
 from ..io.outdir import default_out, write_output_dir
-from ..io.recipe import WEIGHTS_NAME
+from ..io.recipe import WEIGHTS_NAME, Recipe
 from .common import DataSpec, ModelSpec, open_inputs
 
 VERIFY_SAMPLES = 64  # real inputs checked against onnxruntime (all of them when the data set is smaller)
@@ -37,7 +37,7 @@ def verification_inputs(calib: CalibrationSet | None, pre: Preprocessing, batch_
     return xs
 
 
-def provenance_metadata(recipe: dict, pre: Preprocessing, source_sha256: str = "", command: str = "export") -> dict[str, str]:
+def provenance_metadata(recipe: Recipe, pre: Preprocessing, source_sha256: str = "", command: str = "export") -> dict[str, str]:
     """ONNX ``metadata_props``: who made the model, from what, how it was pruned and fed (the same keys
     for ``export`` and ``compress``)."""
     from ..core.version import __version__
@@ -45,17 +45,17 @@ def provenance_metadata(recipe: dict, pre: Preprocessing, source_sha256: str = "
     meta = {
         "explainfix.version": __version__,
         "explainfix.command": command,
-        "explainfix.arch": arch_label(recipe["arch"]),
-        "explainfix.source_sha256": recipe.get("source", {}).get("sha256", source_sha256),
+        "explainfix.arch": arch_label(recipe.arch),
+        "explainfix.source_sha256": recipe.source_sha256 or source_sha256,
         "explainfix.preprocessing": json.dumps(pre.to_dict()),
     }
-    prunes = [p for p in recipe.get("provenance", []) if p.get("command") in ("prune", "compress") and "pct" in p]
+    prunes = [p for p in recipe.provenance if p.get("command") in ("prune", "compress") and "pct" in p]
     if prunes:
         pct = prunes[-1].get("pct")
         meta["explainfix.pct"] = f"{pct:g}" if isinstance(pct, (int, float)) else str(pct)
         meta["explainfix.criterion"] = str(prunes[-1].get("criterion", ""))
-    if recipe.get("frozen"):
-        meta["explainfix.frozen_tensors"] = str(len(recipe["frozen"]))
+    if recipe.frozen:
+        meta["explainfix.frozen_tensors"] = str(len(recipe.frozen))
     return meta
 
 
@@ -127,9 +127,9 @@ def export_job(
                                                      opset=opset, atol=atol, rtol=rtol, verify=verify,
                                                      batch_size=data.batch_size, seed=seed)
         if safetensors:
-            export_safetensors(opened.model, work / "model.safetensors", metadata=meta)
+            export_safetensors(opened.model, work / "model.safetensors", metadata=meta, dtypes=opened.out_dtypes)
             if not in_place:  # the recipe beside the weights makes the folder loadable without flags
-                files = dir_files({**opened.loaded.recipe, "preprocessing": opened.pre.to_dict()},
+                files = dir_files(replace(opened.loaded.recipe, preprocessing=opened.pre.to_dict()),
                                   (work / WEIGHTS_NAME).read_bytes())
                 for rel, content in files.items():
                     if rel == WEIGHTS_NAME:

@@ -13,6 +13,7 @@ from ..core.model import count_params
 from ..io.data import CalibrationSet, load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
+from ..io.recipe import Recipe
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs
 
 
@@ -53,10 +54,10 @@ def finetune_opened(
     eval_calib: CalibrationSet | None = None,
     seed: int = 0,
     on_step: Any = None,
-    recipe: dict | None = None,
+    recipe: Recipe | None = None,
     teacher: nn.Module | None = None,
     distill: Any = None,
-) -> tuple[Any, dict]:
+) -> tuple[Any, Recipe]:
     """Fine-tune ``opened.model`` in place on ``opened.calib``; return the FinetuneResult and the new recipe.
 
     ``distill`` (a DistillOptions) trains against ``teacher``'s outputs, from labeled or unlabeled data.
@@ -65,14 +66,20 @@ def finetune_opened(
     model without frozen tensors: freeze its spatial filters as they are; False: train everything.
     ``recipe`` defaults to the loaded model's (pass the pruned one when chaining in memory)."""
     from ..train.batches import shuffled_batches
-    from ..train.finetune import accuracy, finetune, predict, set_spatial_frozen, spatial_param_names
+    from ..train.finetune import (
+        accuracy,
+        finetune,
+        predict,
+        set_spatial_frozen,
+        spatial_param_names,
+    )
     from ..train.objectives import Distillation
 
     if opened.calib is None:
         raise BadInput("fine-tuning needs data", hint="pass --data PATH (class subfolders; unlabeled with --distill)")
     objective = Distillation(teacher, distill) if distill is not None else None
-    recipe = dict(opened.loaded.recipe if recipe is None else recipe)
-    stored = list(recipe.get("frozen", []))
+    recipe = opened.loaded.recipe if recipe is None else recipe
+    stored = list(recipe.frozen)
     fixed = bool(stored) if fixed_spatial is None else fixed_spatial
     names = (stored or spatial_param_names(opened.model)) if fixed else []
     frozen = set_spatial_frozen(opened.model, names, fixed)
@@ -85,9 +92,6 @@ def finetune_opened(
     result = finetune(opened.model, batches, options, steps_per_epoch=steps, device=opened.device,
                       evaluate=evaluate, on_step=on_step, seed=seed, objective=objective)
     opt = result.options
-    recipe["preprocessing"] = opened.pre.to_dict()
-    recipe["frozen"] = frozen
-    recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "finetune", "epochs": opt["epochs"], "seed": seed}]
     provenance = {
         "command": "finetune", "time": now(), "objective": opt["objective"], "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],
         "weight_decay": opt["weight_decay"], "batch_size": data.batch_size, "fixed_spatial": fixed, "seed": seed,
@@ -96,8 +100,8 @@ def finetune_opened(
         "final_loss": result.epochs[-1].loss, "final_train_accuracy": result.epochs[-1].accuracy,
         "eval_accuracy": result.eval_accuracy_after,
     }
-    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
-    return result, recipe
+    return result, recipe.record(provenance, edits=[{"op": "finetune", "epochs": opt["epochs"], "seed": seed}],
+                                 frozen=frozen, preprocessing=opened.pre.to_dict())
 
 
 def finetune_job(
@@ -133,8 +137,8 @@ def finetune_job(
     result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step,
                                      teacher=teacher_model, distill=distill)
     m = opened.model.to("cpu")
-    report = {"load_notes": opened.loaded.notes, "command": "finetune", "model": str(model.path), "out": str(out),
+    report = {"load_notes": opened.loaded.notes, "command": "finetune", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out),
               "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
-              "params": count_params(m), "fixed_spatial": bool(recipe["frozen"]), **result.to_json()}
-    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)
+              "params": count_params(m), "fixed_spatial": bool(recipe.frozen), **result.to_json()}
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
     return FinetuneJob(out, report, result, m)

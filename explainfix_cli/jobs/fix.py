@@ -50,21 +50,19 @@ def fix_job(
         raise BadInput("the model has no spatial Conv2d (kernel larger than 1×1) to fix")
     frozen_now = [f"{name}.{p}" for name in layers for p, _ in m.get_submodule(name).named_parameters(recurse=False)]
     after = evaluate_on(m, opened.calib, bs, opened.device)
-    recipe = dict(opened.loaded.recipe)
-    recipe["preprocessing"] = opened.pre.to_dict()
-    recipe["edits"] = list(recipe.get("edits", [])) + [{"op": "fix", "init": init, "seed": seed, "layers": len(layers)}]
-    recipe["frozen"] = sorted(set(recipe.get("frozen", [])) | set(frozen_now))
     provenance = {"command": "fix", "time": now(), "init": init, "seed": seed,
                   "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256}
-    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
+    recipe = opened.loaded.recipe.record(
+        provenance, edits=[{"op": "fix", "init": init, "seed": seed, "layers": len(layers)}],
+        frozen={*opened.loaded.recipe.frozen, *frozen_now}, preprocessing=opened.pre.to_dict())
     convs = dict(iter_spatial_convs(m))
     report = {
-        "command": "fix", "model": str(model.path), "out": str(out), "init": init, "seed": seed,
+        "command": "fix", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "init": init, "seed": seed,
         "layers": [{"name": n, "kernel": list(convs[n].kernel_size), "filters": int(convs[n].weight.shape[0] * convs[n].weight.shape[1])}
                    for n in layers],
         "spatial_filters": sum(int(convs[n].weight.shape[0] * convs[n].weight.shape[1]) for n in layers),
-        "frozen": recipe["frozen"],
-        "frozen_params": sum(p.numel() for n, p in m.named_parameters() if n in set(recipe["frozen"])),
+        "frozen": list(recipe.frozen),
+        "frozen_params": sum(p.numel() for n, p in m.named_parameters() if n in set(recipe.frozen)),
         "params": count_params(m), "trainable_params_before": trainable_before,
         "trainable_params_after": sum(p.numel() for p in m.parameters() if p.requires_grad),
         "data": opened.calib.describe() if opened.calib else None,
@@ -73,7 +71,7 @@ def fix_job(
         "agreement": agreement(before["preds"], after["preds"]) if before else None,
     }
     m.to("cpu")
-    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force)
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
     return FixJob(out, report, m)
 
 

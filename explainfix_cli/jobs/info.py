@@ -35,7 +35,7 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
     return {
         "model": str(model.path),
         "source_format": opened.loaded.source_format,
-        "arch": opened.loaded.recipe.get("arch"),
+        "arch": opened.loaded.recipe.arch,
         "params": count_params(m),
         "macs": opened.macs,
         "input_shape": list(x.shape[1:]),
@@ -45,8 +45,8 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
         "zero_spatial_filters": sum(layer["zero_filters"] for layer in layers),
         "layers": layers,
         "channel_groups": groups,
-        "edits": len(opened.loaded.recipe.get("edits", [])),
-        "frozen_params": len(opened.loaded.recipe.get("frozen", [])),
+        "edits": len(opened.loaded.recipe.edits),
+        "frozen_params": len(opened.loaded.recipe.frozen),
     }
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..core import gradients as grad
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
+from ..io.recipe import Recipe
 from ..prune.options import PruneOptions
 from ..prune.pipeline import Progress, PruneResult, prune_model
 from ..train.finetune import accuracy, agreement, predict, recalibrate_batchnorm
@@ -49,11 +50,11 @@ def prune_job(
     check_output_dir(out, force)
     result, recipe = prune_opened(opened, data, options, seed=seed, check_samples=check_samples, progress=progress)
     calib = opened.calib
-    report = {"load_notes": opened.loaded.notes, "command": "prune", "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
+    report = {"load_notes": opened.loaded.notes, "command": "prune", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
               "data": calib.describe() if calib else None, **result.to_json()}
     opened.model.to("cpu")
     t0 = time.perf_counter()
-    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force)
+    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
     result.timings["save"] = time.perf_counter() - t0
     report["timings"] = result.timings
     return PruneJob(result, out, report, opened.model)
@@ -67,9 +68,9 @@ def prune_opened(
     seed: int = 0,
     check_samples: int = 8,
     progress: Progress | None = None,
-    recipe: dict | None = None,
+    recipe: Recipe | None = None,
     scored: Any = None,
-) -> tuple[PruneResult, dict]:
+) -> tuple[PruneResult, Recipe]:
     """Prune ``opened.model`` in place (then re-estimate BatchNorm statistics on the calibration data when
     the options say so); return the result and the updated recipe (nothing is written). ``recipe``
     defaults to the loaded model's (pass the current one when chaining in memory); ``opened.macs`` is
@@ -89,13 +90,12 @@ def prune_opened(
         target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
         progress=with_total(progress, total), options=opts, scored=scored,
     )
-    recipe = dict(opened.loaded.recipe if recipe is None else recipe)
+    recipe = opened.loaded.recipe if recipe is None else recipe
     opened.macs = result.macs_after
-    recipe["preprocessing"] = opened.pre.to_dict()
-    recipe["edits"] = list(recipe.get("edits", [])) + [result.edit]
+    edits = [result.edit]
     if opts.recalibrate_bn:
         used = recalibrate_batchnorm(opened.model, batches(), opened.device)
-        recipe["edits"].append({"op": "bn-recalibrate", "batches": used})
+        edits.append({"op": "bn-recalibrate", "batches": used})
         result.recalibrated = {"batches": used, "agreement": result.agreement, "accuracy": result.accuracy_after}
         if result.preds_before is not None and result.preds_before.numel():  # quality after recalibration, on the same calibration batches
             preds, labels = predict(opened.model, batches(), opened.device)
@@ -107,5 +107,4 @@ def prune_opened(
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,
         "data": calib.describe() if calib else None, "budget": result.budget,
     }
-    recipe["provenance"] = list(recipe.get("provenance", [])) + [provenance]
-    return result, recipe
+    return result, recipe.record(provenance, edits=edits, preprocessing=opened.pre.to_dict())

@@ -137,9 +137,9 @@ def sweep_job(
         })
         models.append((label, work.to("cpu").eval()))
         if save_models:
-            recipe["provenance"] = recipe["provenance"] + [{"command": "sweep", "time": now(), "target": label}]
+            point_recipe = recipe.record({"command": "sweep", "time": now(), "target": label})
             files.update({f"points/{_safe(label)}/{name}": content
-                          for name, content in model_dir_files(work, recipe).items()})
+                          for name, content in model_dir_files(work, point_recipe, opened.out_dtypes).items()})
     original = original.to("cpu")
     latency = None
     if bench:
