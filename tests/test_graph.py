@@ -425,3 +425,59 @@ def test_shared_module_frozen_where_a_call_site_has_no_channels_and_refused_when
     up = nn.ConvTranspose2d(3, 3, 1)
     with pytest.raises(UnsupportedOp, match="more than once"):
         build_graph(nn.Sequential(nn.Conv2d(3, 3, 1), up, nn.ReLU(), up).eval(), X[:1])
+
+
+def test_optional_forward_arguments_keep_their_defaults():
+    """Detection-style forwards (``targets=None``, ``*args``, ``augment=False``, ``**kwargs``): only the example
+    is traced; the rest keep their Python defaults (before: a proxy of None, ``object of type 'NoneType' has no len()``)."""
+
+    class Det(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x, targets=None, *args, augment=False, **kwargs):
+            y = self.head(torch.relu(self.c2(torch.relu(self.c1(x)))))
+            if targets is None and not augment and not kwargs:
+                return y
+            return y, len(targets)
+
+    m = Det()
+    x = torch.randn(3, 3, 12, 12)
+    prune(m, x, zero=[(m.c1, [1, 4])])
+    assert (m.c1.out_channels, m.c2.in_channels) == (6, 6)
+
+
+def test_trace_failure_names_the_models_own_line():
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.c(x)
+            while y.sum() > 0:  # a value decides the loop: cannot be traced
+                y = y - 1
+            return y
+
+    with pytest.raises(UnsupportedOp, match=r"tests/test_graph.py:\d+"):
+        build_graph(Loop(), torch.randn(1, 3, 8, 8))
+
+
+def test_report_says_why_removable_channels_stay():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 5, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.relu(self.c1(x))
+            return self.c2(y), y.mean((2, 3))  # c1's channels are also an output: frozen
+
+    m = Net().eval()
+    with torch.no_grad():
+        m.c1.weight[2], m.c1.bias[2] = 0, 0  # dead: c2 reads a constant 0 from it
+    r = prune_model(m, 1, example=torch.randn(1, 3, 8, 8), criterion="magnitude", check_inputs=torch.randn(2, 3, 8, 8))
+    assert r.channels_removed == 0 and m.c1.out_channels == 6
+    assert list(r.kept.values()) == [1] and next(iter(r.kept)).startswith("frozen: ")
+    assert r.to_json()["nothing_removed"].startswith("1 channels could go but stay (frozen: ")

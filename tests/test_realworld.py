@@ -29,7 +29,8 @@ TIMM = {
     "regnety_002": "pruned",  # grouped convs, SE
     "rexnet_100": "pruned",  # partial residual (channel slice add)
     "nf_resnet26": "pruned",  # ScaledStdConv2d: excluded from zeroing, not silently "zeroed"
-    "tf_efficientnet_b0": "refused",  # Conv2dSame: F.pad before the conv
+    "tf_efficientnet_b0": "pruned",  # Conv2dSame (TF "SAME" padding): a conv leaf that counts as zero-padded
+    "tf_mobilenetv3_large_100": "pruned",
     "ghostnet_100": "pruned",
     "cspresnet50": "pruned",
     "resnetv2_50": "pruned",
@@ -40,7 +41,7 @@ TIMM = {
     "resnet26d": "pruned",
     "resnet50": "pruned",
     "dla34": "pruned",
-    "mobilevit_xxs": "pruned",
+    "mobilevit_xxs": "refused",  # its unfold reshape folds channels into the batch dimension
     "inception_v3": "pruned",
     "hrnet_w18_small": "pruned",
     "res2net50_26w_4s": "pruned",
@@ -131,3 +132,35 @@ def test_dense_output_saliency_segmentation(labels):
     r = prune_model(model, example=x[:1], batches=lambda: [(x[:2], y[:2]), (x[2:], y[2:])], check_inputs=x,
                     options=PruneOptions(target_macs=0.7))
     assert r.check.passed and r.channels_removed > 0 and r.budget["within_tolerance"]
+
+
+def test_same_padded_conv_is_sliced_and_its_border_respected():
+    """timm's Conv2dSame pads by the input size (asymmetric at stride 2): sliced as a Conv2d, and a dead
+    channel whose constant would fold into it stays by default (the fold is wrong in the border windows)."""
+    from timm.layers import Conv2dSame
+
+    from explainfix_cli.core.model import same_padded
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.c2 = Conv2dSame(8, 8, 3, stride=2)
+            self.head = torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.c2(torch.relu(self.bn(self.c1(x)))))
+
+    m = M().eval()
+    assert same_padded(m.c2) and not same_padded(m.c1) and not same_padded(m.head)
+    with torch.no_grad():
+        m.c1.weight[[2, 5]] = 0
+        m.c1.bias[[2, 5]] = 0
+        m.bn.bias[2], m.bn.bias[5] = 0.7, -3.0  # channel 2: relu(0.7) folds inexactly; channel 5: relu(-3) = 0
+    x = torch.randn(4, 3, 15, 16)
+    zeroed = copy.deepcopy(m)
+    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
+    assert m.c1.out_channels == 7 and m.c2.in_channels == 7  # 5 removed (exact), 2 kept (inexact fold)
+    with torch.no_grad():
+        assert torch.allclose(m(x), zeroed(x), rtol=1e-5, atol=1e-5)

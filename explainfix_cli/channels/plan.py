@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..core.model import same_padded
 from .labels import ChannelGraph, Consumer
 
 
@@ -34,6 +35,7 @@ class Plan:
     inexact_folds: int = 0  # channel·consumer pairs folded into a zero-padded conv with a non-zero value
     inexact_kept: int = 0  # channels that stay because removing them needs an inexact fold
     nonzero_folds: int = 0
+    kept: dict[str, int] = field(default_factory=dict)  # why removable-by-zeros channels stay → channel count
 
     @property
     def modules(self) -> dict[str, dict]:
@@ -68,7 +70,30 @@ def _zero_padded(m: nn.Module) -> bool:
     if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros":
         return False
     pad = m.padding
-    return pad == "same" or (isinstance(pad, tuple) and any(p != 0 for p in pad))
+    return pad == "same" or (isinstance(pad, tuple) and any(p != 0 for p in pad)) or same_padded(m)
+
+
+def _kept_reasons(graph: ChannelGraph, candidates: set[int], removed: set[int], unrounded: set[int],
+                  frozen: dict[int, str], inexact: set[int]) -> dict[str, int]:
+    """Channels that could go by their weights but stay, counted by reason (the report's ``kept``)."""
+    size: dict[int, int] = {}
+    for p in graph.producers:
+        for a in p.labels.tolist():
+            if a >= 0:
+                r = graph.root(a)
+                size[r] = size.get(r, 0) + 1
+    out: dict[str, int] = {}
+    for r in candidates - removed:
+        if r in frozen:
+            why = f"frozen: {frozen[r]}"
+        elif r in inexact:
+            why = "its removal needs an inexact fold into a zero-padded conv (--allow-inexact-folds)"
+        elif r in unrounded:
+            why = "rounded: the layer keeps a multiple of --round-to"
+        else:
+            why = "a layer would lose every channel"
+        out[why] = out.get(why, 0) + size.get(r, 0)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 AUTO_MULTIPLE, AUTO_MIN_CHANNELS = 8, 64
@@ -143,8 +168,11 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | str | 
                     removable.discard(roots[0])
                     changed = True
 
+    candidates = set(removable) if remove is not None else {r for r, g in ok.items() if g}
+    before_rounding = set(removable)
     if round_to == "auto" or (round_to and round_to > 1):
         round_removal(graph, removable, graph.producers, round_to)
+    plan.kept = _kept_reasons(graph, candidates, removable, before_rounding, frozen, exact_only if remove is None else set())
 
     def removed(labels: torch.Tensor) -> list[int]:
         return [i for i, a in enumerate(labels.tolist()) if a >= 0 and graph.root(a) in removable]

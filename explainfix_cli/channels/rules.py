@@ -15,7 +15,7 @@ ELEMENTWISE_MODULES = (
     nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
     nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
 )
-from ..core.model import behaves_like_base  # noqa: E402,F401 (re-exported for the tracer)
+from ..core.model import behaves_like_base, same_padded  # noqa: E402,F401 (re-exported for the tracer)
 
 NORM_BASES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -131,6 +131,7 @@ def depthwise_const(m: nn.Conv2d, in_const: torch.Tensor, in_value: torch.Tensor
     bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     zero = w.flatten(1).abs().sum(1) == 0
     no_border = all(p == 0 for p in m.padding) if isinstance(m.padding, tuple) else m.padding == "valid"
+    no_border = no_border and not same_padded(m)
     if m.padding_mode != "zeros":
         no_border = True
     through = in_const & ((in_value == 0) | no_border)

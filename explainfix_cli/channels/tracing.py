@@ -27,7 +27,7 @@ from torch import nn
 from torch.fx.proxy import Attribute
 
 from ..core.errors import CannotProcess, UnsupportedOp, first_line
-from .rules import behaves_like_base, is_norm_act
+from .rules import behaves_like_base, is_norm_act, same_padded
 
 # nn.Module's own __call__/__getattr__, saved before fx patches them while tracing
 _MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__
@@ -102,8 +102,22 @@ class ConcreteTracer(fx.Tracer):
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         if isinstance(root, nn.Module):  # probed before tracing starts: a probe inside it would be recorded
-            self._library_leaf = {id(m) for m in root.modules() if is_norm_act(m) or behaves_like_base(m)}
+            self._library_leaf = {id(m) for m in root.modules() if is_norm_act(m) or behaves_like_base(m) or same_padded(m)}
         return super().trace(root, concrete_args)
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list]:
+        """Only the example's inputs become placeholders; every other forward argument (``targets=None``,
+        ``augment=False``, ``*args``, ``**kwargs``) keeps its Python default, as in a plain call, so detection
+        heads see ``None`` rather than a proxy of it."""
+        fn = inspect.unwrap(root_fn)
+        params = list(inspect.signature(fn).parameters.values())[1 if is_module else 0:]
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        n = len(self._example)
+        if concrete_args is not None or len(positional) < n or (len(positional) == n and len(params) == n):
+            return super().create_args_for_root(root_fn, is_module, concrete_args)  # nothing optional to fix
+        args = [self.root] if is_module else []
+        args += [self.create_proxy("placeholder", p.name, (), {}) for p in positional[:n]]
+        return root_fn, args
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         path = self.path_of_module(m)
@@ -211,11 +225,11 @@ def _unpatched() -> Iterator[None]:
 def _user_line() -> str:
     """file:line of the model code being traced (the first frame outside torch and this module)."""
     frame = inspect.currentframe()
-    torch_dir = os.path.dirname(torch.__file__)
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(os.path.dirname(__file__)) + os.sep)
     while frame is not None:
         f = frame.f_code.co_filename
-        if f != __file__ and not f.startswith(torch_dir):
-            return f"{os.path.basename(f)}:{frame.f_lineno}"
+        if not f.startswith(skip):
+            return f"{os.sep.join(f.split(os.sep)[-3:])}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"
 

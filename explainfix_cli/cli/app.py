@@ -27,9 +27,17 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+def _rank() -> int:
+    """This process's rank under torchrun (read before the process group exists); 0 otherwise."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def _print_error(message: str, hint: str | None = None) -> None:
     from .render import console
 
+    if _rank():  # other ranks print nothing but their errors, marked with the rank
+        sys.stderr.write(f"error (rank {_rank()}): {' '.join(message.split())}\n")
+        return
     console.print(f"[bold red]error:[/] {' '.join(message.split())}", soft_wrap=True, markup=True, highlight=False)
     if hint:
         console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
@@ -47,6 +55,10 @@ def command(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.get("debug") or os.environ.get("EXPLAINFIX_DEBUG") == "1"
+        if _rank():
+            from .render import console
+
+            console.quiet = True  # reports, tables and progress: rank 0 only (docs/CLI.md, "Running on many GPUs")
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -67,6 +79,8 @@ def command(fn: Callable) -> Callable:
 
 
 def emit_json(doc: Any) -> None:
+    if _rank():
+        return
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
 

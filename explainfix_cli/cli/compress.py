@@ -9,6 +9,7 @@ import typer
 from .. import jobs
 from .app import app, command, emit_json
 from .options import (
+    Amp,
     Arch,
     ArchKwargs,
     Atol,
@@ -34,6 +35,7 @@ from .options import (
     TrustCode,
     TrustPickle,
     WeightDtype,
+    Workers,
 )
 from .prune import (
     AllowInexact,
@@ -88,6 +90,8 @@ def compress(
     dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
+    workers: Workers = 0,
+    amp: Amp = False,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -116,7 +120,7 @@ def compress(
 
     with work_progress() as bar:
         job = compress_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),
             eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),
             options=prune_options(pct, target_macs, target_params, criterion, rank, fill, round_to, allow_inexact_folds,
                                   floor, recalibrate_bn),

@@ -24,6 +24,7 @@ from .options import (
     Std,
     TrustCode,
     TrustPickle,
+    Workers,
 )
 
 
@@ -62,6 +63,7 @@ def explain(
     trust_code: TrustCode = False,
     batches: Batches = None,
     batch_size: BatchSize = 32,
+    workers: Workers = 0,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -84,7 +86,7 @@ def explain(
     with progress_bar() as bar:
         job = jobs.explain_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
-            jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers),
             out=out, device=device, force=force, loglog=loglog, progress=bar,
         )
     render_explain(job)

@@ -36,6 +36,10 @@ Mean = Annotated[Optional[list[str]], typer.Option("--mean", callback=_float_lis
 Std = Annotated[Optional[list[str]], typer.Option("--std", callback=_float_list, help="Per-channel std for normalisation, as --mean.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
 Batches = Annotated[Optional[int], typer.Option("--batches", help="Use at most N calibration batches (default: all).")]
+Workers = Annotated[int, typer.Option("--workers", help="DataLoader processes decoding images (0: in the main process). "
+                                                   "Memory holds a few batches, never the folder.")]
+Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast for the saliency pass and fine-tuning on CUDA (scores and "
+                                              "weights stay float32; the self-check runs in float32). Ignored on CPU, with a note.")]
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Output directory.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when available).")]

@@ -9,6 +9,7 @@ from .. import jobs
 from ..prune.options import PruneOptions
 from .app import app, command, emit_json
 from .options import (
+    Amp,
     Arch,
     ArchKwargs,
     Batches,
@@ -28,6 +29,7 @@ from .options import (
     TrustCode,
     TrustPickle,
     WeightDtype,
+    Workers,
 )
 
 TargetMacs = Annotated[Optional[str], typer.Option("--target-macs", help="MACs budget: 4x (4× fewer) or 0.25 (keep a quarter). Exclusive with --pct.")]
@@ -65,6 +67,8 @@ def prune(
     dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
+    workers: Workers = 0,
+    amp: Amp = False,
     criterion: Criterion = None,
     rank: Rank = "per-cost",
     fill: Fill = "none",
@@ -93,7 +97,7 @@ def prune(
     with progress_bar() as bar:
         job = jobs.prune_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype),
-            jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),
             out=out, device=device, seed=seed, force=force, progress=bar, options=options,
         )
     render_prune(job)

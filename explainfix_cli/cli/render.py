@@ -102,7 +102,10 @@ def render_prune(job: Any) -> None:
         console.print(f"[yellow]kept[/] {r.inexact_kept} channels whose removal needs an inexact fold into a zero-padded conv "
                       "(--allow-inexact-folds removes them, and the model then differs at the borders)")
     if r.channels_removed == 0:
-        console.print("[yellow]no channel was removable[/]: " + nothing_removed_reason(r))
+        console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
+    for why, n in list(r.kept.items())[:3]:
+        if not why.startswith("its removal needs an inexact"):  # said above
+            console.print(f"[yellow]kept[/] {n} channels: {why}")
     if c.status == "inexact":
         console.print(
             f"self-check [bold yellow]inexact[/] (--allow-inexact-folds): pruned ≡ masked equivalent (max rel err "
@@ -329,13 +332,3 @@ def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:
                       lat, x(r.get("macs_ratio")), x(r.get("params_ratio")))
     table.caption = "ratios are to the first model; latency × is the median of same-round ratios (range)"
     console.print(table)
-
-
-def nothing_removed_reason(r) -> str:
-    """Why a prune removed no channel, from what the report knows."""
-    if r.inexact_kept:
-        return f"every candidate needs an inexact fold ({r.inexact_kept} channels); see --allow-inexact-folds"
-    if r.filters_zeroed == 0:
-        return "no spatial filter was zeroed (raise --pct, or use a budget: --target-macs 2x)"
-    return ("a channel goes only when every kernel reading it is zeroed; the zeroed kernels are spread over "
-            "channels (raise --pct, or use --target-macs with the channel criterion)")

@@ -9,6 +9,7 @@ import typer
 from .. import jobs
 from .app import app, command, emit_json
 from .options import (
+    Amp,
     Arch,
     ArchKwargs,
     Batches,
@@ -31,6 +32,7 @@ from .options import (
     TrustCode,
     TrustPickle,
     WeightDtype,
+    Workers,
 )
 from .prune import AllowInexact, Criterion, Floor, Rank, RecalibrateBn, RoundToOpt
 
@@ -66,6 +68,8 @@ def sweep(
     dtype: WeightDtype = "keep",
     batches: Batches = None,
     batch_size: BatchSize = 32,
+    workers: Workers = 0,
+    amp: Amp = False,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -92,7 +96,7 @@ def sweep(
                            allow_inexact_folds=allow_inexact_folds)
     with work_progress() as bar:
         job = jobs.sweep_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),
             targets, metric=metric, options=options, eval_data=eval_data, finetune_epochs=finetune_epochs,
             train=TrainOptions(optimizer=optimizer, lr=lr), distill=DistillOptions(temperature, distill_alpha) if distill else None,
             bench=bench, threads=threads, bench_iters=bench_iters, save_models=save_models, out=out, device=device,

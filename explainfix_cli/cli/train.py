@@ -9,6 +9,7 @@ import typer
 from .. import jobs
 from .app import app, command, emit_json
 from .options import (
+    Amp,
     Arch,
     ArchKwargs,
     BatchSize,
@@ -33,6 +34,7 @@ from .options import (
     TrustPickle,
     WeightDecay,
     WeightDtype,
+    Workers,
 )
 
 
@@ -100,6 +102,8 @@ def finetune(
     dtype: WeightDtype = "keep",
     batches: Annotated[Optional[int], typer.Option("--batches", help="At most N batches per epoch (default: all).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+    workers: Workers = 0,
+    amp: Amp = False,
     input_size: InputSize = None,
     mean: Mean = None,
     std: Std = None,
@@ -125,7 +129,7 @@ def finetune(
     options = TrainOptions(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_batches=batches)
     with work_progress() as bar:
         job = jobs.finetune_job(
-            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size),
+            jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, workers=workers, amp=amp),
             options, fixed_spatial=fixed_spatial, eval_data=eval_data, out=out, device=device, seed=seed, force=force,
             on_step=bar.step if bar else None,
             distill=DistillOptions(temperature, distill_alpha) if distill else None, teacher=teacher,

@@ -10,6 +10,7 @@ untouched, so ∂C/∂W is the gradient of the selected outputs themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 
@@ -135,3 +136,11 @@ def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, d
 
 def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (w * g).abs().sum(dim=tuple(range(2, w.ndim)))
+
+
+def autocast(device: "torch.device | str", enabled: bool) -> "contextlib.AbstractContextManager":
+    """bf16 autocast for forward passes on CUDA (``--amp``); a no-op elsewhere. Parameters, their gradients
+    and every accumulated score stay float32/float64."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,6 +1,8 @@
 """What every stage asks of a model: its spatial convs, how to call it, its size and cost (params, MACs)."""
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 import torch
@@ -93,6 +95,45 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
 
 def is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+_SAME: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def same_padded(m: nn.Module) -> bool:
+    """A library's ``nn.Conv2d`` subclass that zero-pads its input TensorFlow-"SAME" style (the pad depends on
+    the input size, possibly asymmetric) and then convolves without padding — timm's ``Conv2dSame``. Checked
+    on two probes (odd and uneven sizes), cached per module. Such a conv is sliced as a Conv2d and counted as
+    zero-padded (a constant folded into it is not exact at the borders)."""
+    if m in _SAME:
+        return _SAME[m]
+    import math
+
+    import torch.nn.functional as F
+
+    ok = False
+    if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and not any(True for _ in m.children()) \
+            and not type(m).__module__.startswith("torch.") and m.padding in ((0, 0), "valid") and m.padding_mode == "zeros":
+        g = torch.Generator().manual_seed(0)
+        ok = True
+        for h, w in ((11, 11), (12, 13)):
+            x = torch.randn(1, m.in_channels, h, w, generator=g).to(m.weight)
+            pads = []
+            for size, k, st, d in zip((w, h), m.kernel_size[::-1], m.stride[::-1], m.dilation[::-1]):
+                total = max((math.ceil(size / st) - 1) * st + (k - 1) * d + 1 - size, 0)
+                pads += [total // 2, total - total // 2]
+            with torch.no_grad():
+                want = F.conv2d(F.pad(x, pads), m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+                try:
+                    got = type(m).forward(m, x)
+                except Exception:  # noqa: BLE001 - not this kind of conv
+                    ok = False
+                    break
+            if not (isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)):
+                ok = False
+                break
+    _SAME[m] = ok
+    return ok
 
 
 def behaves_like_base(m: nn.Module) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import dist
 from ..core.errors import BadInput
 from ..core.gradients import Progress, default_grad_cost, spatial_grad_scores
 from ..core.model import iter_spatial_convs
@@ -211,6 +212,18 @@ def explainsteer_layerwise_with_saliency(
 
     side = _PerBatchSpectra(model)
     weights = spatial_grad_scores(model, loader, device, num_minibatches, grad_cost_fn, side, target_fn, count)
+    if dist.active():  # under torchrun each rank saw its shard of the batches: sum everything per layer
+        batches = int(dist.sum_counts(batches)[0])
+        dist.all_reduce_sum(weights)
+        for k, (_, conv) in enumerate(iter_spatial_convs(model)):
+            A = side.coef.get(k, _abs_coefficients(conv.weight))
+            e1_zero, e0_zero = backproject(torch.zeros(A.shape[1], dtype=A.dtype), tuple(conv.weight.shape[2:]))
+            side.e1[k] = side.e1.get(k, e1_zero).clone()
+            parts = [side.e1[k]]
+            if e0_zero is not None:
+                side.e0[k] = (side.e0.get(k) if side.e0.get(k) is not None else e0_zero).clone()
+                parts.append(side.e0[k])
+            dist.all_reduce_sum(parts)
     if batches == 0 and weights:
         raise BadInput("no calibration batches for saliency", hint="give a data set with at least one batch")
     layers = []

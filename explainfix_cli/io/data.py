@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import dist
 from ..core.errors import BadInput
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -140,6 +141,8 @@ class CalibrationSet:
     files: list[Path] = field(default_factory=list)
     array: np.ndarray | None = None
     preprocessing: Preprocessing | None = None
+    workers: int = 0  # DataLoader worker processes decoding images (0: in this process)
+    pin_memory: bool = False  # page-locked batches, for CUDA
 
     @property
     def labeled(self) -> bool:
@@ -151,24 +154,52 @@ class CalibrationSet:
     def num_batches(self, batch_size: int, max_batches: float = math.inf) -> int:
         return int(min(math.ceil(len(self) / batch_size), max_batches))
 
-    def batches(self, batch_size: int, max_batches: float = math.inf,
-                shuffle_seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, max_batches: float = math.inf, shuffle_seed: int | None = None,
+                shard: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) in file order, or in the seeded random order of ``shuffle_seed`` (the same order on
         every call, so batches mix classes: a class folder read in order gives one-class batches, which
-        skew per-batch saliency and BatchNorm statistics); at most ``max_batches`` batches."""
+        skew per-batch saliency and BatchNorm statistics); at most ``max_batches`` batches. ``shard``: under
+        torchrun only this rank's share of those batches (core/dist.py). Decoded by ``workers`` processes."""
         order = None
         if shuffle_seed is not None:
             order = torch.randperm(len(self), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        index = []
         for b in range(self.num_batches(batch_size, max_batches)):
             idx = list(range(b * batch_size, min((b + 1) * batch_size, len(self))))
-            if order is not None:
-                idx = [order[i] for i in idx]
-            if self.array is not None:
-                x = torch.from_numpy(np.ascontiguousarray(self.array[idx] if order is not None else self.array[idx[0] : idx[-1] + 1],
-                                                          dtype=np.float32))
-            else:
-                x = torch.stack([load_image(self.files[i], self.preprocessing) for i in idx])
-            yield x, torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+            index.append([order[i] for i in idx] if order is not None else idx)
+        yield from self.load(index, shard=shard)
+
+    def item(self, i: int) -> torch.Tensor:
+        """Sample ``i``, normalised (C, H, W) (or the array's row as stored)."""
+        if self.array is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.array[i], dtype=np.float32))
+        return load_image(self.files[i], self.preprocessing)
+
+    def load(self, index: list[list[int]], shard: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches named by ``index`` (lists of sample indices), in order; ``shard``: only this rank's
+        (batch ``b`` goes to rank ``b % world``). Images are decoded in a ``torch.utils.data.DataLoader`` with
+        ``self.workers`` processes (pinned memory for CUDA) when ``workers > 0``: memory holds a few batches,
+        never the folder."""
+        if shard:
+            index = [idx for b, idx in enumerate(index) if dist.mine(b)]
+        labels = torch.tensor(self.labels, dtype=torch.long)
+        if self.workers <= 0 or self.array is not None:
+            for idx in index:
+                if self.array is not None:
+                    rows = self.array[idx[0]: idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1)) else self.array[idx]
+                    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+                else:
+                    x = torch.stack([self.item(i) for i in idx])
+                yield x, labels[idx]
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_Samples(self), batch_sampler=index, num_workers=self.workers, pin_memory=self.pin_memory,
+                            collate_fn=_stack)
+        for x, idx in loader:
+            if isinstance(x, BadInput):  # raised in a worker: the same one line as without workers
+                raise x
+            yield x, labels[idx]
 
     def describe(self) -> dict:
         return {
@@ -178,6 +209,27 @@ class CalibrationSet:
             "labeled": self.labeled,
             "classes": self.classes,
         }
+
+
+class _Samples:
+    """The map-style dataset a DataLoader decodes from: index → (x, index)."""
+
+    def __init__(self, calib: CalibrationSet):
+        self.calib = calib
+
+    def __len__(self) -> int:
+        return len(self.calib)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | BadInput, int]:
+        try:
+            return self.calib.item(i), i
+        except BadInput as e:  # handed to the main process as a value (a worker's exception loses its message)
+            return e, i
+
+
+def _stack(items: list[tuple[torch.Tensor | BadInput, int]]) -> tuple[torch.Tensor | BadInput, list[int]]:
+    bad = next((x for x, _ in items if isinstance(x, BadInput)), None)
+    return bad if bad is not None else torch.stack([x for x, _ in items]), [i for _, i in items]
 
 
 def _images_in(folder: Path) -> list[Path]:

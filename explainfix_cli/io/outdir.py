@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..core import dist
 from ..core.errors import BadInput
 
 
@@ -22,8 +23,12 @@ def check_output_dir(out: Path, force: bool) -> None:
 
 
 def write_output_dir(out: Path, files: dict[str, bytes | str | dict], force: bool = False) -> Path:
-    """Write ``files`` into ``out`` atomically: build a sibling temp dir, then rename it into place."""
+    """Write ``files`` into ``out`` atomically: build a sibling temp dir, then rename it into place. Under
+    torchrun only rank 0 writes (every rank computed the same model)."""
     out = Path(out)
+    dist.barrier()  # every rank has checked OUT before rank 0 creates it
+    if not dist.is_main():
+        return out
     check_output_dir(out, force)
     parent = out.resolve().parent
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import dist
 from ..core.errors import BadInput, first_line
 from ..core.model import count_macs
 from ..io.arch import parse_arch_kwargs
@@ -53,6 +54,8 @@ class DataSpec:
     std: list[float] | None = None
     batch_size: int = 32
     batches: int | None = None
+    workers: int = 0  # DataLoader processes decoding images (io/data.py CalibrationSet.load)
+    amp: bool = False  # bf16 autocast of the saliency and training forward passes (CUDA only; Opened.amp)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Opened:
     device: torch.device
     macs: int = 0  # of one input, counted by the probe forward in open_inputs
     dtype: str = "keep"  # ModelSpec.dtype
+    amp: bool = False  # DataSpec.amp on a CUDA device
 
     @property
     def out_dtypes(self) -> WeightDtypes:
@@ -101,7 +105,7 @@ def resolve_device(device: str) -> torch.device:
 
 def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", purpose: str = "restructure") -> Opened:
     """Load the model, resolve preprocessing (flags → recipe → defaults) and open the calibration data."""
-    dev = resolve_device(device)
+    dev = dist.init_from_env(resolve_device(device))  # under torchrun: join the process group, this rank's GPU
     if data is not None and data.batch_size < 1:
         raise BadInput(f"--batch-size must be ≥ 1, got {data.batch_size}")
     if data is not None and data.batches is not None and data.batches < 1:
@@ -111,11 +115,17 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
     data = data or DataSpec()
     size = parse_input_size(data.input_size) if data.input_size else None
     pre = resolve_preprocessing(loaded.model, size, data.mean, data.std, loaded.preprocessing)
+    if data.workers < 0:
+        raise BadInput(f"--workers must be ≥ 0, got {data.workers}")
     calib = load_calibration(data.path, pre) if data.path is not None else None
+    if calib is not None:
+        calib.workers, calib.pin_memory = data.workers, dev.type == "cuda"
     if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
         raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
                        hint="x must be (N, C, H, W) as the model expects it (already normalised)")
-    opened = Opened(loaded, pre, calib, dev, dtype=model.dtype)
+    opened = Opened(loaded, pre, calib, dev, dtype=model.dtype, amp=data.amp and dev.type == "cuda")
+    if data.amp and dev.type != "cuda":
+        loaded.notes.append("--amp is ignored on CPU (bf16 autocast is used on CUDA only); computing in float32")
     if loaded.dtypes:
         loaded.notes.append(f"the weights are stored as {main_dtype(loaded.dtypes)}: explainfix computes in float32 and "
                             f"writes them as {opened.written_dtype}" + (" (each tensor in its own dtype; --dtype to change)"

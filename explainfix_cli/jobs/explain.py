@@ -39,7 +39,7 @@ def explain_job(
     calib, batches, limit = opened.calib, None, float("inf")
     if calib is not None:
         limit = data.batches or float("inf")
-        batches = calib.batches(data.batch_size, limit)
+        batches = calib.batches(data.batch_size, limit, shard=True)  # under torchrun: this rank's share
         total = calib.num_batches(data.batch_size, limit)
         if progress:
             progress("saliency", 0, total)

@@ -89,7 +89,7 @@ def finetune_opened(
         if not eval_calib.labeled:
             raise BadInput(f"--eval-data {eval_calib.source} is unlabeled", hint="use class subfolders")
         evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
-    result = finetune(opened.model, batches, options, steps_per_epoch=steps, device=opened.device,
+    result = finetune(opened.model, batches, replace(options, amp=options.amp or opened.amp), steps_per_epoch=steps, device=opened.device,
                       evaluate=evaluate, on_step=on_step, seed=seed, objective=objective)
     opt = result.options
     provenance = {

@@ -15,7 +15,7 @@ from ..io.outdir import check_output_dir, default_out
 from ..io.recipe import Recipe
 from ..prune.options import PruneOptions
 from ..prune.pipeline import Progress, PruneResult, prune_model
-from ..train.finetune import accuracy, agreement, predict, recalibrate_batchnorm
+from ..train.finetune import recalibrate_batchnorm
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs, with_total
 
 
@@ -81,14 +81,14 @@ def prune_opened(
     batches = None
     total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
     if calib is not None:  # a seeded random order: batches mix classes (io/data.py CalibrationSet.batches)
-        batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"), shuffle_seed=seed)  # noqa: E731
+        batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731
     check_x = opened.example(check_samples)
     if progress and calib is not None:
         progress("saliency", 0, total)
     result = prune_model(
         opened.model, example=check_x[:1], batches=batches, num_batches=data.batches, device=opened.device,
         target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
-        progress=with_total(progress, total), options=opts, scored=scored,
+        progress=with_total(progress, total), options=opts, scored=scored, amp=opened.amp,
     )
     recipe = opened.loaded.recipe if recipe is None else recipe
     opened.macs = result.macs_after
@@ -97,11 +97,10 @@ def prune_opened(
         used = recalibrate_batchnorm(opened.model, batches(), opened.device)
         edits.append({"op": "bn-recalibrate", "batches": used})
         result.recalibrated = {"batches": used, "agreement": result.agreement, "accuracy": result.accuracy_after}
-        if result.preds_before is not None and result.preds_before.numel():  # quality after recalibration, on the same calibration batches
-            preds, labels = predict(opened.model, batches(), opened.device)
-            result.agreement = agreement(result.preds_before, preds)
-            if result.accuracy_before is not None:
-                result.accuracy_after = accuracy(preds, labels)
+        if result.record is not None:  # quality after recalibration, on the same calibration batches
+            quality = result.record.compare(opened.model, batches, opened.device)
+            if quality["agreement"] is not None:
+                result.agreement, result.accuracy_after = quality["agreement"], quality["accuracy_after"]
     provenance = {
         "command": "prune", "time": now(), **opts.to_json(), "seed": seed,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,

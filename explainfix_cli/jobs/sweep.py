@@ -106,7 +106,7 @@ def sweep_job(
     before = evaluate_on(original, eval_calib, bs, opened.device)
 
     calib = opened.calib
-    batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed)  # noqa: E731 (as prune_opened)
+    batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731 (as prune_opened)
     total = calib.num_batches(bs, data.batches or float("inf"))
     gm = graph_mod.trace(original, opened.example(1).to(opened.device))
     scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,

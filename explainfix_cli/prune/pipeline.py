@@ -87,12 +87,27 @@ class PruneResult:
     budget: dict | None = None  # requested vs achieved (budget.BudgetOutcome)
     groups_removed: int = 0  # channel criterion
     recalibrated: dict | None = None  # BatchNorm re-estimated after pruning: batches, quality before it
-    preds_before: torch.Tensor | None = field(default=None, repr=False)  # the original's top-1 on the calibration data
+    record: Any = field(default=None, repr=False)  # scoring.Recorder: the original's top-1 on the calibration data
+    kept: dict[str, int] = field(default_factory=dict)  # channels removable by their weights that stay, by reason
+
+    @property
+    def nothing_removed(self) -> str | None:
+        """Why no channel was removed (None when some were)."""
+        if self.channels_removed:
+            return None
+        if self.kept:
+            why, n = next(iter(self.kept.items()))
+            return f"{n} channels could go but stay ({why})" + (f"; {len(self.kept) - 1} other reasons in kept" if len(self.kept) > 1 else "")
+        if self.filters_zeroed == 0:
+            return "no spatial filter was zeroed (raise --pct, or use a budget: --target-macs 2x)"
+        return ("a channel goes only when every kernel reading it is zeroed; the zeroed kernels are spread over "
+                "channels (raise --pct, or use --target-macs with the channel criterion)")
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("edit")
-        d.pop("preds_before")
+        d.pop("record")
+        d["nothing_removed"] = self.nothing_removed
         return d
 
 
@@ -137,6 +152,7 @@ def prune_model(
     allow_inexact_folds: bool = False,
     options: PruneOptions | None = None,
     scored: Scored | None = None,
+    amp: bool = False,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
     ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
@@ -167,8 +183,9 @@ def prune_model(
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
     if scored is None:
-        scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
-                             grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
+        with grad.autocast(device, amp):
+            scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
+                                 grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
         channel_graph = scored.graph
     else:  # scores of an identical model: the analysis must be of this model's own trace
         if scored.criterion != opts.criterion:
@@ -237,7 +254,7 @@ def prune_model(
         **quality, opaque={**graph_mod.opaque_modules(gm), **chosen.graph.passed,
                                  **{name: STANDARDISED for name in effective_kernel_convs(model)}}, timings=t,
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
-        groups_removed=chosen.groups_removed, preds_before=torch.cat(record.preds) if record.preds else None,
+        groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
     )
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..channels import graph as graph_mod
+from ..core import dist
 from ..core import gradients as grad
 from ..core.model import call_model, first_output, to_device
 from . import saliency as sal
@@ -54,6 +55,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         if batches is not None:
             values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
                                           record, tick_batches)
+            dist.all_reduce_sum(values)  # under torchrun each rank scored its shard of the batches
         else:
             values = [p.detach().abs().double() for *_, p in params]
         scores: Any = {}
@@ -61,6 +63,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
             scores.setdefault(n, {})[pn] = v.cpu()
     elif criterion == "saliency":
         scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, tick_batches)
+        dist.all_reduce_sum(scores)
     else:
         scores = sal.get_spatial_filter_magnitude(model)
     if batches is not None and not record.preds:  # no gradients needed, but record the original predictions
@@ -88,20 +91,30 @@ class Recorder:
         return self.target_fn(yhat, y) if self.target_fn is not None else y
 
     def compare(self, model: nn.Module, batches: Callable[[], Iterable], device: Any) -> dict:
+        """Top-1 agreement (and accuracy where the labels fit the head) of ``model`` with the recorded original,
+        on the same batches; under torchrun each rank compares its shard and the counts are summed (every
+        rank takes part, also one whose shard is empty)."""
         out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
-        if not self.preds or not self.preds[0].numel():
-            return out
+        mine = bool(self.preds) and bool(self.preds[0].numel())
+        if not dist.sum_counts(int(mine))[0]:
+            return out  # not a classifier (or no data)
         after = []
         with torch.inference_mode():
             for i, (x, _) in enumerate(batches()):
                 if i >= len(self.preds):
                     break
                 after.append(first_output(call_model(model, to_device(x, device))).argmax(1).cpu())
-        pb, pa, y = torch.cat(self.preds), torch.cat(after), torch.cat(self.labels)
-        out.update(eval_samples=len(pb), eval_source="calibration data", agreement=float((pb == pa).float().mean()))
+        empty = torch.empty(0, dtype=torch.long)
+        pb, pa = (torch.cat(self.preds), torch.cat(after)) if mine else (empty, empty)
+        y = torch.cat(self.labels) if mine else empty
         # accuracy only where the labels can be the head's classes (a folder of other classes means nothing)
-        if y.numel() == len(pb) and bool((y >= 0).all()) and int(y.max()) < self.classes:
-            out.update(accuracy_before=float((pb == y).float().mean()), accuracy_after=float((pa == y).float().mean()))
+        valid = not mine or (y.numel() == len(pb) and bool((y >= 0).all()) and int(y.max()) < self.classes)
+        n, agree, right_b, right_a, invalid = dist.sum_counts(
+            len(pb), int((pb == pa).sum()), int((pb == y).sum()) if valid and mine else 0,
+            int((pa == y).sum()) if valid and mine else 0, 0 if valid else 1)
+        out.update(eval_samples=int(n), eval_source="calibration data", agreement=agree / n)
+        if not invalid:
+            out.update(accuracy_before=right_b / n, accuracy_after=right_a / n)
         return out
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 
+from ..core import dist
 from ..core.errors import BadInput
-from ..io.data import CalibrationSet, load_image
+from ..io.data import CalibrationSet
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch → (x, y) batches
 CACHE_BYTES = 512 << 20  # decoded images are kept in memory after the first epoch below this size
@@ -36,27 +36,36 @@ def shuffled_batches(calib: CalibrationSet, batch_size: int, seed: int = 0,
     pre = calib.preprocessing
     per_item = 4 * (pre.channels * pre.input_size[0] * pre.input_size[1] if pre else 0)
     cache: dict[int, torch.Tensor] = {}
-    use_cache = calib.array is None and per_item * n <= cache_bytes
+    use_cache = calib.array is None and calib.workers <= 0 and per_item * n <= cache_bytes
 
     def item(i: int) -> torch.Tensor:
-        if calib.array is not None:
-            return torch.from_numpy(np.ascontiguousarray(calib.array[i], dtype=np.float32))
-        if i in cache:
-            return cache[i]
-        x = load_image(calib.files[i], calib.preprocessing)
-        if use_cache:
+        if i not in cache:
+            x = calib.item(i)
+            if not use_cache:
+                return x
             cache[i] = x
-        return x
+        return cache[i]
 
     bounds = batch_bounds(n, batch_size)
+    # under torchrun: batch b of the epoch's one order goes to rank b % world, the same count to every rank
+    # (DistributedDataParallel steps together; the last len(bounds) % world batches of an epoch are left out)
+    world = dist.world()
+    steps = len(bounds) // world
+    if steps == 0:
+        raise BadInput(f"{calib.source}: {len(bounds)} batches of {batch_size} cannot be shared by {world} processes",
+                       hint="lower --batch-size or use fewer processes")
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for lo, hi in bounds:
-            idx = order[lo:hi]
-            yield torch.stack([item(int(i)) for i in idx]), labels[idx]
+        index = [order[lo:hi].tolist() for lo, hi in bounds[: steps * world]]
+        index = [idx for b, idx in enumerate(index) if dist.mine(b)]
+        if calib.workers > 0:
+            yield from calib.load(index)
+            return
+        for idx in index:
+            yield torch.stack([item(i) for i in idx]), labels[idx]
 
-    return epoch_batches, len(bounds)
+    return epoch_batches, steps
 
 
 def tensor_batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int, seed: int = 0) -> tuple[Batches, int]:

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import dist
 from ..core.errors import BadInput, CannotProcess, InternalError
+from ..core.gradients import autocast
 from .batches import Batches, shuffled_batches, tensor_batches
 from .objectives import CrossEntropy, classifier_logits
 OPTIMIZERS = {  # name → (default lr, default weight decay)
@@ -43,6 +45,7 @@ class TrainOptions:
     max_batches: int | None = None  # per epoch
     recalibrate_bn: bool = True  # re-estimate BatchNorm running stats on the training data after training
     bn_batches: int = 100  # at most this many batches for that
+    amp: bool = False  # bf16 autocast of the training forward pass on CUDA (core/gradients.autocast)
 
     def resolved(self) -> "TrainOptions":
         if self.optimizer not in OPTIMIZERS:
@@ -162,6 +165,7 @@ def finetune(
     if hasattr(objective, "to"):
         objective.to(device)
     eval_before = evaluate(model) if evaluate else None
+    net = _distributed(model, device)  # under torchrun: gradients averaged over the ranks each step
     history: list[EpochStats] = []
     t_start = time.perf_counter()
     for epoch in range(1, opt.epochs + 1):
@@ -172,7 +176,8 @@ def finetune(
             if step > limit:
                 break
             x, y = x.to(device), y.to(device)
-            loss, preds, targets = objective(model, x, y)
+            with autocast(device, opt.amp):
+                loss, preds, targets = objective(net, x, y)
             if not torch.isfinite(loss):
                 raise CannotProcess(f"the loss became {float(loss)} at epoch {epoch} step {step}",
                                     hint="lower --lr; nothing was written")
@@ -191,6 +196,9 @@ def finetune(
                                   optimizer.param_groups[0]["lr"]))
         if not seen:
             raise BadInput("the training data yielded no batch")
+        if dist.active():  # the epoch's numbers over every rank's batches
+            loss_sum, correct, seen, counted = dist.sum_counts(loss_sum, correct, seen, counted)
+            seen, counted = int(seen), int(counted)
         if opt.recalibrate_bn and epoch == opt.epochs:
             recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
         eval_acc = evaluate(model) if evaluate else None
@@ -209,12 +217,26 @@ def finetune(
     )
 
 
+def _distributed(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel when running under torchrun (else itself). Buffers
+    (BatchNorm statistics) follow rank 0; parameters a forward does not reach are allowed (aux heads)."""
+    if not dist.active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(device)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                           device: torch.device | str = "cpu", max_batches: float = math.inf) -> int:
     """Re-estimate every BatchNorm's running mean/var as the plain average over ``batches`` (no gradients).
 
     A short fine-tune moves the weights more than BatchNorm's momentum (0.1) lets the running statistics follow,
-    so eval-mode accuracy lags train-mode accuracy; this pass closes that gap. Returns the batches used."""
+    so eval-mode accuracy lags train-mode accuracy; this pass closes that gap. Returns the batches used.
+    Under torchrun each rank averages its shard and the averages are combined weighted by batch count, which
+    is the single-process average over all batches."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
@@ -235,7 +257,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
         for m, mom in zip(bns, saved):
             m.momentum = mom
         model.eval()
-    return used
+    total = dist.sum_counts(used)[0] if dist.active() else used
+    if dist.active() and total:
+        stats = [t for m in bns for t in (m.running_mean, m.running_var)]
+        with torch.no_grad():
+            for t in stats:
+                t.mul_(used / total if total else 0.0)
+            dist.all_reduce_sum(stats)
+            for m in bns:
+                m.num_batches_tracked.fill_(int(total))
+    return int(total)
 
 
 def _make_optimizer(params: list[nn.Parameter], opt: TrainOptions) -> torch.optim.Optimizer:
