@@ -26,6 +26,7 @@ from explainfix_cli.io.checkpoint import load_model
 from explainfix_cli.io.codec import safetensors_bytes
 from explainfix_cli.io.data import load_calibration, resolve_preprocessing
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
+from explainfix_cli.prune.options import PruneOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--pct", type=float, default=70)
+    ap.add_argument("--target-macs", default=None, help="a budget (e.g. 2x) instead of --pct: the default path, "
+                    "with BatchNorm re-estimation")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=3, help="bare run then prune run, this many times; the median counts")
     args = ap.parse_args()
@@ -86,8 +89,9 @@ def main() -> None:
             t0 = time.perf_counter()
             job = prune_job(
                 ModelSpec(ckpt, f"torchvision.models:{args.arch}", '{"num_classes": 10}'),
-                DataSpec(data, input_size=str(args.size), batch_size=args.batch_size), args.pct,
-                out=tmp / f"pruned{r}", device="cpu",
+                DataSpec(data, input_size=str(args.size), batch_size=args.batch_size),
+                None if args.target_macs else args.pct, out=tmp / f"pruned{r}", device="cpu",
+                options=PruneOptions(target_macs=args.target_macs) if args.target_macs else None,
             )
             total = time.perf_counter() - t0
             rounds.append((total / sum(base.values()), base, job, total))
@@ -98,7 +102,7 @@ def main() -> None:
     stages = dict(job.result.timings)
     stages["load+data (rest)"] = total - sum(stages.values())
     print(f"# prune speed: {args.arch} @{args.size}², {args.images} images, batch {args.batch_size}, "
-          f"pct {args.pct:g}, {args.threads} threads, torch {torch.__version__}")
+          f"{'target-macs ' + args.target_macs if args.target_macs else f'pct {args.pct:g}'}, {args.threads} threads, torch {torch.__version__}")
     print(f"{'stage':<22}{'seconds':>10}{'÷ bare fwd+bwd':>16}")
     for k, v in base.items():
         print(f"{'bare ' + k:<22}{v:>10.2f}{v / fb:>16.3f}")

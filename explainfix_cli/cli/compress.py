@@ -118,7 +118,7 @@ def compress(
     from ..train.objectives import DistillOptions
     from .render import render_compress, work_progress
 
-    with work_progress() as bar:
+    with work_progress(batch_size) as bar:
         job = compress_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),
             eval_data=eval_data, finetune_epochs=finetune_epochs, train=TrainOptions(optimizer=optimizer, lr=lr),

@@ -81,9 +81,9 @@ def explain(
 
     Example: explainfix explain model-pruned/ --data calib/ -o spectra/
     """
-    from .render import progress_bar, render_explain
+    from .render import work_progress, render_explain
 
-    with progress_bar() as bar:
+    with work_progress(batch_size) as bar:
         job = jobs.explain_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers),

@@ -90,11 +90,11 @@ def prune(
 
     Example: explainfix prune model.pt --arch torchvision.models:resnet18 --target-macs 4x --data calib/
     """
-    from .render import progress_bar, render_prune
+    from .render import work_progress, render_prune
 
     options = prune_options(pct, target_macs, target_params, criterion, rank, fill, round_to, allow_inexact_folds,
                             floor, recalibrate_bn)
-    with progress_bar() as bar:
+    with work_progress(batch_size) as bar:
         job = jobs.prune_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype),
             jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),

@@ -23,31 +23,6 @@ from ..core.fmt import human, pct, pruned_how, ratio
 console = Console(stderr=True, highlight=False)
 
 
-@contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Any]:
-    """A callback ``(stage, completed, total)`` drawing one bar per stage on stderr. The live display
-    starts with the first update and is removed at the end, so a run that fails early prints nothing."""
-    if not enabled or not console.is_terminal:  # a pipe or CI log gets no bar (and no stray blank line)
-        yield None
-        return
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-    tasks: dict[str, Any] = {}
-
-    def update(stage: str, completed: int, total: int | None) -> None:
-        if not tasks:
-            bars.start()
-        if stage not in tasks:
-            tasks[stage] = bars.add_task(stage, total=total)
-        bars.update(tasks[stage], completed=completed, total=total)
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bars.stop()
-
-
 def _changed(before: int, after: int) -> str:
     return f"{before}" if before == after else f"{before} → [bold green]{after}[/]"
 
@@ -90,8 +65,7 @@ def render_prune(job: Any) -> None:
     if r.budget and r.budget.get("note"):
         console.print(f"[yellow]budget[/]: {r.budget['note']}")
     if r.recalibrated:
-        console.print(f"BatchNorm statistics re-estimated on {r.recalibrated['batches']} calibration batches "
-                      f"(agreement {pct(r.recalibrated['agreement'])} before that)")
+        console.print(f"BatchNorm statistics re-estimated on {r.recalibrated['batches']} calibration batches")
     for path, why in list(r.opaque.items())[:5]:
         console.print(f"[yellow]kept whole[/] {path}: {why}")
     if len(r.opaque) > 5:
@@ -177,16 +151,26 @@ def render_explain(job: Any) -> None:
 
 # ------------------------------------------------------------------------- fix / finetune / compress
 @contextmanager
-def work_progress(enabled: bool = True) -> Iterator[Any]:
-    """One live display for a whole job: ``cb(stage, completed, total)`` draws a bar per stage and
-    ``cb.step(train_step)`` a bar per training epoch with the running loss and accuracy."""
+def work_progress(batch_size: int | None = None, enabled: bool = True) -> Iterator[Any]:
+    """One live display for a whole job: ``cb(stage, completed, total)`` draws a bar per stage (steps are
+    batches: the rate is shown in images/s when ``batch_size`` is known) and ``cb.step(train_step)`` a bar per
+    training epoch with the running loss and accuracy. The live display is removed at the end, so a run that
+    fails early prints nothing; a pipe or CI log gets no bar."""
     if not enabled or not console.is_terminal:
         yield None
         return
-    from rich.progress import TaskProgressColumn
+    from rich.progress import ProgressColumn, TaskProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if not speed:
+                return Text("")
+            return Text(f"{speed * batch_size:,.0f} img/s" if batch_size else f"{speed:.1f} it/s", style="dim")
 
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
+                    TimeElapsedColumn(), Rate(), TextColumn("{task.fields[info]}"), console=console, transient=True)
     tasks: dict[str, Any] = {}
 
     class Callback:

@@ -94,7 +94,7 @@ def sweep(
 
     options = PruneOptions(criterion=criterion, rank=rank, round_to=round_to, floor=floor, recalibrate_bn=recalibrate_bn,
                            allow_inexact_folds=allow_inexact_folds)
-    with work_progress() as bar:
+    with work_progress(batch_size) as bar:
         job = jobs.sweep_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, batches, workers=workers, amp=amp),
             targets, metric=metric, options=options, eval_data=eval_data, finetune_epochs=finetune_epochs,

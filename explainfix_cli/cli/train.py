@@ -127,7 +127,7 @@ def finetune(
     from .render import render_finetune, work_progress
 
     options = TrainOptions(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_batches=batches)
-    with work_progress() as bar:
+    with work_progress(batch_size) as bar:
         job = jobs.finetune_job(
             jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size, workers=workers, amp=amp),
             options, fixed_spatial=fixed_spatial, eval_data=eval_data, out=out, device=device, seed=seed, force=force,

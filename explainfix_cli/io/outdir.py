@@ -24,11 +24,17 @@ def check_output_dir(out: Path, force: bool) -> None:
 
 def write_output_dir(out: Path, files: dict[str, bytes | str | dict], force: bool = False) -> Path:
     """Write ``files`` into ``out`` atomically: build a sibling temp dir, then rename it into place. Under
-    torchrun only rank 0 writes (every rank computed the same model)."""
+    torchrun only rank 0 writes (every rank computed the same model), between two barriers: every rank has
+    checked OUT before it is created, and none goes on before it exists."""
     out = Path(out)
-    dist.barrier()  # every rank has checked OUT before rank 0 creates it
-    if not dist.is_main():
-        return out
+    dist.barrier()
+    if dist.is_main():
+        _write(out, files, force)
+    dist.barrier()
+    return out
+
+
+def _write(out: Path, files: dict[str, bytes | str | dict], force: bool) -> Path:
     check_output_dir(out, force)
     parent = out.resolve().parent
     try:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import dist
 from ..core.errors import BadInput
 from ..core.model import count_params
 from ..deploy.verify import check_tolerances
@@ -163,7 +164,7 @@ def compress_job(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bench_rows = None
-    if bench:
+    if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
         stage("bench")  # the bench job's timing, on the two models in memory
         rows = bench_models([("original", original), ("compressed", final)], opened.pre, threads=threads,
                             iters=bench_iters, seed=seed, opset=opset)

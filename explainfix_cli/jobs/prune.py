@@ -89,18 +89,22 @@ def prune_opened(
         opened.model, example=check_x[:1], batches=batches, num_batches=data.batches, device=opened.device,
         target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
         progress=with_total(progress, total), options=opts, scored=scored, amp=opened.amp,
+        measure_quality=not opts.recalibrate_bn,  # measured once, after the BatchNorm re-estimation below
     )
     recipe = opened.loaded.recipe if recipe is None else recipe
     opened.macs = result.macs_after
     edits = [result.edit]
     if opts.recalibrate_bn:
+        t0 = time.perf_counter()
         used = recalibrate_batchnorm(opened.model, batches(), opened.device)
         edits.append({"op": "bn-recalibrate", "batches": used})
-        result.recalibrated = {"batches": used, "agreement": result.agreement, "accuracy": result.accuracy_after}
+        result.recalibrated = {"batches": used}
+        result.timings["bn-recalibrate"] = time.perf_counter() - t0
         if result.record is not None:  # quality after recalibration, on the same calibration batches
-            quality = result.record.compare(opened.model, batches, opened.device)
-            if quality["agreement"] is not None:
-                result.agreement, result.accuracy_after = quality["agreement"], quality["accuracy_after"]
+            t0 = time.perf_counter()
+            for key, value in result.record.compare(opened.model, batches, opened.device).items():
+                setattr(result, key, value)
+            result.timings["agreement"] = time.perf_counter() - t0
     provenance = {
         "command": "prune", "time": now(), **opts.to_json(), "seed": seed,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,

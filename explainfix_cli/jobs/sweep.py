@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..channels import graph as graph_mod
+from ..core import dist
 from ..core import gradients as grad
 from ..core.errors import BadInput
 from ..core.fmt import pct
@@ -142,7 +143,7 @@ def sweep_job(
                           for name, content in model_dir_files(work, point_recipe, opened.out_dtypes).items()})
     original = original.to("cpu")
     latency = None
-    if bench:
+    if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
         if progress:
             progress("bench", 0, 1)
         latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,

@@ -37,7 +37,7 @@ from .channel import output_sizes, scored_modules
 from .check import SelfCheck, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import PruneOptions
-from .scoring import Scored, random_agreement, score_model
+from .scoring import Scored, empty_quality, random_agreement, score_model
 from .select import select_channels, select_filters
 from .surgery import mask_and_fold
 
@@ -153,6 +153,7 @@ def prune_model(
     options: PruneOptions | None = None,
     scored: Scored | None = None,
     amp: bool = False,
+    measure_quality: bool = True,
 ) -> PruneResult:
     """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
     ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
@@ -239,7 +240,12 @@ def prune_model(
             fill_zero_initialization(conv, generator=g)
 
     # 5. quality: top-1 agreement with the original, accuracy when labeled
-    quality = record.compare(model, batches, device) if batches is not None else random_agreement(out_original, out_pruned)
+    if batches is None:
+        quality = random_agreement(out_original, out_pruned)
+    elif measure_quality:
+        quality = record.compare(model, batches, device)
+    else:  # the caller measures it later (after re-estimating BatchNorm): one forward pass saved
+        quality = empty_quality()
     lap("agreement")
 
     masks = list(chosen.masks.values())

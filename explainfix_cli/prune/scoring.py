@@ -94,7 +94,7 @@ class Recorder:
         """Top-1 agreement (and accuracy where the labels fit the head) of ``model`` with the recorded original,
         on the same batches; under torchrun each rank compares its shard and the counts are summed (every
         rank takes part, also one whose shard is empty)."""
-        out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+        out = empty_quality()
         mine = bool(self.preds) and bool(self.preds[0].numel())
         if not dist.sum_counts(int(mine))[0]:
             return out  # not a classifier (or no data)
@@ -118,8 +118,13 @@ class Recorder:
         return out
 
 
+def empty_quality() -> dict:
+    """The quality fields of a PruneResult before anything is measured."""
+    return {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+
+
 def random_agreement(out_original: list[torch.Tensor] | None, out_pruned: list[torch.Tensor]) -> dict:
-    out = {"agreement": None, "accuracy_before": None, "accuracy_after": None, "eval_samples": 0, "eval_source": ""}
+    out = empty_quality()
     if out_original and out_original[0].ndim == 2:
         pb, pa = out_original[0].argmax(1), out_pruned[0].argmax(1)
         out.update(agreement=float((pb == pa).float().mean()), eval_samples=len(pb), eval_source="seeded random inputs")
