@@ -42,7 +42,7 @@ def input_size(name: str) -> int:
 TIMM = ["efficientnet_b0", "tf_efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "ghostnet_100", "rexnet_100",
         "cspresnet50", "resnetv2_50", "densenet121", "repvgg_a0", "dpn48b", "ese_vovnet19b_dw", "resnet26d", "resnet50",
         "dla34", "mobilevit_xxs", "inception_v3", "hrnet_w18_small", "res2net50_26w_4s", "vgg11_bn", "efficientnet_lite0",
-        "mnasnet_100", "convnext_atto", "nf_resnet26"]
+        "mnasnet_100", "convnext_atto", "nf_resnet26", "tf_mobilenetv3_large_100"]
 
 
 def build(name: str):
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--no-tp", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default="")
-    ap.add_argument("--timm", action="store_true", help="the 24 timm CNNs of tests/test_realworld.py instead of torchvision")
+    ap.add_argument("--timm", action="store_true", help="the 25 timm CNNs of tests/test_realworld.py instead of torchvision")
     ap.add_argument("--tp-from", default="", help="reuse the Torch-Pruning column of an earlier --json file")
     ap.add_argument("--render", default="", help="print the table of an earlier --json file; run nothing")
     a = ap.parse_args()

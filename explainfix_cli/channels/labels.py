@@ -119,6 +119,15 @@ class ChannelGraph:
     def root(self, a: int) -> int:
         return find_root(self.parent, a)
 
+    def roots(self, labels: torch.Tensor) -> list[int]:
+        """The space root of every channel of ``labels`` (-1 where unlabelled), computed once per tensor: the
+        union-find is complete when the graph is built, and a budget search plans dozens of times."""
+        cache = self.__dict__.setdefault("_roots", {})
+        key = id(labels)
+        if key not in cache:
+            cache[key] = (labels, [find_root(self.parent, a) if a >= 0 else -1 for a in labels.tolist()])
+        return cache[key][1]
+
     def frozen_roots(self) -> dict[int, str]:
         out: dict[int, str] = {}
         for a, why in self.frozen.items():

@@ -78,9 +78,8 @@ def _kept_reasons(graph: ChannelGraph, candidates: set[int], removed: set[int], 
     """Channels that could go by their weights but stay, counted by reason (the report's ``kept``)."""
     size: dict[int, int] = {}
     for p in graph.producers:
-        for a in p.labels.tolist():
-            if a >= 0:
-                r = graph.root(a)
+        for r in graph.roots(p.labels):
+            if r >= 0:
                 size[r] = size.get(r, 0) + 1
     out: dict[str, int] = {}
     for r in candidates - removed:
@@ -115,7 +114,7 @@ def round_removal(graph: ChannelGraph, removable: set[int], producers: list, mul
     while changed:
         changed = False
         for p in producers:
-            roots = [graph.root(a) if a >= 0 else -1 for a in p.labels.tolist()]
+            roots = graph.roots(p.labels)
             gone = [i for i, r in enumerate(roots) if r in removable]
             kept = len(roots) - len(gone)
             m = auto_multiple(len(roots)) if multiple == "auto" else multiple
@@ -156,14 +155,14 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | str | 
     else:
         removable = {r for r, g in ok.items() if g and r not in frozen and r not in exact_only}
         kept = {r for r in exact_only if ok.get(r) and r not in frozen}
-        plan.inexact_kept = sum(1 for p in graph.producers for a in p.labels.tolist() if graph.root(a) in kept)
+        plan.inexact_kept = sum(1 for p in graph.producers for r in graph.roots(p.labels) if r in kept)
     lists = [p.labels for p in graph.producers] + [c.labels for c in graph.consumers] + [w.labels for w in graph.channelwise]
     changed = True
     while changed and removable:
         changed = False
         for labels in lists:
             if len(labels) and bool((labels >= 0).all()):
-                roots = [graph.root(a) for a in labels.tolist()]
+                roots = graph.roots(labels)
                 if all(r in removable for r in roots):
                     removable.discard(roots[0])
                     changed = True
@@ -175,7 +174,7 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | str | 
     plan.kept = _kept_reasons(graph, candidates, removable, before_rounding, frozen, exact_only if remove is None else set())
 
     def removed(labels: torch.Tensor) -> list[int]:
-        return [i for i, a in enumerate(labels.tolist()) if a >= 0 and graph.root(a) in removable]
+        return [i for i, r in enumerate(graph.roots(labels)) if r >= 0 and r in removable]
 
     for p in graph.producers:
         out = removed(p.labels)

@@ -36,11 +36,38 @@ class Selection:
     budget: BudgetOutcome | None = None
 
 
-def cost_of(model: nn.Module, plan: Plan, example: Any, metric: str) -> int:
-    """MACs (one input) or parameters of the model a plan would produce (a shape-only copy)."""
-    pruned = copy.deepcopy(model)
-    apply_edit(pruned, plan.edit)
-    return count_macs(pruned, example) if metric == "macs" else count_params(pruned)
+class Costs:
+    """MACs (one input) or parameters of the model a plan would produce, counted on a copy on the ``meta``
+    device: the same ops and shapes as the real model (FlopCounterMode counts shapes), no weights copied and
+    nothing computed, so a budget search can afford dozens of plans. A model whose forward needs real values
+    (or whose edit cannot be replayed on meta tensors) is counted on a real copy instead."""
+
+    def __init__(self, model: nn.Module, example: Any, metric: str):
+        self.model, self.metric, self.example = model, metric, example
+        try:
+            self.meta: nn.Module | None = copy.deepcopy(model).to("meta")
+            self.meta_example = _to_meta(example)
+        except Exception:  # noqa: BLE001 - e.g. a module that refuses meta tensors
+            self.meta = None
+
+    def __call__(self, plan: Plan) -> int:
+        if self.meta is not None:
+            try:
+                return self._count(copy.deepcopy(self.meta), plan, self.meta_example)
+            except Exception:  # noqa: BLE001 - value-dependent forward: count for real from now on
+                self.meta = None
+        return self._count(copy.deepcopy(self.model), plan, self.example)
+
+    def _count(self, pruned: nn.Module, plan: Plan, example: Any) -> int:
+        apply_edit(pruned, plan.edit)
+        return count_macs(pruned, example) if self.metric == "macs" else count_params(pruned)
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    return type(x)(_to_meta(v) for v in x)
+
 
 
 def _before(model: nn.Module, example: Any, metric: str, macs_before: int) -> int:
@@ -67,8 +94,10 @@ def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tens
         metric, target = opts.budget
         total = _before(model, example, metric, macs_before)
 
+        costs = Costs(model, example, metric)
+
         def kept(p: float) -> float:
-            return cost_of(model, zero_and_plan(p)[2], example, metric) / total
+            return costs(zero_and_plan(p)[2]) / total
         outcome = search(kept, 0.0, 99.9, target, metric, integer=False,
                          why_floor=" (zeroing more filters frees no more channels)")
         pct = outcome.knob
@@ -92,7 +121,8 @@ def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
     if opts.budget is not None:
         metric, target = opts.budget
         total = _before(model, example, metric, macs_before)
-        outcome = search(lambda k: cost_of(model, plan_for(k), example, metric) / total, 0, len(order), target, metric,
+        costs = Costs(model, example, metric)
+        outcome = search(lambda k: costs(plan_for(k)) / total, 0, len(order), target, metric,
                          integer=True, why_floor=f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)")
         k = int(outcome.knob)
     else:
