@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -53,12 +54,7 @@ def test_written_recipe_has_schema(pruned):
 
 def test_schema_1_recipe_still_loads(pruned, tmp_path):
     """A recipe as explainfix wrote it before the schema field: no ``schema`` key, no ``frozen``/``provenance``."""
-    old = tmp_path / "old"
-    old.mkdir()
-    for f in pruned.rglob("*"):
-        if f.is_file():
-            (old / f.relative_to(pruned)).parent.mkdir(parents=True, exist_ok=True)
-            (old / f.relative_to(pruned)).write_bytes(f.read_bytes())
+    old = shutil.copytree(pruned, tmp_path / "old")
     d = json.loads((old / RECIPE_NAME).read_text())
     for key in ("schema", "frozen", "provenance"):
         del d[key]
@@ -77,12 +73,7 @@ def test_schema_1_recipe_still_loads(pruned, tmp_path):
 @pytest.mark.parametrize("schema, message", [(SCHEMA_VERSION + 1, "reads schemas 1 to"), ("2", "expected an integer"),
                                              (0, "expected an integer")])
 def test_bad_or_newer_schema_is_one_line(pruned, tmp_path, schema, message):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in pruned.rglob("*"):
-        if f.is_file():
-            (bad / f.relative_to(pruned)).parent.mkdir(parents=True, exist_ok=True)
-            (bad / f.relative_to(pruned)).write_bytes(f.read_bytes())
+    bad = shutil.copytree(pruned, tmp_path / "bad")
     d = json.loads((bad / RECIPE_NAME).read_text())
     d["schema"] = schema
     d["field_from_the_future"] = 1

@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from ..core.dist import launch_rank as _rank
 from ..core.errors import ExplainFixError, first_line
 
 app = typer.Typer(
@@ -26,11 +27,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
 )
-
-def _rank() -> int:
-    """This process's rank under torchrun (read before the process group exists); 0 otherwise."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-
 
 def _print_error(message: str, hint: str | None = None) -> None:
     from .render import console

@@ -30,6 +30,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_rank() -> int:
+    """The rank torchrun gave this process (readable before the process group exists); 0 without torchrun."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
 def active() -> bool:
     return td.is_available() and td.is_initialized() and td.get_world_size() > 1
 
@@ -74,9 +79,9 @@ def barrier() -> None:
         td.barrier()
 
 
-def mine(index: int) -> bool:
-    """Whether global batch ``index`` belongs to this rank."""
-    return index % world() == rank()
+def shard(batches: list) -> list:
+    """This rank's share of a global list of batches: batch ``b`` goes to rank ``b % world``."""
+    return batches[rank()::world()]
 
 
 def all_reduce_sum(tensors: Iterable[torch.Tensor]) -> None:

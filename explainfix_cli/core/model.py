@@ -124,12 +124,7 @@ def same_padded(m: nn.Module) -> bool:
                 pads += [total // 2, total - total // 2]
             with torch.no_grad():
                 want = F.conv2d(F.pad(x, pads), m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-                try:
-                    got = type(m).forward(m, x)
-                except Exception:  # noqa: BLE001 - not this kind of conv
-                    ok = False
-                    break
-            if not (isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)):
+            if not _computes(m, x, want):
                 ok = False
                 break
     _SAME[m] = ok
@@ -156,8 +151,14 @@ def behaves_like_base(m: nn.Module) -> bool:
         else:
             x = torch.randn(1, m.in_channels, 11, 11, generator=g).to(w)
             want = nn.Conv2d._conv_forward(m, x, w, m.bias)
+    return _computes(m, x, want)
+
+
+def _computes(m: nn.Module, x: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether ``m``'s own forward on the probe ``x`` gives ``want`` (the layer it claims to be)."""
+    with torch.no_grad():
         try:
             got = type(m).forward(m, x)
-        except Exception:  # noqa: BLE001 - whatever it does, it is not the plain layer
+        except Exception:  # noqa: BLE001 - whatever it does, it is not that layer
             return False
     return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -28,13 +28,7 @@ from ..core.errors import BadInput
 from .arch import arch_spec, build_arch, sha256_file
 from .codec import load_into, read_safetensors, source_dtypes
 from .model_dir import LoadedModel, load_explainfix_dir, module_of
-from .pretrained import (
-    CONFIG_NAME,
-    pretrained_spec,
-    pretrained_weights,
-    read_config,
-    read_pretrained_weights,
-)
+from .pretrained import CONFIG_NAME, pretrained_spec, pretrained_weights, read_config
 from .recipe import RECIPE_NAME, Recipe
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -190,27 +184,43 @@ def load_model(
 def _with_arch(path: Path, sha: str, fmt: str, state_dict: dict, arch: str | None, arch_kwargs: dict | None) -> LoadedModel:
     if arch is None:
         raise BadInput(f"{path} holds weights only; explainfix needs the architecture", hint="pass --arch MODULE:CALLABLE, e.g. --arch torchvision.models:resnet18")
-    spec = arch_spec(arch, arch_kwargs or {})
-    model = build_arch(spec)
+    return _built(arch_spec(arch, arch_kwargs or {}), state_dict, path, sha, fmt)
+
+
+def _built(spec: dict, state_dict: dict, path: Path, sha: str, fmt: str, *, trusted: bool = True,
+           preprocessing: dict | None = None, notes: list[str] | None = None) -> LoadedModel:
+    """The architecture of ``spec`` with ``state_dict`` loaded (a wrapper prefix stripped when the keys fit)."""
+    model = build_arch(spec, trusted=trusted)
     load_into(model, fit_prefix(state_dict, model), path)
-    model.eval()
-    return LoadedModel(model, Recipe.new(spec, path, sha, fmt), path, sha, fmt, dtypes=source_dtypes(state_dict))
+    recipe = replace(Recipe.new(spec, path, sha, fmt), preprocessing=preprocessing)
+    return LoadedModel(model.eval(), recipe, path, sha, fmt, list(notes or []), source_dtypes(state_dict))
+
+
+def read_weights(path: Path, named: str) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file: safetensors, or a torch.save state dict (``weights_only``, the usual
+    wrappers unwrapped). ``named`` says in errors which file it is (``--teacher``, …)."""
+    if sniff_format(path) == "safetensors":
+        return read_safetensors(path)[0]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refused or a damaged file
+        raise BadInput(f"cannot read {named} {path} as a state_dict: {type(e).__name__}") from None
+    state_dict = unwrap_state_dict(obj)
+    if state_dict is None:
+        raise BadInput(f"{named} {path} holds no state_dict")
+    return state_dict
 
 
 def _load_pretrained_dir(directory: Path, weights: Path, arch: str | None, arch_kwargs: dict | None,
                          trust_code: bool) -> LoadedModel:
     """A save_pretrained directory (io/pretrained.py): its config.json builds the model, unless ``arch``."""
-    sha = sha256_file(weights)
     if arch is not None:
         spec, pre, notes = arch_spec(arch, arch_kwargs or {}), None, []
     else:
         spec, pre, lib = pretrained_spec(read_config(directory), directory)
         notes = [f"architecture from {directory / CONFIG_NAME} ({lib}: {spec['kwargs'].get('model_name', spec['name'])})"]
-    model = build_arch(spec, trusted=trust_code or arch is not None)
-    state_dict = read_pretrained_weights(weights)
-    load_into(model, fit_prefix(state_dict, model), weights)
-    recipe = replace(Recipe.new(spec, weights, sha, "pretrained"), preprocessing=pre)
-    return LoadedModel(model.eval(), recipe, weights, sha, "pretrained", notes, source_dtypes(state_dict))
+    return _built(spec, read_weights(weights, "the weights"), weights, sha256_file(weights), "pretrained",
+                  trusted=trust_code or arch is not None, preprocessing=pre, notes=notes)
 
 
 def _load_pickled_module(path: Path, sha: str, arch: str | None, arch_kwargs: dict | None = None) -> LoadedModel:
@@ -252,15 +262,5 @@ def load_original(recipe: Recipe, path: str | Path | None = None, trust_pickle: 
     if recipe.arch["kind"] == "pickle":
         return rebuild(recipe.original(), trust_pickle=trust_pickle).eval()
     model = rebuild(recipe.original(), trust_code=True)
-    if sniff_format(p) == "safetensors":
-        state_dict, _ = read_safetensors(p)
-    else:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - unpickling refused or a damaged file
-            raise BadInput(f"cannot read {named} {p} as a state_dict: {type(e).__name__}") from None
-        state_dict = unwrap_state_dict(obj)
-        if state_dict is None:
-            raise BadInput(f"{named} {p} holds no state_dict")
-    load_into(model, state_dict, p)
+    load_into(model, read_weights(p, named), p)
     return model.eval()

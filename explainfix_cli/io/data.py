@@ -181,7 +181,7 @@ class CalibrationSet:
         ``self.workers`` processes (pinned memory for CUDA) when ``workers > 0``: memory holds a few batches,
         never the folder."""
         if shard:
-            index = [idx for b, idx in enumerate(index) if dist.mine(b)]
+            index = dist.shard(index)
         labels = torch.tensor(self.labels, dtype=torch.long)
         if self.workers <= 0 or self.array is not None:
             for idx in index:

@@ -15,8 +15,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..core.errors import BadInput, first_line
 from .schema import MAX_SIDE
 
@@ -77,17 +75,3 @@ def _timm_preprocessing(cfg: Any) -> dict | None:
         return None
     return {"input_size": size[1:], "channels": channels, "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "resize": "bilinear"}
-
-
-def read_pretrained_weights(path: Path) -> dict[str, torch.Tensor]:
-    from .codec import read_safetensors
-
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)[0]
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - refused globals or a damaged file
-        raise BadInput(f"cannot read {path} as a state_dict: {type(e).__name__}: {first_line(e, 200)}") from None
-    if not (isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())):
-        raise BadInput(f"{path} holds no state_dict")
-    return sd

@@ -18,7 +18,7 @@ from torch import nn
 from ..channels import graph as graph_mod
 from ..channels.labels import ChannelGraph
 from ..channels.plan import Plan, plan_removal
-from ..core.model import count_macs, count_params, iter_spatial_convs
+from ..core.model import count_macs, count_params, iter_spatial_convs, to_device
 from ..io.edits import apply_edit
 from . import saliency as sal
 from .budget import BudgetOutcome, search
@@ -46,7 +46,7 @@ class Costs:
         self.model, self.metric, self.example = model, metric, example
         try:
             self.meta: nn.Module | None = copy.deepcopy(model).to("meta")
-            self.meta_example = _to_meta(example)
+            self.meta_example = to_device(example, "meta")
         except Exception:  # noqa: BLE001 - e.g. a module that refuses meta tensors
             self.meta = None
 
@@ -61,12 +61,6 @@ class Costs:
     def _count(self, pruned: nn.Module, plan: Plan, example: Any) -> int:
         apply_edit(pruned, plan.edit)
         return count_macs(pruned, example) if self.metric == "macs" else count_params(pruned)
-
-
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to("meta")
-    return type(x)(_to_meta(v) for v in x)
 
 
 

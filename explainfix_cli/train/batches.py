@@ -57,8 +57,7 @@ def shuffled_batches(calib: CalibrationSet, batch_size: int, seed: int = 0,
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        index = [order[lo:hi].tolist() for lo, hi in bounds[: steps * world]]
-        index = [idx for b, idx in enumerate(index) if dist.mine(b)]
+        index = dist.shard([order[lo:hi].tolist() for lo, hi in bounds[: steps * world]])
         if calib.workers > 0:
             yield from calib.load(index)
             return
