@@ -9,12 +9,13 @@ import torch.fx as fx
 from torch import nn
 
 from ..core.errors import UnsupportedOp
-from .labels import Consumer, Indexed, Lab, find_root, op_name, where_of
+from .labels import Consumer, Indexed, Lab, find_root, module_of, op_name, where_of
 from .ops import LayerOps
 from .rules import (
     BINARY_FNS,
     BINARY_METHODS,
     CAT_FNS,
+    FACTORY_METHODS,
     CUT_FNS,
     CUT_METHODS,
     ELEMENTWISE_MODULES,
@@ -70,7 +71,7 @@ class Analyzer(LayerOps, fx.Interpreter):
             # An op we cannot see through is harmless when every channel reaching it is already frozen
             # (freezing is final: those tensors keep their size). It is then run as it is and its output
             # carries no atoms. A shared module is never harmless: surgery would edit all its call sites.
-            if getattr(e, "hard", False) or not self.inputs_frozen(n):
+            if e.hard or not self.inputs_frozen(n):
                 raise
             self.labs[n.name] = blank_like(value)
             self.passed.setdefault(e.where, f"`{e.op}` run as it is (every channel reaching it is frozen)")
@@ -138,9 +139,7 @@ class Analyzer(LayerOps, fx.Interpreter):
         return found
 
     def refuse(self, n: fx.Node, why: str = "not supported by the channel-dependency engine", hard: bool = False) -> None:
-        e = UnsupportedOp(op_name(n), where_of(n), why)
-        e.hard = hard  # type: ignore[attr-defined]
-        raise e
+        raise UnsupportedOp(op_name(n), where_of(n), why, module=module_of(n), hard=hard)
 
     def call(self, n: fx.Node, comp: str, full: bool = True, extra: dict | None = None) -> Any:
         """Evaluate ``n``'s op with every labelled tensor argument replaced by component ``comp``."""
@@ -253,6 +252,13 @@ class Analyzer(LayerOps, fx.Interpreter):
                 self.binary(n, ins[0], ins[1], shape)
             else:
                 self.refuse(n, "element-wise op on more than two tensors")
+        elif not fn and t in FACTORY_METHODS:  # x.new_full(size, v): only x's dtype and device are used
+            self.labs[n.name] = blank_like(value)
+        elif not fn and t == "type_as":  # x.type_as(y): x cast to y's dtype; y's channels do not matter
+            src = self.labs.get(n.args[0].name) if isinstance(n.args[0], fx.Node) else None
+            if not isinstance(src, Lab) or not isinstance(value, torch.Tensor) or tuple(value.shape) != src.shape:
+                self.refuse(n, "type_as of a value that is not one tensor")
+            self.store(n, Lab(src.L, src.K, src.V.to(value.dtype).double(), shape))
         elif (fn and t in UNARY_FNS) or (not fn and t in UNARY_METHODS):
             if len(ins) != 1 or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
                 self.refuse(n, "element-wise op with several tensor inputs")

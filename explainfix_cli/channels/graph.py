@@ -41,10 +41,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..core.errors import ExplainFixError, UnsupportedOp, first_line
+from ..core.errors import CannotProcess, ExplainFixError, UnsupportedOp, first_line
 from .analyzer import Analyzer
-from .labels import ChannelGraph, op_name, where_of
-from .tracing import check_guards, trace_model
+from .labels import ChannelGraph, module_of, op_name, where_of
+from .tracing import MAX_OPAQUE, check_guards, trace_model
 
 
 def _example_args(example: Any) -> tuple:
@@ -60,12 +60,25 @@ def trace(model: nn.Module, example: Any) -> fx.GraphModule:
     then one analysis pass on ``example`` (so an unsupported op fails fast). ``gm.meta`` keeps the example,
     the opaque modules and the shape guards (see :func:`tracing.check_guards`)."""
     args = _example_args(example)
-    traced = trace_model(model, args)
-    gm = fx.GraphModule(traced.root, traced.graph)
-    gm.meta["explainfix_example"] = args
-    gm.meta["explainfix_traced"] = traced
-    analyse(gm)
-    return gm
+    kept: dict[str, str] = {}
+    for _ in range(MAX_OPAQUE + 1):
+        traced = trace_model(model, args, kept)
+        gm = fx.GraphModule(traced.root, traced.graph)
+        gm.meta["explainfix_example"] = args
+        gm.meta["explainfix_traced"] = traced
+        try:
+            analyse(gm)
+            return gm
+        except UnsupportedOp as e:
+            path = e.module
+            if e.hard or not path or path in traced.opaque:
+                raise
+            # The op is inside a submodule: keep that submodule whole (run as it is, channels in and out
+            # frozen) and analyse the rest; the self-check still proves the result.
+            cls = type(model.get_submodule(path)).__name__
+            what = f"{cls}: {e.why}" if e.op == f"module {cls}" else f"{cls} holds `{e.op}` ({e.why})"
+            kept[path] = f"{what}; run as it is, channels in and out frozen"
+    raise CannotProcess(f"more than {MAX_OPAQUE} submodules of {type(model).__name__} had to be kept whole; refusing")
 
 
 def check_control_flow(model: nn.Module, gm: fx.GraphModule) -> None:
@@ -92,7 +105,8 @@ def analyse(gm: fx.GraphModule) -> ChannelGraph:
         node = an.current
         where = where_of(node) if node is not None else type(gm).__name__
         op = op_name(node) if node is not None else "forward"
-        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {first_line(e, 160)}") from None
+        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {first_line(e, 160)}",
+                            module=module_of(node) if node is not None else None) from None
     return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
 
 

@@ -158,6 +158,14 @@ def where_of(node: fx.Node) -> str:
     return f"{node.meta.get('module_path', '<top>')} (node {node.name})"
 
 
+def module_of(node: fx.Node) -> str | None:
+    """The innermost submodule whose forward holds ``node`` (the module itself for a module call); None at top."""
+    if node.op == "call_module":
+        return str(node.target)
+    path = node.meta.get("module_path")
+    return None if path in (None, "", "<top>") else str(path)
+
+
 def op_name(node: fx.Node) -> str:
     if node.op == "call_module":
         return f"module {node.graph.owning_module.get_submodule(node.target).__class__.__name__}"

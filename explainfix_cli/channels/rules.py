@@ -41,6 +41,7 @@ BINARY_FNS = {operator.add, operator.iadd, operator.sub, operator.isub, operator
               operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow,
               torch.maximum, torch.minimum}
 BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"}
+FACTORY_METHODS = {"new_full", "new_zeros", "new_ones", "new_empty", "new_tensor"}  # a new tensor, x's dtype only
 RESHAPE_FNS, RESHAPE_METHODS = {torch.flatten, torch.reshape}, {"view", "reshape", "flatten"}
 MOVE_FNS = {torch.permute, torch.transpose, torch.movedim, torch.swapaxes, torch.unsqueeze, torch.squeeze}
 MOVE_METHODS = {"permute", "transpose", "movedim", "swapaxes", "unsqueeze", "squeeze", "expand"}

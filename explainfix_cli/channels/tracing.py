@@ -27,6 +27,7 @@ from torch import nn
 from torch.fx.proxy import Attribute
 
 from ..core.errors import CannotProcess, UnsupportedOp, first_line
+from ..core.model import attributes_kept
 from .rules import behaves_like_base, is_norm_act, same_padded
 
 # nn.Module's own __call__/__getattr__, saved before fx patches them while tracing
@@ -81,6 +82,14 @@ class _ConcreteAttribute(_Concrete, Attribute):
     pass
 
 
+def _holds_proxy(v: Any) -> bool:
+    if isinstance(v, (tuple, list)):
+        return any(_holds_proxy(x) for x in v)
+    if isinstance(v, dict):
+        return any(_holds_proxy(x) for x in v.values())
+    return isinstance(v, fx.Proxy)
+
+
 class ConcreteTracer(fx.Tracer):
     """fx tracer that records, on every node, the module path whose forward created it (``module_path``) and
     the concrete value on the example (``concrete``); shape-only control flow is decided and guarded."""
@@ -101,9 +110,14 @@ class ConcreteTracer(fx.Tracer):
         return qualname in self.opaque or id(m) in self._library_leaf or super().is_leaf_module(m, qualname)
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
-        if isinstance(root, nn.Module):  # probed before tracing starts: a probe inside it would be recorded
-            self._library_leaf = {id(m) for m in root.modules() if is_norm_act(m) or behaves_like_base(m) or same_padded(m)}
-        return super().trace(root, concrete_args)
+        if not isinstance(root, nn.Module):
+            return super().trace(root, concrete_args)
+        # probed before tracing starts: a probe inside it would be recorded
+        self._library_leaf = {id(m) for m in root.modules() if is_norm_act(m) or behaves_like_base(m) or same_padded(m)}
+        # a forward that caches ``self.anchors`` / ``self.shape`` would leave proxies in the user's model;
+        # fx's own new attributes (the _tensor_constant* it stores on the root) are not proxies and stay
+        with attributes_kept(root, drop_new=lambda k, v: _holds_proxy(v)):
+            return super().trace(root, concrete_args)
 
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list]:
         """Only the example's inputs become placeholders; every other forward argument (``targets=None``,
@@ -239,13 +253,33 @@ def _describe(node: fx.Node) -> str:
     return f"{node.op} {getattr(t, '__name__', t)}"
 
 
-def trace_model(model: nn.Module, example_args: tuple) -> Traced:
-    """Trace ``model`` on ``example_args``; make submodules opaque one by one where values drive control flow."""
-    opaque: dict[str, str] = {}
+def _warm(model: nn.Module, example_args: tuple) -> None:
+    """One real forward first: a forward that caches on its first call (``if self.shape != shape:
+    self.anchors = …``) then takes the same branch in the trace before and after pruning (the guard sees a
+    channel count, not a cold cache), and the graph reads the real cache. The cache stays, as after any
+    call. Skipped in training mode (it would move BatchNorm statistics)."""
+    if model.training:
+        return
+    try:
+        with torch.no_grad():
+            model(*example_args)
+    except Exception:  # noqa: BLE001 - the trace itself reports what fails, naming where
+        pass
+
+
+def trace_model(model: nn.Module, example_args: tuple, opaque: dict[str, str] | None = None) -> Traced:
+    """Trace ``model`` on ``example_args``; make submodules opaque one by one where values drive control flow.
+    ``opaque`` (path -> reason) names submodules to keep whole from the start."""
+    _warm(model, example_args)
+    return _trace_model(model, example_args, opaque)
+
+
+def _trace_model(model: nn.Module, example_args: tuple, opaque: dict[str, str] | None) -> Traced:
+    opaque = dict(opaque or {})
     name = type(model).__name__
     try:  # plain symbolic tracing first: no forward pass, and most models need nothing more
-        tracer = ConcreteTracer(example_args, evaluate=False)
-        return Traced(tracer.trace(model), tracer.root)
+        tracer = ConcreteTracer(example_args, set(opaque), evaluate=False)
+        return Traced(tracer.trace(model), tracer.root, dict(opaque))
     except Exception:  # noqa: BLE001 - retried below with concrete values, which names the failure
         pass
     for _ in range(MAX_OPAQUE + 1):
@@ -273,6 +307,7 @@ def check_guards(model: nn.Module, example_args: tuple, traced: Traced) -> None:
         return  # no Python decision looked at a traced value: nothing can change with channel counts
     tracer = ConcreteTracer(example_args, set(traced.opaque))
     try:
+        _warm(model, example_args)
         tracer.trace(model)
     except Exception as e:  # noqa: BLE001
         raise CannotProcess(f"the pruned model no longer traces: {first_line(e, 200)}",

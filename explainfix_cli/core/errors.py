@@ -47,7 +47,8 @@ class InternalError(ExplainFixError):
 class UnsupportedOp(CannotProcess):
     """The dependency engine met an op it cannot prove correct; names the op and the module path."""
 
-    def __init__(self, op: str, where: str, why: str = "not supported by the channel-dependency engine"):
+    def __init__(self, op: str, where: str, why: str = "not supported by the channel-dependency engine",
+                 module: str | None = None, hard: bool = False):
         super().__init__(
             f"cannot prune through op `{op}` at `{where}`: {why}",
             hint="the model was not changed; lower --pct will not help. Open an issue with this line, "
@@ -55,3 +56,6 @@ class UnsupportedOp(CannotProcess):
         )
         self.op = op
         self.where = where
+        self.why = why
+        self.module = module  # the innermost submodule holding the op (None: the model's own forward)
+        self.hard = hard  # True: keeping that submodule whole would not help either (shared weights)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import weakref
-
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -162,3 +162,21 @@ def _computes(m: nn.Module, x: torch.Tensor, want: torch.Tensor) -> bool:
         except Exception:  # noqa: BLE001 - whatever it does, it is not that layer
             return False
     return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@contextmanager
+def attributes_kept(model: nn.Module, drop_new: Callable[[str, Any], bool] = lambda k, v: True) -> Iterator[None]:
+    """Undo the plain attribute writes a forward makes (a detection head caching ``self.anchors`` and
+    ``self.shape`` on its first call): a later trace or export would otherwise specialise on that cache.
+    New attributes are removed where ``drop_new(name, value)``; parameters, buffers and submodules are untouched."""
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, before in saved:
+            now = m.__dict__
+            for k in [k for k in now if k not in before and drop_new(k, now[k])]:
+                del now[k]
+            for k, v in before.items():
+                if now.get(k) is not v:
+                    now[k] = v
