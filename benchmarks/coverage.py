@@ -1,6 +1,6 @@
 """Coverage of `explainfix prune` over the torchvision classification zoo, next to Torch-Pruning.
 
-    .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121 | --timm] [--no-tp] [--timeout 900]
+    .venv/bin/python benchmarks/coverage.py [--pct 50] [--models resnet18,densenet121 | --timm | --dense] [--no-tp] [--timeout 900]
                                             [--tp-from benchmarks/results/coverage_pct90.json] [--json OUT]
 
 Every model of ``torchvision.models.list_models(module=torchvision.models)`` is built with random init
@@ -15,6 +15,11 @@ then, each in its own subprocess:
   torch-pruning==1.6.1``; not a dependency of explainfix): ``MagnitudePruner`` at the same ratio
   (``pruning_ratio = pct/100``), final classifier ignored; ``yes`` when pruning and a forward pass both
   succeed. It has no notion of an equivalence check, so ``yes`` says nothing about correctness.
+
+``--timm`` runs the timm CNNs of tests/test_realworld.py instead; ``--dense`` the segmentation and detection
+models of tests/test_realworld_dense.py (segmentation-models-pytorch, ultralytics YOLO, torchvision
+segmentation; for Torch-Pruning the output head — smp ``segmentation_head``, YOLO ``Detect``, torchvision's
+last classifier conv — is ignored, and its graph is built on the sum of every output tensor).
 
 Prints a markdown table (the one in benchmarks/README.md) and the totals. Torch-Pruning does not change
 when explainfix does, and its column is the slow one (timeouts): ``--tp-from`` reuses its results from an
@@ -45,10 +50,50 @@ TIMM = ["efficientnet_b0", "tf_efficientnet_b0", "mobilenetv3_large_100", "regne
         "mnasnet_100", "convnext_atto", "nf_resnet26", "tf_mobilenetv3_large_100"]
 
 
+DENSE = ["smp:Unet", "smp:FPN", "smp:DeepLabV3Plus", "ultralytics:yolov8n", "ultralytics:yolo11n", "ultralytics:yolov8n-seg",
+         "torchvision:segmentation.fcn_resnet50", "torchvision:segmentation.deeplabv3_mobilenet_v3_large",
+         "torchvision:segmentation.lraspp_mobilenet_v3_large"]
+DENSE_KWARGS = {"smp": {"encoder_name": "resnet18", "classes": 3}, "ultralytics": {},
+                "torchvision": {"num_classes": 4, "weights_backbone": None}}
+
+
+def build_dense(name: str):
+    """As tests/test_realworld_dense.py: the allow-listed builders a shared directory may use."""
+    import os
+
+    import torch
+
+    from explainfix_cli.io.arch import arch_spec, build_arch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    lib, _, rest = name.partition(":")
+    if lib == "torchvision":
+        sub, _, fn = rest.rpartition(".")
+        spec = {"kind": "import", "module": f"torchvision.models.{sub}", "name": fn, "kwargs": DENSE_KWARGS[lib]}
+    else:
+        spec = arch_spec(name, DENSE_KWARGS[lib])
+    torch.manual_seed(0)
+    model = build_arch(spec).eval()
+    return model, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def head_of(name: str, model) -> list:
+    """The output layers Torch-Pruning is told to leave alone on a dense model."""
+    lib = name.partition(":")[0]
+    if lib == "smp":
+        return [model.segmentation_head]
+    if lib == "ultralytics":
+        return [model.model[-1]]
+    return [m for k, m in model.named_modules() if k.startswith(("classifier", "aux_classifier")) and hasattr(m, "weight")][-2:]
+
+
 def build(name: str):
     import torch
     import torchvision
 
+    if name.partition(":")[0] in DENSE_KWARGS:
+        return build_dense(name)
     torch.manual_seed(0)
     if name.startswith("timm:"):  # random init from timm's packaged config; nothing downloaded
         import os
@@ -90,12 +135,17 @@ def run_tp(name: str, pct: float) -> dict:
         import torch_pruning as tp
     except ImportError:
         return {"status": "n/a", "reason": "torch-pruning not installed"}
+    from explainfix_cli.core.model import output_tensors
+
     model, x = build(name)
     try:
-        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:] or \
-            [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1:]
+        dense = name.partition(":")[0] in DENSE_KWARGS
+        last = head_of(name, model) if dense else (
+            [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:] or
+            [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1:])
         pruner = tp.pruner.MagnitudePruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=pct / 100, ignored_layers=last)
+                                           pruning_ratio=pct / 100, ignored_layers=last,
+                                           output_transform=lambda out: sum(t.sum() for t in output_tensors(out)))
         pruner.step()
         with torch.no_grad():
             model(x)
@@ -140,6 +190,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default="")
     ap.add_argument("--timm", action="store_true", help="the 25 timm CNNs of tests/test_realworld.py instead of torchvision")
+    ap.add_argument("--dense", action="store_true", help="the segmentation / detection models of tests/test_realworld_dense.py")
     ap.add_argument("--tp-from", default="", help="reuse the Torch-Pruning column of an earlier --json file")
     ap.add_argument("--render", default="", help="print the table of an earlier --json file; run nothing")
     a = ap.parse_args()
@@ -157,6 +208,8 @@ def main() -> None:
             earlier = {r["model"]: r["tp"] for r in json.load(f)}
     if a.timm:
         names = [f"timm:{n}" for n in TIMM]
+    elif a.dense:
+        names = DENSE
     else:
         names = a.models.split(",") if a.models else torchvision.models.list_models(module=torchvision.models)
     rows = []

@@ -5,9 +5,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# No downloads and nothing written to the user's home by the model libraries the tests build
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-cfg-"))
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
@@ -91,3 +97,37 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch '{self.marker}'",))
+
+
+def write_image_folder(root: Path, count: int, size: int = 32, labelled: bool = True, seed: int = 0) -> Path:
+    """``count`` random RGB PNGs: in two class folders (``labelled``) or flat (an unlabelled folder)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = root / f"class{i % 2}" if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def zero_smallest_kernels(model, count):
+    """The test's own zeroing: the ``count`` spatial kernels of smallest Σ|W| over all layers."""
+    import torch
+
+    from explainfix_cli.core.model import iter_spatial_convs
+
+    convs = iter_spatial_convs(model)
+    if not count:
+        return
+    scores = torch.cat([m.weight.detach().abs().sum((2, 3)).flatten() for _, m in convs])
+    cut = set(scores.argsort()[:count].tolist())
+    i = 0
+    with torch.no_grad():
+        for _, m in convs:
+            flat = m.weight.view(-1, *m.weight.shape[2:])
+            for j in range(flat.shape[0]):
+                if i in cut:
+                    flat[j] = 0
+                i += 1

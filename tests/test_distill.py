@@ -102,6 +102,33 @@ def test_dense_outputs_are_distilled_with_mse():
     assert res.options["objective"] == "distillation"
 
 
+class TrainHead(nn.Module):
+    """As a detection head: raw maps while training, decoded (N, A, C) predictions in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    def forward(self, x):
+        maps = self.body(x)
+        return [maps] if self.training else maps.flatten(2).transpose(1, 2).sigmoid()
+
+
+def test_a_head_with_training_mode_outputs_is_distilled_on_them():
+    torch.manual_seed(0)
+    teacher, student = TrainHead(), TrainHead()
+    teacher.eval()
+    stats = teacher.body[1].running_mean.clone()
+    x = torch.randn(32, 3, 16, 16)
+    batches, steps = tensor_batches(x, None, 8)
+    objective = Distillation(teacher)
+    res = finetune(student, batches, TrainOptions(epochs=4, optimizer="adamw", lr=1e-2, recalibrate_bn=False),
+                   steps_per_epoch=steps, objective=objective)
+    losses = [e.loss for e in res.epochs]
+    assert objective.mirror and losses[-1] < losses[0]
+    assert not teacher.training and torch.equal(teacher.body[1].running_mean, stats)  # its BN never trained
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--temperature", "0"], "--temperature must be a positive number"),
     (["--distill-alpha", "1.5"], "--distill-alpha is a weight in [0, 1]"),

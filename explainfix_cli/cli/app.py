@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -56,7 +57,17 @@ def command(fn: Callable) -> Callable:
 
             console.quiet = True  # reports, tables and progress: rank 0 only (docs/CLI.md, "Running on many GPUs")
         try:
-            return fn(*args, **kwargs)
+            if not kwargs.get("json_out"):
+                return fn(*args, **kwargs)
+            # --json: stdout carries the one document; what libraries print on it meanwhile (ultralytics
+            # logs to stdout) goes to stderr
+            global _json_stream
+            _json_stream = sys.stdout
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    return fn(*args, **kwargs)
+            finally:
+                _json_stream = None
         except typer.Exit:
             raise
         except ExplainFixError as e:
@@ -74,10 +85,13 @@ def command(fn: Callable) -> Callable:
     return wrapper
 
 
+_json_stream: Any = None  # the real stdout while a --json command runs (see command)
+
+
 def emit_json(doc: Any) -> None:
     if _rank():
         return
-    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    (_json_stream or sys.stdout).write(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def _usage_error_types() -> tuple[type, ...]:

@@ -54,7 +54,8 @@ def render_prune(job: Any) -> None:
         totals.add_column(col, justify="left" if not col else "right")
     totals.add_row("params", human(r.params_before), human(r.params_after), ratio(r.params_after, r.params_before))
     totals.add_row("MACs", human(r.macs_before), human(r.macs_after), ratio(r.macs_after, r.macs_before))
-    totals.add_row("spatial filters", str(r.filters_total), f"{r.filters_total - r.filters_zeroed} kept", "")
+    if r.filters_total:  # the channel criterion (a budget) zeroes no single kernels
+        totals.add_row("spatial filters", str(r.filters_total), f"{r.filters_total - r.filters_zeroed} kept", "")
     totals.add_row("channels", str(r.channels_before), str(r.channels_before - r.channels_removed),
                    ratio(r.channels_before - r.channels_removed, r.channels_before))
     if r.agreement is not None:
@@ -251,9 +252,10 @@ def render_compress(job: Any) -> None:
         rows = {row["label"]: row for row in r["bench"]["rows"]}
         lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
         t.add_row(f"latency p50 ({r['bench']['threads']} threads)", f"{lo:.3f} ms", f"{lc:.3f} ms", ratio(lc, lo))
-    t.add_row(f"accuracy ({r['eval_samples']} eval)", pct(o["accuracy"]), pct(c["accuracy"]), "")
-    t.add_row("  after pruning only", "", pct(c["accuracy_after_prune"]), "")
-    t.add_row("top-1 agreement", "100.0%", pct(c["agreement"]), "")
+    if c["agreement"] is not None:  # a classifier (other outputs have no top-1)
+        t.add_row(f"accuracy ({r['eval_samples']} eval)", pct(o["accuracy"]), pct(c["accuracy"]), "")
+        t.add_row("  after pruning only", "", pct(c["accuracy_after_prune"]), "")
+        t.add_row("top-1 agreement", "100.0%", pct(c["agreement"]), "")
     console.print(t)
     if r.get("finetune"):
         from types import SimpleNamespace

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BadInput, CannotProcess
+from ..core.model import attributes_kept
 
 MIN_OPSET = 18
 _INLINE_LIMIT = 1_800_000_000  # protobuf refuses messages over 2 GiB: bigger weights go to one side file
@@ -139,7 +140,7 @@ def export_onnx(
         raise BadInput(f"output directory {target.parent} does not exist")
 
     in_names = list(input_names) if input_names is not None else input_names_for(len(args))
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), attributes_kept(model):  # a shape cache would fix the batch
         try:
             out = model(*args)
         except Exception as exc:  # noqa: BLE001 - any forward error means the example does not fit
@@ -161,13 +162,18 @@ def export_onnx(
     workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for exporter in ("dynamo", "torchscript"):
-            raw = workdir / f"{exporter}-raw.onnx"
             final = workdir / target.name
-            try:
-                with eval_mode(model), torch.no_grad(), _quiet(caught):
-                    _EXPORTERS[exporter](model, args, raw, opset, in_names, out_names, dynamic_batch)
+
+            def once(example: tuple) -> None:
+                raw = workdir / f"{exporter}-raw.onnx"
+                with eval_mode(model), torch.no_grad(), _quiet(caught), attributes_kept(model):
+                    _EXPORTERS[exporter](model, example, raw, opset, in_names, out_names, dynamic_batch)
                 meta["explainfix.onnx_exporter"] = exporter
-                _finalize(raw, final, meta, big)
+                _finalize(raw, final, meta, big, dynamic_batch)
+            try:
+                once(args)
+            except _BatchFixed as exc:
+                caught.append(_other_batch(model, args, final, once, exc))
             except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the next one
                 failures[exporter] = exc
                 continue
@@ -209,11 +215,46 @@ def _export_torchscript(model, args, raw, opset, in_names, out_names, dynamic_ba
 _EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
-def _finalize(raw: Path, final: Path, meta: dict[str, str], big: bool) -> None:
-    """Raw export → inline weights (one file), provenance, shape inference, full checker."""
+class _BatchFixed(RuntimeError):
+    """A dynamic batch axis was asked for and the exporter fixed it."""
+
+
+def _other_batch(model: nn.Module, args: tuple, final: Path, once: Callable[[tuple], None], exc: _BatchFixed) -> str:
+    """The batch axis came out fixed. A forward that compares the batch with a cache of an earlier call
+    (a detection head's ``if self.shape != shape``) specialises only on that batch size: export on one
+    sample more, and keep the result only if onnxruntime agrees with torch at both batch sizes (a forward
+    that truly branches on the batch size does not). Returns the note for the result's warnings."""
+    from .verify import verify_onnx
+
+    def refuse() -> CannotProcess:
+        return CannotProcess(f"{exc}; an ONNX with a dynamic batch axis would be wrong for other batch sizes",
+                             hint="the model's forward branches on or caches the batch size")
+    if len(args) != 1:
+        raise refuse() from None
+    x = args[0]
+    bigger = torch.cat([x, x[:1]])
+    try:
+        once((bigger,))
+    except _BatchFixed:
+        raise refuse() from None
+    if not verify_onnx(final, model, [x, bigger]).passed:
+        raise refuse() from None
+    return (f"the batch axis was fixed when exported on a batch of {len(x)} (the forward compares it with a "
+            f"cached shape); exported on {len(bigger)} and checked in onnxruntime at batches {len(x)} and {len(bigger)}")
+
+
+def _finalize(raw: Path, final: Path, meta: dict[str, str], big: bool, dynamic_batch: bool) -> None:
+    """Raw export → inline weights (one file), provenance, shape inference, full checker; a batch axis
+    asked to be dynamic and exported fixed fails (torch.onnx falls back to tracing when torch.export
+    finds the batch specialised)."""
     import onnx
 
     proto = onnx.load(str(raw), load_external_data=True)
+    for i in proto.graph.input if dynamic_batch else ():
+        dims = i.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            raise _BatchFixed(f"the exported batch axis of {i.name} is fixed at {dims[0].dim_value} "
+                              "(the forward specialises on the batch size)")
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(meta)
     del proto.metadata_props[:]

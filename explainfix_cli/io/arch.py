@@ -5,6 +5,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def parse_arch_kwargs(text: str | None) -> dict:
     return kwargs
 
 
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 SHORTHANDS = {  # --arch LIB:NAME → (module, callable, how NAME is passed, default kwargs)
     "timm": ("timm", "create_model", "model_name", {"pretrained": False}),
     "torchvision": ("torchvision.models", None, None, {}),
@@ -45,15 +47,19 @@ def arch_spec(arch: str, kwargs: dict) -> dict:
     """The recipe's record of an architecture: importable ``module:callable`` or ``file.py:Name``, or a
     shorthand: ``timm:NAME`` (``timm.create_model(NAME, pretrained=False)``), ``torchvision:NAME``
     (``torchvision.models.NAME``), ``smp:NAME`` (``segmentation_models_pytorch.NAME``, encoder_weights
-    None unless given). Nothing is downloaded: weights come from the checkpoint."""
+    None unless given), ``ultralytics:NAME`` (the task model of ultralytics' packaged ``NAME.yaml``, e.g.
+    yolov8n, yolo11n-seg). Nothing is downloaded: weights come from the checkpoint."""
     lib, sep, rest = arch.partition(":")
+    if sep and lib == "ultralytics" and rest and ":" not in rest:
+        return _ultralytics_spec(rest, kwargs)
     if sep and lib in SHORTHANDS and rest and ":" not in rest:
         module, name, name_kwarg, defaults = SHORTHANDS[lib]
         if name is None:
             return {"kind": "import", "module": module, "name": rest, "kwargs": {**defaults, **kwargs}}
         return {"kind": "import", "module": module, "name": name, "kwargs": {name_kwarg: rest, **defaults, **kwargs}}
     if ":" not in arch:
-        raise BadInput(f"--arch {arch!r} must be MODULE:CALLABLE, path/to/file.py:ClassName, timm:NAME, torchvision:NAME or smp:NAME",
+        raise BadInput(f"--arch {arch!r} must be MODULE:CALLABLE, path/to/file.py:ClassName, timm:NAME, torchvision:NAME, smp:NAME "
+                       "or ultralytics:NAME",
                        hint="e.g. --arch torchvision.models:resnet18 or --arch timm:resnet26d")
     where, _, name = arch.rpartition(":")
     if where.endswith(".py"):
@@ -62,6 +68,20 @@ def arch_spec(arch: str, kwargs: dict) -> dict:
             raise BadInput(f"architecture file {path} does not exist")
         return {"kind": "file", "path": str(path.resolve()), "name": name, "kwargs": kwargs, "sha256": sha256_file(path)}
     return {"kind": "import", "module": where, "name": name, "kwargs": kwargs}
+
+
+#: ultralytics model-yaml suffix → its task model class in ultralytics.nn.tasks
+ULTRALYTICS_TASKS = {"-seg": "SegmentationModel", "-pose": "PoseModel", "-cls": "ClassificationModel", "-obb": "OBBModel"}
+
+
+def _ultralytics_spec(name: str, kwargs: dict) -> dict:
+    stem = name.removesuffix(".yaml")
+    if not NAME_RE.fullmatch(stem):
+        raise BadInput(f"--arch ultralytics:{name}: give a packaged model name such as yolov8n or yolo11n-seg",
+                       hint="a path to your own yaml: --arch ultralytics.nn.tasks:DetectionModel --arch-kwargs '{\"cfg\": …}'")
+    cls = next((c for suffix, c in ULTRALYTICS_TASKS.items() if stem.endswith(suffix)), "DetectionModel")
+    return {"kind": "import", "module": "ultralytics.nn.tasks", "name": cls,
+            "kwargs": {"cfg": f"{stem}.yaml", "verbose": False, **kwargs}}
 
 
 def arch_label(spec: dict) -> str:

@@ -36,6 +36,7 @@ ALLOWED_MODULES: dict[str, str] = {
 #: keyword arguments that would make a factory read files or download weights.
 FORBIDDEN_KWARG = re.compile(r"pretrained|checkpoint|weights|path|file|url|cache|hub|dir", re.IGNORECASE)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+PACKAGED_YAML = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\.yaml")  # resolved inside ultralytics' cfg folder, no path
 TRUST_HINT = "pass --trust-code if you trust the directory's author (or --arch with your own architecture)"
 
 
@@ -53,6 +54,9 @@ def check_import_target(module: str, name: str, kwargs: dict) -> None:
     for key, value in kwargs.items():
         if FORBIDDEN_KWARG.search(key) and value not in (None, False):
             raise _refuse(what, f"its keyword argument {key}={value!r} could read files or download weights")
+    cfg = kwargs.get("cfg")
+    if module.startswith("ultralytics") and cfg is not None and not (isinstance(cfg, str) and PACKAGED_YAML.fullmatch(cfg)):
+        raise _refuse(what, f"cfg={cfg!r} is not one of ultralytics' packaged model names (NAME.yaml)")
 
 
 def check_import_object(module: ModuleType, spec: dict) -> object:

@@ -134,6 +134,9 @@ def compress_job(
 
     original = copy.deepcopy(opened.model).to("cpu")
     before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
+    if not len(before["preds"]) and (max_accuracy_drop is not None or min_agreement is not None):
+        raise BadInput("--max-accuracy-drop and --min-agreement compare top-1 classes; this model's output is not "
+                       "(N, classes) logits", hint="gate on the ONNX verification (always on) and the self-check")
     rounds, recipe = [], None
     costs = {"macs": opened.macs, "params": count_params(original)}
     for k in range(1, steps + 1):
@@ -185,7 +188,7 @@ def compress_job(
         "eval_samples": after["samples"], "steps": steps, "distill": asdict(distill) if distill else None,
         "rounds": [_round_json(i, r, p, t, {**before, **costs}) for i, (r, p, t) in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
-        "export": exported.to_json(), "verify": check.to_json(), "verify_summary": check.summary_line(),
+        "export": {**exported.to_json(), "path": str(Path(out) / "model.onnx")}, "verify": check.to_json(), "verify_summary": check.summary_line(),
         "bench": bench_rows, "seed": seed,
     }
     summary = summary_markdown(report)

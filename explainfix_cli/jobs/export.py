@@ -126,6 +126,7 @@ def export_job(
             job.export, job.verify = export_verified(opened.model, work / "model.onnx", meta, opened.calib, opened.pre,
                                                      opset=opset, atol=atol, rtol=rtol, verify=verify,
                                                      batch_size=data.batch_size, seed=seed)
+            job.export = replace(job.export, path=str(out / "model.onnx"))  # where it lands, not the staging dir
         if safetensors:
             export_safetensors(opened.model, work / "model.safetensors", metadata=meta, dtypes=opened.out_dtypes)
             if not in_place:  # the recipe beside the weights makes the folder loadable without flags

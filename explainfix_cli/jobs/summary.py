@@ -29,9 +29,12 @@ def summary_markdown(report: dict) -> str:
         lines.append(f"| latency p50 (onnxruntime CPU, batch 1, {b['threads']} threads) | {lo:.3f} ms | {lc:.3f} ms | "
                      f"{ratio(lc, lo)} |")
     drop = "—" if o["accuracy"] is None or c["accuracy"] is None else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pts"
+    if c["agreement"] is not None:  # a classifier (other outputs have no top-1)
+        lines += [
+            f"| accuracy ({report['eval_samples']} eval samples) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
+            f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
+        ]
     lines += [
-        f"| accuracy ({report['eval_samples']} eval samples) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
-        f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
         f"| ONNX verification | | {'PASSED' if report['verify']['passed'] else 'FAILED'} | |",
         "",
         "| gate | needs | value | result |",

@@ -104,14 +104,19 @@ class FinetuneResult:
 # --------------------------------------------------------------------------------------- evaluation
 def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-1 predictions, labels) over all batches, in eval mode (the train flag is restored)."""
+    """(top-1 predictions, labels) over all batches, in eval mode (the train flag is restored). A model
+    whose output is not (N, classes) logits (segmentation, detection) has no top-1: two empty tensors."""
     was = model.training
     model.eval()
     preds, labels = [], []
     try:
         with torch.no_grad():
             for x, y in batches:
-                preds.append(classifier_logits(model(x.to(device))).argmax(1).cpu())
+                try:
+                    logits = classifier_logits(model(x.to(device)))
+                except CannotProcess:
+                    return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+                preds.append(logits.argmax(1).cpu())
                 labels.append(y.cpu())
     finally:
         model.train(was)
@@ -125,9 +130,9 @@ def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float((preds == labels).float().mean())
 
 
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Share of samples where two models' top-1 predictions agree."""
-    return float((a == b).float().mean()) if len(a) else math.nan
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Share of samples where two models' top-1 predictions agree; None without predictions."""
+    return float((a == b).float().mean()) if len(a) else None
 
 
 # ----------------------------------------------------------------------------------------- training

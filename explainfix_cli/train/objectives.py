@@ -73,6 +73,13 @@ class DistillOptions:
         return self
 
 
+_EVAL_ALWAYS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.dropout._DropoutNd)
+
+
+def _same_shapes(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+
+
 class Distillation:
     """Learn from a teacher's outputs (KL on softened logits for classifiers, MSE otherwise)."""
 
@@ -83,20 +90,37 @@ class Distillation:
         self.opts = (options or DistillOptions()).resolved()
         self.details = {"temperature": self.opts.temperature, "alpha": self.opts.alpha}
         self.teacher = teacher.eval()
+        self.mirror = False  # run the teacher with training-mode heads (see __call__)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+
+    def _teacher(self, x: torch.Tensor, train_heads: bool) -> list[torch.Tensor]:
+        with torch.no_grad():
+            if train_heads:
+                self.teacher.train()
+                for m in self.teacher.modules():
+                    if isinstance(m, _EVAL_ALWAYS) or type(m).__name__ in ("DropPath", "StochasticDepth"):
+                        m.eval()
+            try:
+                out = self.teacher(x)
+            finally:
+                self.teacher.eval()
+        return [t for t in output_tensors(out) if t.is_floating_point()]
 
     def to(self, device: torch.device | str) -> "Distillation":
         self.teacher.to(device)
         return self
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Result:
-        with torch.no_grad():
-            t_out = self.teacher(x)
         s_out = model(x)
-        t_list = [t for t in output_tensors(t_out) if t.is_floating_point()]
         s_list = [t for t in output_tensors(s_out) if t.is_floating_point()]
-        if len(t_list) != len(s_list) or any(a.shape != b.shape for a, b in zip(t_list, s_list)):
+        t_list = self._teacher(x, model.training and self.mirror)
+        if model.training and not self.mirror and not _same_shapes(t_list, s_list):
+            # a head that returns other outputs in training mode (a detection head's raw maps): run the teacher
+            # with its training-mode structure too, its normalisation and dropout still in eval mode
+            self.mirror = True
+            t_list = self._teacher(x, True)
+        if not _same_shapes(t_list, s_list):
             raise CannotProcess("the teacher's outputs and the model's differ in number or shape; cannot distill",
                                 hint="the teacher must be the model before pruning (same outputs)")
         if not t_list:
