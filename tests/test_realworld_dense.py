@@ -180,3 +180,25 @@ def test_yolo_compress_with_distillation(tmp_path):
     assert doc["finetune"]["options"]["objective"] == "distillation" and doc["finetune"]["epochs"][0]["loss"] > 0
     assert doc["compressed"]["agreement"] is None and (tmp_path / "c" / "model.onnx").is_file()
     assert "top-1 agreement" not in (tmp_path / "c" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("name, where, why", [
+    ("ssdlite320_mobilenet_v3_large", "SSD.forward", r"data-dependent control flow.*torchvision/ops/boxes.py:\d+"),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "rpn", "ImageList"),
+])
+def test_torchvision_detectors_are_refused_naming_the_place(name, where, why):
+    """Their own forward post-processes with data-dependent ops (NMS) or passes non-tensors between modules:
+    refused with the op, the place and the reason, the model untouched — never a crash, never wrong."""
+    import re
+
+    import torchvision as tv
+
+    from explainfix_cli.core.errors import UnsupportedOp
+
+    model = tv.models.get_model(name, weights=None, weights_backbone=None, num_classes=5).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 128, 128)
+    with pytest.raises(UnsupportedOp) as e:
+        prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+    assert e.value.where == where and re.search(why, e.value.message), e.value.message
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
