@@ -90,7 +90,8 @@ def finetune_opened(
             raise BadInput(f"--eval-data {eval_calib.source} is unlabeled", hint="use class subfolders")
         evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
     result = finetune(opened.model, batches, replace(options, amp=options.amp or opened.amp), steps_per_epoch=steps, device=opened.device,
-                      evaluate=evaluate, on_step=on_step, seed=seed, objective=objective)
+                      evaluate=evaluate, on_step=on_step, seed=seed, objective=objective,
+                      example=opened.example())
     opt = result.options
     provenance = {
         "command": "finetune", "time": now(), "objective": opt["objective"], "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..core import gradients as grad
+from ..core.layout import channels_last
 from ..io.model_dir import save_model_dir
 from ..io.outdir import check_output_dir, default_out
 from ..io.recipe import Recipe
@@ -95,16 +96,17 @@ def prune_opened(
     opened.macs = result.macs_after
     edits = [result.edit]
     if opts.recalibrate_bn:
-        t0 = time.perf_counter()
-        used = recalibrate_batchnorm(opened.model, batches(), opened.device)
-        edits.append({"op": "bn-recalibrate", "batches": used})
-        result.recalibrated = {"batches": used}
-        result.timings["bn-recalibrate"] = time.perf_counter() - t0
-        if result.record is not None:  # quality after recalibration, on the same calibration batches
+        with channels_last(opened.model, check_x[:1]):  # both passes only read the layout-free values
             t0 = time.perf_counter()
-            for key, value in result.record.compare(opened.model, batches, opened.device).items():
-                setattr(result, key, value)
-            result.timings["agreement"] = time.perf_counter() - t0
+            used = recalibrate_batchnorm(opened.model, batches(), opened.device)
+            edits.append({"op": "bn-recalibrate", "batches": used})
+            result.recalibrated = {"batches": used}
+            result.timings["bn-recalibrate"] = time.perf_counter() - t0
+            if result.record is not None:  # quality after recalibration, on the same calibration batches
+                t0 = time.perf_counter()
+                for key, value in result.record.compare(opened.model, batches, opened.device).items():
+                    setattr(result, key, value)
+                result.timings["agreement"] = time.perf_counter() - t0
     provenance = {
         "command": "prune", "time": now(), **opts.to_json(), "seed": seed,
         "source": str(opened.loaded.source), "source_sha256": opened.loaded.source_sha256,

@@ -24,6 +24,7 @@ from ..channels import graph as graph_mod
 from ..channels.plan import Plan
 from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
+from ..core.layout import channels_last
 from ..core.model import (
     count_macs,
     count_params,
@@ -184,7 +185,7 @@ def prune_model(
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
     if scored is None:
-        with grad.autocast(device, amp):
+        with grad.autocast(device, amp), channels_last(model, example):
             scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
                                  grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
         channel_graph = scored.graph
@@ -243,7 +244,8 @@ def prune_model(
     if batches is None:
         quality = random_agreement(out_original, out_pruned)
     elif measure_quality:
-        quality = record.compare(model, batches, device)
+        with channels_last(model, example):
+            quality = record.compare(model, batches, device)
     else:  # the caller measures it later (after re-estimating BatchNorm): one forward pass saved
         quality = empty_quality()
     lap("agreement")

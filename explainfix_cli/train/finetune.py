@@ -25,6 +25,7 @@ from torch import nn
 from ..core import dist
 from ..core.errors import BadInput, CannotProcess, InternalError
 from ..core.gradients import autocast
+from ..core.layout import channels_last
 from .batches import Batches, shuffled_batches, tensor_batches
 from .objectives import CrossEntropy, classifier_logits
 OPTIMIZERS = {  # name → (default lr, default weight decay)
@@ -147,12 +148,14 @@ def finetune(
     on_step: Callable[[TrainStep], None] | None = None,
     seed: int = 0,
     objective: Any = None,
+    example: Any = None,
 ) -> FinetuneResult:
     """Train ``model`` in place; parameters with ``requires_grad=False`` stay as they are.
 
     ``batches(epoch)`` yields (x, y) (y = -1 where unlabeled); ``objective`` (train/objectives.py) is
     cross-entropy by default, or ``Distillation(teacher)``; ``evaluate(model)`` (optional) returns an
-    accuracy after each epoch. Leaves the model in eval mode."""
+    accuracy after each epoch. ``example`` (one input) lets the passes run channels-last where that
+    computes the same (core/layout.py). Leaves the model in eval mode."""
     opt = options.resolved()
     torch.manual_seed(seed)
     model.to(device)
@@ -169,46 +172,47 @@ def finetune(
     objective = objective or CrossEntropy(opt.label_smoothing)
     if hasattr(objective, "to"):
         objective.to(device)
-    eval_before = evaluate(model) if evaluate else None
-    net = _distributed(model, device)  # under torchrun: gradients averaged over the ranks each step
-    history: list[EpochStats] = []
-    t_start = time.perf_counter()
-    for epoch in range(1, opt.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, correct, seen, counted = 0.0, 0, 0, 0
-        for step, (x, y) in enumerate(batches(epoch), start=1):
-            if step > limit:
-                break
-            x, y = x.to(device), y.to(device)
-            with autocast(device, opt.amp):
-                loss, preds, targets = objective(net, x, y)
-            if not torch.isfinite(loss):
-                raise CannotProcess(f"the loss became {float(loss)} at epoch {epoch} step {step}",
-                                    hint="lower --lr; nothing was written")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            loss_sum += float(loss.detach()) * len(y)
-            if preds is not None:
-                correct += int((preds == targets).sum())
-                counted += len(y)
-            seen += len(y)
-            if on_step:
-                on_step(TrainStep(epoch, opt.epochs, step, per_epoch, loss_sum / seen, correct / counted if counted else None,
-                                  optimizer.param_groups[0]["lr"]))
-        if not seen:
-            raise BadInput("the training data yielded no batch")
-        if dist.active():  # the epoch's numbers over every rank's batches
-            loss_sum, correct, seen, counted = dist.sum_counts(loss_sum, correct, seen, counted)
-            seen, counted = int(seen), int(counted)
-        if opt.recalibrate_bn and epoch == opt.epochs:
-            recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
-        eval_acc = evaluate(model) if evaluate else None
-        history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
-                                  time.perf_counter() - t0, eval_acc))
+    with channels_last(model, example, enabled=example is not None):  # restored before anything is saved
+        eval_before = evaluate(model) if evaluate else None
+        net = _distributed(model, device)  # under torchrun: gradients averaged over the ranks each step
+        history: list[EpochStats] = []
+        t_start = time.perf_counter()
+        for epoch in range(1, opt.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, correct, seen, counted = 0.0, 0, 0, 0
+            for step, (x, y) in enumerate(batches(epoch), start=1):
+                if step > limit:
+                    break
+                x, y = x.to(device), y.to(device)
+                with autocast(device, opt.amp):
+                    loss, preds, targets = objective(net, x, y)
+                if not torch.isfinite(loss):
+                    raise CannotProcess(f"the loss became {float(loss)} at epoch {epoch} step {step}",
+                                        hint="lower --lr; nothing was written")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                loss_sum += float(loss.detach()) * len(y)
+                if preds is not None:
+                    correct += int((preds == targets).sum())
+                    counted += len(y)
+                seen += len(y)
+                if on_step:
+                    on_step(TrainStep(epoch, opt.epochs, step, per_epoch, loss_sum / seen, correct / counted if counted else None,
+                                      optimizer.param_groups[0]["lr"]))
+            if not seen:
+                raise BadInput("the training data yielded no batch")
+            if dist.active():  # the epoch's numbers over every rank's batches
+                loss_sum, correct, seen, counted = dist.sum_counts(loss_sum, correct, seen, counted)
+                seen, counted = int(seen), int(counted)
+            if opt.recalibrate_bn and epoch == opt.epochs:
+                recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
+            eval_acc = evaluate(model) if evaluate else None
+            history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
+                                      time.perf_counter() - t0, eval_acc))
     model.eval()
     named = dict(model.named_parameters())
     unchanged = all(torch.equal(named[n].detach(), v) for n, v in frozen.items())
