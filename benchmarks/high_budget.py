@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Why Torch-Pruning's uniform ratio wins at 10× fewer MACs: the channel criterion's knobs, one at a time.
+
+    .venv/bin/python benchmarks/high_budget.py --epochs 2 --base /tmp/fmnist_base2.pt \
+        --variants ef ef:floor=0.05 ef:floor=0.2 ef:rank=saliency ef:alpha=0.75 ef:alpha=1.5 ef:norm=1 tp-l1
+
+An exploration next to benchmarks/fashion_mnist.py (same model, data, calibration and fine-tune subsets,
+BatchNorm re-estimation and ``ft`` recovery: 2 epochs cross-entropy on 2,000 labelled images; one seed; no
+distillation or latency, so one variant takes about a minute on 2 cores). A variant is ``ef`` with options
+after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--floor`` / ``--rank``; ``alpha=A``
+ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
+an explainfix option, and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
+variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fashion_mnist as F  # noqa: E402
+
+from explainfix_cli.core.model import count_macs  # noqa: E402
+from explainfix_cli.prune import select  # noqa: E402
+from explainfix_cli.prune.options import PruneOptions  # noqa: E402
+from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.train.finetune import TrainOptions  # noqa: E402
+
+
+def ranked_by_cost_power(alpha: float, norm: bool = False):
+    """select.removal_order with the key saliency / cost**alpha (the same floor rule); with ``norm`` each key
+    is divided by the median key of the groups with the same producers (a layer, or one residual stream),
+    so every layer loses about the same fraction and the saliency only picks which channels."""
+    def removal_order(graph, groups, rank, cost, floor):
+        def raw(g):
+            spend = g.macs if cost == "macs" else g.params
+            return g.saliency / spend ** alpha if spend > 0 else g.saliency
+        layer = {r: tuple(sorted(g.producers)) for r, g in groups.items()}
+        medians: dict = {}
+        for r, g in groups.items():
+            medians.setdefault(layer[r], []).append(raw(g))
+        medians = {k: float(np.median(v)) or 1.0 for k, v in medians.items()}
+
+        def key(g):
+            return (raw(g) / medians[layer[g.root]] if norm else raw(g), g.root)
+        rows = {p.module: len(p.labels) for p in graph.producers}
+        kept, order = dict(rows), []
+        for g in sorted(groups.values(), key=key):
+            if g.producers and all(kept[p] - n >= max(1, math.ceil(floor * rows[p])) for p, n in g.producers.items()):
+                for p, n in g.producers.items():
+                    kept[p] -= n
+                order.append(g.root)
+        return order
+    return removal_order
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--base", type=Path, required=True, help="cached base model (trained here if missing)")
+    p.add_argument("--epochs", type=int, default=6, help="base training epochs when --base is missing")
+    p.add_argument("--budget", type=float, default=10)
+    p.add_argument("--variants", nargs="+", default=["ef", "tp-l1"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    a.lr, a.batch_size = 2e-3, 128
+    torch.set_num_threads(2)
+    x, y = F.load_split(a.data_dir, "train", None, 0)
+    xt, yt = F.load_split(a.data_dir, "test", 10000, 0)
+    base = F.get_base(a, x, y)
+    print(json.dumps({"base_accuracy": F.evaluate(base, xt, yt)}), flush=True)
+    base_macs = count_macs(base, xt[:1])
+    perm = torch.from_numpy(np.random.default_rng(1000 + a.seed).permutation(len(x)))  # as fashion_mnist.py
+    cx, cy = x[perm[:512]], y[perm[:512]]
+    fx, fy = x[perm[512:2512]], y[perm[512:2512]]
+    original_order = select.removal_order
+    for v in a.variants:
+        torch.manual_seed(a.seed)
+        t0 = time.perf_counter()
+        if v == "tp-l1":
+            m, _ = F.tp_prune(base, int(base_macs / a.budget), "l1", cx, cy, a.batch_size)
+        else:
+            kw = dict(kv.split("=") for kv in v.split(":")[1:])
+            custom = "alpha" in kw or "norm" in kw
+            select.removal_order = ranked_by_cost_power(float(kw.get("alpha", 1)), kw.get("norm") == "1") if custom \
+                else original_order
+            m = copy.deepcopy(base).eval()
+            r = prune_model(m, example=cx[:1], batches=F.calib_batches(cx, cy, a.batch_size), check_inputs=cx[:8],
+                            seed=a.seed, options=PruneOptions(target_macs=1 / a.budget, floor=float(kw.get("floor", 0.1)),
+                                                              rank=kw.get("rank", "per-cost")))
+            select.removal_order = original_order
+            assert r.check.passed
+        F.recalibrate(m, cx, cy, a.batch_size)
+        one = F.evaluate(m, xt, yt)
+        F.train(m, fx, fy, TrainOptions(epochs=2), a.batch_size, a.seed, f"ft {v}")
+        widths = [mod.out_channels for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+        print(json.dumps({"variant": v, "macs_kept": round(count_macs(m, xt[:1]) / base_macs, 4), "one_shot": one,
+                          "ft": F.evaluate(m, xt, yt), "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
