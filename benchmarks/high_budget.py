@@ -2,14 +2,15 @@
 """Why Torch-Pruning's uniform ratio wins at 10× fewer MACs: the channel criterion's knobs, one at a time.
 
     .venv/bin/python benchmarks/high_budget.py --epochs 2 --base /tmp/fmnist_base2.pt \
-        --variants ef ef:floor=0.05 ef:floor=0.2 ef:rank=saliency ef:alpha=0.75 ef:alpha=1.5 ef:norm=1 tp-l1
+        --variants ef ef:floor=0.05 ef:floor=0.2 ef:rank=saliency ef:alpha=0.75 ef:alpha=1.5 ef:norm=1 ef:steps=2 tp-l1
 
 An exploration next to benchmarks/fashion_mnist.py (same model, data, calibration and fine-tune subsets,
 BatchNorm re-estimation and ``ft`` recovery: 2 epochs cross-entropy on 2,000 labelled images; one seed; no
 distillation or latency, so one variant takes about a minute on 2 cores). A variant is ``ef`` with options
 after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--floor`` / ``--rank``; ``alpha=A``
 ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
-an explainfix option, and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
+an explainfix option, ``steps=N`` prunes in N re-scored steps of (1/budget)**(1/N) each (floor**(1/N)
+per step), and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
 variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
 """
 from __future__ import annotations
@@ -93,11 +94,16 @@ def main() -> None:
             select.removal_order = ranked_by_cost_power(float(kw.get("alpha", 1)), kw.get("norm") == "1") if custom \
                 else original_order
             m = copy.deepcopy(base).eval()
-            r = prune_model(m, example=cx[:1], batches=F.calib_batches(cx, cy, a.batch_size), check_inputs=cx[:8],
-                            seed=a.seed, options=PruneOptions(target_macs=1 / a.budget, floor=float(kw.get("floor", 0.1)),
-                                                              rank=kw.get("rank", "per-cost")))
+            steps = int(kw.get("steps", 1))
+            for step in range(steps):  # steps > 1: re-score the pruned model each time, BatchNorm re-estimated between
+                if step:
+                    F.recalibrate(m, cx, cy, a.batch_size)
+                r = prune_model(m, example=cx[:1], batches=F.calib_batches(cx, cy, a.batch_size), check_inputs=cx[:8],
+                                seed=a.seed, options=PruneOptions(target_macs=(1 / a.budget) ** (1 / steps),
+                                                                  floor=float(kw.get("floor", 0.1)) ** (1 / steps),
+                                                                  rank=kw.get("rank", "per-cost")))
+                assert r.check.passed
             select.removal_order = original_order
-            assert r.check.passed
         F.recalibrate(m, cx, cy, a.batch_size)
         one = F.evaluate(m, xt, yt)
         F.train(m, fx, fy, TrainOptions(epochs=2), a.batch_size, a.seed, f"ft {v}")
