@@ -10,7 +10,8 @@ distillation or latency, so one variant takes about a minute on 2 cores). A vari
 after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--floor`` / ``--rank``; ``alpha=A``
 ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
 an explainfix option, ``steps=N`` prunes in N re-scored steps of (1/budget)**(1/N) each (floor**(1/N)
-per step), and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
+per step; with ``interleave=1`` the 2 fine-tune epochs are split over the steps, as ``compress --steps``
+does), and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
 variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> None:
         t0 = time.perf_counter()
         if v == "tp-l1":
             m, _ = F.tp_prune(base, int(base_macs / a.budget), "l1", cx, cy, a.batch_size)
+            kw, steps = {}, 1
         else:
             kw = dict(kv.split("=") for kv in v.split(":")[1:])
             custom = "alpha" in kw or "norm" in kw
@@ -98,6 +100,8 @@ def main() -> None:
             for step in range(steps):  # steps > 1: re-score the pruned model each time, BatchNorm re-estimated between
                 if step:
                     F.recalibrate(m, cx, cy, a.batch_size)
+                    if "interleave" in kw:  # compress --steps: the 2 epochs split over the rounds
+                        F.train(m, fx, fy, TrainOptions(epochs=2 // steps), a.batch_size, a.seed, f"ft {v} round {step}")
                 r = prune_model(m, example=cx[:1], batches=F.calib_batches(cx, cy, a.batch_size), check_inputs=cx[:8],
                                 seed=a.seed, options=PruneOptions(target_macs=(1 / a.budget) ** (1 / steps),
                                                                   floor=float(kw.get("floor", 0.1)) ** (1 / steps),
@@ -106,7 +110,8 @@ def main() -> None:
             select.removal_order = original_order
         F.recalibrate(m, cx, cy, a.batch_size)
         one = F.evaluate(m, xt, yt)
-        F.train(m, fx, fy, TrainOptions(epochs=2), a.batch_size, a.seed, f"ft {v}")
+        last = 2 - (2 // steps) * (steps - 1) if v != "tp-l1" and "interleave" in kw else 2
+        F.train(m, fx, fy, TrainOptions(epochs=last), a.batch_size, a.seed, f"ft {v}")
         widths = [mod.out_channels for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
         print(json.dumps({"variant": v, "macs_kept": round(count_macs(m, xt[:1]) / base_macs, 4), "one_shot": one,
                           "ft": F.evaluate(m, xt, yt), "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
