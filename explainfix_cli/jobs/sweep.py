@@ -23,6 +23,7 @@ from ..core import dist
 from ..core import gradients as grad
 from ..core.errors import BadInput
 from ..core.fmt import pct
+from ..core.layout import channels_last
 from ..core.model import count_params
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files
@@ -109,9 +110,11 @@ def sweep_job(
     calib = opened.calib
     batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731 (as prune_opened)
     total = calib.num_batches(bs, data.batches or float("inf"))
-    gm = graph_mod.trace(original, opened.example(1).to(opened.device))
-    scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
-                         target_fn=grad.onehot_targets, progress=with_total(progress, total))
+    example = opened.example(1).to(opened.device)
+    gm = graph_mod.trace(original, example)
+    with channels_last(original, example):  # as prune_model's own scoring pass
+        scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
+                             target_fn=grad.onehot_targets, progress=with_total(progress, total))
 
     rows, models, files = [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):

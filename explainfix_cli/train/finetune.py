@@ -28,6 +28,7 @@ from ..core.gradients import autocast
 from ..core.layout import channels_last
 from .batches import Batches, shuffled_batches, tensor_batches
 from .objectives import CrossEntropy, classifier_logits
+
 OPTIMIZERS = {  # name → (default lr, default weight decay)
     "sgd": (0.01, 5e-4),
     "adamw": (1e-3, 1e-4),
