@@ -86,3 +86,11 @@ def test_pruning_with_and_without_channels_last_removes_the_same_channels(monkey
         assert all(p.is_contiguous() for p in model.parameters())
         results.append((res.macs_after, {n: tuple(p.shape) for n, p in model.named_parameters()}, res.agreement))
     assert results[0] == results[1]
+
+
+def test_the_probe_leaves_training_mode_and_batchnorm_statistics_alone():
+    model = _resnet().train()
+    stats = model.bn1.running_mean.clone()
+    with channels_last(model, torch.randn(4, 3, 48, 48)) as used:
+        assert used and model.training and model.layer1[0].bn1.training
+        assert torch.equal(model.bn1.running_mean, stats)

@@ -185,7 +185,7 @@ def prune_model(
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
     if scored is None:
-        with grad.autocast(device, amp), channels_last(model, example):
+        with channels_last(model, example), grad.autocast(device, amp):  # the layout probe in float32
             scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
                                  grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
         channel_graph = scored.graph
