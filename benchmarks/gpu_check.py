@@ -6,7 +6,8 @@
 What it does, on seeded random images (nothing is downloaded; a random-init torchvision model):
 1. the channel-criterion saliency (prune/scoring.score_model) on CUDA and on the CPU over the same batches:
    the largest relative difference of the scores, and whether the same channels would be cut at 2x MACs;
-2. throughput: saliency images/s ÷ plain forward+backward images/s on CUDA (the price of the scoring);
+2. throughput: saliency images/s ÷ plain forward+backward images/s on CUDA (the price of the scoring), and
+   whether the channels-last probe accepts NHWC there and how much faster the saliency pass is with it;
 3. the AMP speed-up (``--amp``: bf16 autocast) of saliency and of fine-tuning steps, and how far the AMP
    scores are from the float32 ones;
 4. a real prune job on CUDA (--target-macs 2x) whose self-check must pass, and a 1-epoch fine-tune.
@@ -28,6 +29,7 @@ import torchvision
 
 from explainfix_cli.channels import graph as graph_mod
 from explainfix_cli.core.gradients import autocast
+from explainfix_cli.core.layout import channels_last
 from explainfix_cli.jobs import DataSpec, ModelSpec, finetune_job, prune_job
 from explainfix_cli.prune.scoring import score_model
 from explainfix_cli.train.finetune import TrainOptions
@@ -95,6 +97,13 @@ def main() -> int:
     out["plain_fwd_bwd_images_per_s"] = args.images / t_plain
     out["saliency_images_per_s"] = args.images / out["cuda_saliency_s"]
     out["saliency_over_plain_time"] = out["cuda_saliency_s"] / t_plain
+
+    # 2b. channels-last (core/layout.py): does the probe accept NHWC under cuDNN's TF32 default, and what it saves
+    with channels_last(gpu_model, x[:1].to(cuda)) as used:
+        out["channels_last_used"] = used
+        score_model(gpu_model, gm, "channel", lambda: iter([next(batches())]), device=cuda)  # warm-up
+        out["cuda_saliency_channels_last_s"] = timed(lambda: score_model(gpu_model, gm, "channel", batches, device=cuda))
+    out["channels_last_saliency_speedup"] = out["cuda_saliency_s"] / out["cuda_saliency_channels_last_s"]
 
     # 3. AMP: saliency and training steps
     amp_scored = {}
