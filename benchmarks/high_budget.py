@@ -10,7 +10,7 @@ distillation or latency, so one variant takes about a minute on 2 cores). A vari
 after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--floor`` / ``--rank``; ``alpha=A``
 ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
 an explainfix option, ``steps=N`` prunes in N re-scored steps of (1/budget)**(1/N) each (floor**(1/N)
-per step; with ``interleave=1`` the 2 fine-tune epochs are split over the steps, as ``compress --steps``
+per step; ``scores=magnitude`` ranks the groups by Σ|w| instead of the saliency; with ``interleave=1`` the 2 fine-tune epochs are split over the steps, as ``compress --steps``
 does), and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
 variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
 """
@@ -102,7 +102,8 @@ def main() -> None:
                     F.recalibrate(m, cx, cy, a.batch_size)
                     if "interleave" in kw:  # compress --steps: the 2 epochs split over the rounds
                         F.train(m, fx, fy, TrainOptions(epochs=2 // steps), a.batch_size, a.seed, f"ft {v} round {step}")
-                r = prune_model(m, example=cx[:1], batches=F.calib_batches(cx, cy, a.batch_size), check_inputs=cx[:8],
+                scored_on = None if kw.get("scores") == "magnitude" else F.calib_batches(cx, cy, a.batch_size)
+                r = prune_model(m, example=cx[:1], batches=scored_on, check_inputs=cx[:8],
                                 seed=a.seed, options=PruneOptions(target_macs=(1 / a.budget) ** (1 / steps),
                                                                   floor=float(kw.get("floor", 0.1)) ** (1 / steps),
                                                                   rank=kw.get("rank", "per-cost")))

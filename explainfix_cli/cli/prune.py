@@ -36,7 +36,7 @@ TargetMacs = Annotated[Optional[str], typer.Option("--target-macs", help="MACs b
 TargetParams = Annotated[Optional[str], typer.Option("--target-params", help="Parameter budget: 4x or 0.25, as --target-macs.")]
 Pct = Annotated[Optional[float], typer.Option("--pct", help="Zero this percentage of spatial filters, in (0, 100), ranked globally (the ExplainFix reference's knob).")]
 Criterion = Annotated[Optional[str], typer.Option("--criterion", help="channel | saliency | magnitude. Default: channel with a budget; else saliency with --data, magnitude without.")]
-Rank = Annotated[str, typer.Option("--rank", help="Channel criterion: per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency.")]
+Rank = Annotated[str, typer.Option("--rank", help="Channel criterion: per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency | l1-per-layer (Σ|w| per cost within each layer: about the same fraction from every layer; better after fine-tuning at 10× and beyond).")]
 RoundToOpt = Annotated[Optional[str], typer.Option("--round-to", help="Keep every pruned layer's channel count a multiple of N, or auto (the default with a budget: multiples of 8 for layers of ≥ 64 channels, any count below): faster kernels, still exact.")]
 AllowInexact = Annotated[bool, typer.Option("--allow-inexact-folds", help="Also remove channels whose constant would fold into a zero-padded conv (differs at the borders; the report gives the distance and never says passed).")]
 Floor = Annotated[float, typer.Option("--floor", help="Channel criterion: every layer keeps at least this fraction of its channels.")]

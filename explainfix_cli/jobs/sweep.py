@@ -28,7 +28,7 @@ from ..core.model import count_params
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files
 from ..io.outdir import check_output_dir, default_out, write_output_dir
-from ..prune.options import PruneOptions, parse_target
+from ..prune.options import MAGNITUDE_RANKS, PruneOptions, parse_target
 from ..prune.pipeline import Progress
 from ..prune.scoring import score_model
 from ..train.finetune import TrainOptions, agreement
@@ -114,7 +114,8 @@ def sweep_job(
     gm = graph_mod.trace(original, example)
     with channels_last(original, example):  # as prune_model's own scoring pass
         scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
-                             target_fn=grad.onehot_targets, progress=with_total(progress, total))
+                             target_fn=grad.onehot_targets, progress=with_total(progress, total),
+                             magnitude=per_point[0].rank in MAGNITUDE_RANKS)
 
     rows, models, files = [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):

@@ -126,10 +126,25 @@ def _column_size(m: nn.Module, c: Consumer) -> int:
 
 def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost: str, floor: float) -> list[int]:
     """Space roots, least important first; a group that would leave some producer with fewer than
-    ``max(1, ceil(floor · rows))`` channels is skipped (it stays)."""
-    def key(g: Group) -> tuple[float, int]:
+    ``max(1, ceil(floor · rows))`` channels is skipped (it stays). ``l1-per-layer`` divides each group's
+    per-cost score by the median of its layer's (the groups with the same producers: one conv, or one
+    residual stream), so every layer loses about the same fraction and the score only picks which channels."""
+    def per_cost(g: Group) -> float:
         spend = g.macs if cost == "macs" else g.params
-        return (g.saliency / spend if rank == "per-cost" and spend > 0 else g.saliency, g.root)
+        return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
+
+    medians: dict[tuple[str, ...], float] = {}
+    if rank == "l1-per-layer":
+        layers: dict[tuple[str, ...], list[float]] = {}
+        for g in groups.values():
+            layers.setdefault(tuple(sorted(g.producers)), []).append(per_cost(g))
+        medians = {k: float(torch.tensor(v, dtype=torch.float64).median()) for k, v in layers.items()}
+
+    def key(g: Group) -> tuple[float, int]:
+        if not medians:
+            return (per_cost(g), g.root)
+        median = medians[tuple(sorted(g.producers))]
+        return (per_cost(g) / median if median > 0 else per_cost(g), g.root)
 
     rows = {p.module: len(p.labels) for p in graph.producers}
     kept = dict(rows)

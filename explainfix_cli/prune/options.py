@@ -15,7 +15,8 @@ from ..core.errors import BadInput
 
 FILTER_CRITERIA = ("saliency", "magnitude")
 CRITERIA = ("channel", *FILTER_CRITERIA)
-RANKS = ("per-cost", "saliency")
+RANKS = ("per-cost", "saliency", "l1-per-layer")
+MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| even when data is given
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02

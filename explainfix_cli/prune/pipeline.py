@@ -37,7 +37,7 @@ from ..io.edits import apply_edit
 from .channel import output_sizes, scored_modules
 from .check import SelfCheck, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
-from .options import PruneOptions
+from .options import MAGNITUDE_RANKS, PruneOptions
 from .scoring import Scored, empty_quality, random_agreement, score_model
 from .select import select_channels, select_filters
 from .surgery import mask_and_fold
@@ -187,7 +187,8 @@ def prune_model(
     if scored is None:
         with channels_last(model, example), grad.autocast(device, amp):  # the layout probe in float32
             scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
-                                 grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress)
+                                 grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress,
+                                 magnitude=opts.rank in MAGNITUDE_RANKS)
         channel_graph = scored.graph
     else:  # scores of an identical model: the analysis must be of this model's own trace
         if scored.criterion != opts.criterion:

@@ -36,8 +36,11 @@ class Scored:
 
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
-                target_fn: Callable | None = grad.onehot_targets, progress: Callable | None = None) -> Scored:
-    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data."""
+                target_fn: Callable | None = grad.onehot_targets, progress: Callable | None = None,
+                magnitude: bool = False) -> Scored:
+    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. ``magnitude``
+    (``--rank l1-per-layer``) scores channel groups by Σ|w| even with data; the data then only records the
+    original predictions (agreement) and feeds BatchNorm re-estimation."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
     done = [0]
@@ -52,7 +55,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         channel_graph = graph_mod.analyse(gm)
         names = scored_modules(channel_graph)
         params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
-        if batches is not None:
+        if batches is not None and not magnitude:
             values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
                                           record, tick_batches)
             dist.all_reduce_sum(values)  # under torchrun each rank scored its shard of the batches
@@ -72,6 +75,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
                 if i >= limit:
                     break
                 record(first_output(call_model(model, to_device(x, device))), y)
+                tick_batches(1)
     return Scored(criterion, scores, record, channel_graph)
 
 
