@@ -11,15 +11,16 @@ after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--flo
 ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
 an explainfix option, ``steps=N`` prunes in N re-scored steps of (1/budget)**(1/N) each (floor**(1/N)
 per step; ``scores=magnitude`` ranks the groups by Σ|w| instead of the saliency; with ``interleave=1`` the 2 fine-tune epochs are split over the steps, as ``compress --steps``
-does), and ``norm=1`` divides each key by its layer's median (same fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
+does), and ``norm=1`` divides each per-cost key by its layer's median as ``--rank l1-per-layer`` does (same
+fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
 variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,30 +38,19 @@ from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
 from explainfix_cli.train.finetune import TrainOptions  # noqa: E402
 
 
-def ranked_by_cost_power(alpha: float, norm: bool = False):
-    """select.removal_order with the key saliency / cost**alpha (the same floor rule); with ``norm`` each key
-    is divided by the median key of the groups with the same producers (a layer, or one residual stream),
-    so every layer loses about the same fraction and the saliency only picks which channels."""
+def ranking(alpha: float, norm: bool, shared):
+    """A removal order built on the shared one (prune/channel.removal_order, same floor rule): ``alpha`` ranks
+    by saliency / cost**alpha; ``norm`` uses the per-layer median normalisation of ``--rank l1-per-layer`` on
+    whatever scores the variant has (the saliency unless ``scores=magnitude``)."""
     def removal_order(graph, groups, rank, cost, floor):
-        def raw(g):
-            spend = g.macs if cost == "macs" else g.params
-            return g.saliency / spend ** alpha if spend > 0 else g.saliency
-        layer = {r: tuple(sorted(g.producers)) for r, g in groups.items()}
-        medians: dict = {}
-        for r, g in groups.items():
-            medians.setdefault(layer[r], []).append(raw(g))
-        medians = {k: float(np.median(v)) or 1.0 for k, v in medians.items()}
+        if norm:
+            return shared(graph, groups, "l1-per-layer", cost, floor)
 
         def key(g):
-            return (raw(g) / medians[layer[g.root]] if norm else raw(g), g.root)
-        rows = {p.module: len(p.labels) for p in graph.producers}
-        kept, order = dict(rows), []
-        for g in sorted(groups.values(), key=key):
-            if g.producers and all(kept[p] - n >= max(1, math.ceil(floor * rows[p])) for p, n in g.producers.items()):
-                for p, n in g.producers.items():
-                    kept[p] -= n
-                order.append(g.root)
-        return order
+            spend = g.macs if cost == "macs" else g.params
+            return g.saliency / spend ** alpha if spend > 0 else g.saliency
+        rescored = {r: dataclasses.replace(g, saliency=key(g)) for r, g in groups.items()}
+        return shared(graph, rescored, "saliency", cost, floor)
     return removal_order
 
 
@@ -93,7 +83,7 @@ def main() -> None:
         else:
             kw = dict(kv.split("=") for kv in v.split(":")[1:])
             custom = "alpha" in kw or "norm" in kw
-            select.removal_order = ranked_by_cost_power(float(kw.get("alpha", 1)), kw.get("norm") == "1") if custom \
+            select.removal_order = ranking(float(kw.get("alpha", 1)), kw.get("norm") == "1", original_order) if custom \
                 else original_order
             m = copy.deepcopy(base).eval()
             steps = int(kw.get("steps", 1))

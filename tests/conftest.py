@@ -131,3 +131,22 @@ def zero_smallest_kernels(model, count):
                 if i in cut:
                     flat[j] = 0
                 i += 1
+
+
+def small_resnet18():
+    """A seeded random-init torchvision ResNet-18 with 5 classes, in eval mode (inputs 48×48 work)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=5).eval()
+
+
+def seeded_batches(n: int = 2, batch: int = 6, size: int = 48, classes: int = 5):
+    """``batches()`` for prune_model: ``n`` fixed seeded batches of random images with labels."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(n)]
+    return lambda: iter(data)

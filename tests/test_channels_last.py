@@ -1,6 +1,6 @@
 """Channels-last passes (core/layout.py): faster kernels, the same numbers, nothing visible outside the pass."""
 import torch
-import torchvision
+from conftest import seeded_batches, small_resnet18
 from torch import nn
 
 from explainfix_cli.channels import graph as graph_mod
@@ -10,23 +10,12 @@ from explainfix_cli.prune.pipeline import prune_model
 from explainfix_cli.prune.scoring import score_model
 
 
-def _resnet():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=5).eval()
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(6, 3, 48, 48, generator=g), torch.randint(0, 5, (6,), generator=g)) for _ in range(2)]
-    return lambda: iter(data)
-
-
 def _layouts(model):
     return {n: p.is_contiguous() for n, p in model.named_parameters()}
 
 
 def test_a_torchvision_model_runs_channels_last_inside_and_gets_its_layout_back():
-    model = _resnet()
+    model = small_resnet18()
     before = _layouts(model)
     x = torch.randn(1, 3, 48, 48)
     with channels_last(model, x) as used:
@@ -60,9 +49,9 @@ def test_a_forward_that_needs_nchw_strides_keeps_them():
 
 
 def test_channel_scores_are_those_of_the_contiguous_model(monkeypatch):
-    batches = _batches()
+    batches = seeded_batches()
     example = torch.randn(1, 3, 48, 48)
-    model = _resnet()
+    model = small_resnet18()
     gm = graph_mod.trace(model, example)
     plain = score_model(model, gm, "channel", batches)
     with channels_last(model, example) as used:
@@ -80,8 +69,8 @@ def test_pruning_with_and_without_channels_last_removes_the_same_channels(monkey
     results = []
     for flag in ("1", "0"):
         monkeypatch.setenv("EXPLAINFIX_CHANNELS_LAST", flag)
-        model = _resnet()
-        res = prune_model(model, example=example, batches=_batches(), options=PruneOptions(target_macs="2x"))
+        model = small_resnet18()
+        res = prune_model(model, example=example, batches=seeded_batches(), options=PruneOptions(target_macs="2x"))
         assert res.check.passed
         assert all(p.is_contiguous() for p in model.parameters())
         results.append((res.macs_after, {n: tuple(p.shape) for n, p in model.named_parameters()}, res.agreement))
@@ -89,7 +78,7 @@ def test_pruning_with_and_without_channels_last_removes_the_same_channels(monkey
 
 
 def test_the_probe_leaves_training_mode_and_batchnorm_statistics_alone():
-    model = _resnet().train()
+    model = small_resnet18().train()
     stats = model.bn1.running_mean.clone()
     with channels_last(model, torch.randn(4, 3, 48, 48)) as used:
         assert used and model.training and model.layer1[0].bn1.training

@@ -1,22 +1,11 @@
 """``--rank l1-per-layer``: channel groups by Σ|w| per cost, normalised within their layer (about the same
 fraction from every layer), on a real torchvision model; data then only feeds BatchNorm and the agreement."""
 import torch
-import torchvision
+from conftest import seeded_batches, small_resnet18
 from torch import nn
 
 from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.prune.pipeline import prune_model
-
-
-def _model():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=5).eval()
-
-
-def _batches():
-    g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(6, 3, 48, 48, generator=g), torch.randint(0, 5, (6,), generator=g)) for _ in range(2)]
-    return lambda: iter(data)
 
 
 def _kept(model, before):
@@ -24,7 +13,7 @@ def _kept(model, before):
 
 
 def _prune(rank, batches):
-    model = _model()
+    model = small_resnet18()
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     r = prune_model(model, example=torch.randn(1, 3, 48, 48), batches=batches,
                     options=PruneOptions(target_macs="4x", rank=rank))
@@ -33,7 +22,7 @@ def _prune(rank, batches):
 
 
 def test_scores_are_magnitudes_even_with_data():
-    with_data, kept_with = _prune("l1-per-layer", _batches())
+    with_data, kept_with = _prune("l1-per-layer", seeded_batches())
     without, kept_without = _prune("l1-per-layer", None)
     assert kept_with == kept_without  # the same ranking: Σ|w| does not depend on the data
     assert with_data.agreement is not None and with_data.eval_samples == 12  # the data still measures it
@@ -41,8 +30,8 @@ def test_scores_are_magnitudes_even_with_data():
 
 
 def test_every_layer_loses_about_the_same_fraction():
-    _, per_layer = _prune("l1-per-layer", _batches())
-    _, per_cost = _prune("per-cost", _batches())
+    _, per_layer = _prune("l1-per-layer", seeded_batches())
+    _, per_cost = _prune("per-cost", seeded_batches())
     spread = lambda kept: max(kept.values()) - min(kept.values())  # noqa: E731
     assert spread(per_layer) < spread(per_cost)
     assert spread(per_layer) <= 0.1, per_layer  # measured 0.03 (per-cost: 0.59)
