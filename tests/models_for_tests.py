@@ -133,3 +133,46 @@ class FailsOnBatches(nn.Module):
 
 class StateHolder(dict):
     """A dict subclass around a state_dict: not an allowed global, so loading it needs --trust-pickle."""
+
+
+class UpLinear(nn.Module):
+    """A ConvTranspose2d and a Linear hidden layer between prunable convs: every kind the per-layer table lists."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.up = nn.ConvTranspose2d(16, 16, 2, stride=2)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+
+    def forward(self, x):
+        f = torch.relu(self.up(torch.relu(self.bn1(self.c1(x)))))
+        f = torch.relu(self.c2(f)).mean((2, 3))
+        return self.fc2(torch.relu(self.fc1(f)))
+
+
+class TwoInputs(nn.Module):
+    """forward(a, b): a model that takes two tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, a, b):
+        return self.fc((self.conv(a) + self.conv(b)).mean((2, 3)))
+
+
+class MlpOnly(nn.Module):
+    """No k×k kernel at all: 1×1 convs and Linear layers (--pct zeroes nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.c2 = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))

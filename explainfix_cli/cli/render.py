@@ -65,7 +65,9 @@ def render_prune(job: Any) -> None:
     console.print(totals)
     if r.budget and r.budget.get("note"):
         console.print(f"[yellow]budget[/]: {r.budget['note']}")
-    if r.recalibrated:
+    if r.recalibrated and r.recalibrated.get("skipped"):
+        console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
+    elif r.recalibrated:
         console.print(f"BatchNorm statistics re-estimated on {r.recalibrated['batches']} calibration batches")
     for path, why in list(r.opaque.items())[:5]:
         console.print(f"[yellow]kept whole[/] {path}: {why}")

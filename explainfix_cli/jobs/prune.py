@@ -99,8 +99,9 @@ def prune_opened(
         with channels_last(opened.model, check_x[:1]):  # both passes only read the layout-free values
             t0 = time.perf_counter()
             used = recalibrate_batchnorm(opened.model, batches(), opened.device)
-            edits.append({"op": "bn-recalibrate", "batches": used})
-            result.recalibrated = {"batches": used}
+            if used:  # 0: the model has no BatchNorm (with running statistics): nothing to re-estimate or record
+                edits.append({"op": "bn-recalibrate", "batches": used})
+            result.recalibrated = {"batches": used, "skipped": None if used else "the model has no BatchNorm"}
             result.timings["bn-recalibrate"] = time.perf_counter() - t0
             if result.record is not None:  # quality after recalibration, on the same calibration batches
                 t0 = time.perf_counter()

@@ -7,6 +7,7 @@ best plan may miss the target: :class:`BudgetOutcome` says by how much and why.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,23 @@ class BudgetOutcome:
         return asdict(self)
 
 
+def check_reachable(floor: float, target: float, metric: str, why_floor: str = "") -> None:
+    """Refuse (exit 2) a budget below ``floor``, the smallest fraction any plan reaches — a property of the
+    channel plan, checked before any data is read. The message and the hint give the same number: the floor
+    rounded up to 3 decimals (so that value, given back, is accepted)."""
+    if floor <= target * (1 + BUDGET_TOLERANCE):
+        return
+    flag = "--target-macs" if metric == "macs" else "--target-params"
+    shown = math.ceil(floor * 1000 - 1e-9) / 1000
+    factor = math.floor(100 / shown) / 100
+    if shown >= 1:
+        raise BadInput(f"{flag} {target:.3g} is below what this model allows: no channel can be removed{why_floor}",
+                       hint="`explainfix info MODEL` lists the prunable channel groups and what keeps channels whole")
+    raise BadInput(f"{flag} {target:.3g} is below what this model allows: the smallest reachable is {shown:.3f} "
+                   f"of the original ({factor:.2f}x){why_floor}",
+                   hint=f"e.g. {flag} {shown:.3f} (the smallest reachable)")
+
+
 def search(evaluate: Callable[[float], float], lo: float, hi: float, target: float, metric: str, *,
            integer: bool, steps: int = 24, why_floor: str = "") -> BudgetOutcome:
     """``evaluate(knob)`` → fraction kept (non-increasing in the knob, nearly linear). Safeguarded regula
@@ -43,12 +61,7 @@ def search(evaluate: Callable[[float], float], lo: float, hi: float, target: flo
             seen[x] = evaluate(x)
         return seen[x]
 
-    flag = "--target-macs" if metric == "macs" else "--target-params"
     floor = at(hi)
-    if floor > target * (1 + BUDGET_TOLERANCE):
-        raise BadInput(f"{flag} {target:.3g} is below what this model allows: the smallest reachable is {floor:.3f} "
-                       f"of the original ({1 / floor:.2f}x){why_floor}",
-                       hint=f"e.g. {flag} {min(0.99, floor * 1.05):.3g}")
     close = BUDGET_TOLERANCE * target / 8
     a, b, fa, fb = lo, hi, at(lo), floor
     for i in range(steps):
@@ -68,10 +81,15 @@ def search(evaluate: Callable[[float], float], lo: float, hi: float, target: flo
         for x in range(max(int(lo), int(b) - 8), min(int(hi), int(b) + 8) + 1):
             at(x)
         ok = {x: f for x, f in seen.items() if f <= target * (1 + BUDGET_TOLERANCE)}
+    if not ok:  # this ranking's floor is above the target (check_reachable let it through): its smallest plan
+        least = min(seen.values())
+        ok = {x: f for x, f in seen.items() if f == least}
     knob = min(ok, key=lambda x: (abs(ok[x] - target), ok[x] > target, x))
     achieved = ok[knob]
     within = abs(achieved - target) <= BUDGET_TOLERANCE * target
     note = "" if within else (
+        f"closest plan keeps {achieved:.3f} (asked {target:.3f}): the smallest this ranking reaches{why_floor}"
+        if achieved > target else
         f"closest plan keeps {achieved:.3f} (asked {target:.3f}): coupled channel groups and channel rounding move "
         "the cost in steps; --round-to 1 gets closer")
     return BudgetOutcome(metric, target, achieved, knob, len(seen), within, note)

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from ..channels import graph as graph_mod
-from ..channels.plan import Plan
 from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.layout import channels_last
@@ -39,7 +38,7 @@ from .check import SelfCheck, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import MAGNITUDE_RANKS, PruneOptions
 from .scoring import Scored, empty_quality, random_agreement, score_model
-from .select import select_channels, select_filters
+from .select import check_budget, select_channels, select_filters
 from .surgery import mask_and_fold
 
 STANDARDISED = "its forward transforms the kernel (weight standardisation): zeroing the raw kernel would not zero it, so it is not ranked or zeroed"
@@ -96,6 +95,9 @@ class PruneResult:
         """Why no channel was removed (None when some were)."""
         if self.channels_removed:
             return None
+        if self.criterion != "channel" and self.filters_total == 0:
+            return ("the model has no spatial (k×k) kernels, so --pct (which zeroes them) removes nothing; "
+                    "use a budget instead: --target-macs 2x or --target-params 2x")
         if self.kept:
             why, n = next(iter(self.kept.items()))
             return f"{n} channels could go but stay ({why})" + (f"; {len(self.kept) - 1} other reasons in kept" if len(self.kept) > 1 else "")
@@ -112,24 +114,46 @@ class PruneResult:
         return d
 
 
-def layer_table(model: nn.Module, plan: Plan, masks: dict[str, torch.Tensor]) -> list[LayerRow]:
+_TABLE_KINDS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+
+
+def _channels(m: nn.Module) -> tuple[int, int]:
+    """(in, out) channels of a conv / transposed conv / linear, read from its weight as it is now."""
+    w = m.weight
+    if isinstance(m, nn.Linear):
+        return int(w.shape[1]), int(w.shape[0])
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return int(w.shape[0]), int(w.shape[1]) * m.groups
+    return int(w.shape[1]) * m.groups, int(w.shape[0])
+
+
+def _kind(m: nn.Module) -> str:
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return "convT"
+    if is_depthwise(m):
+        return "dwconv"
+    return "conv1x1" if all(k == 1 for k in m.kernel_size) else "conv"
+
+
+def layer_shapes(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """{name: (kind, in, out)} of every conv, transposed conv and linear layer (what the table lists)."""
+    return {name: (_kind(m), *_channels(m)) for name, m in model.named_modules()
+            if isinstance(m, _TABLE_KINDS) and isinstance(getattr(m, "weight", None), torch.Tensor)}
+
+
+def layer_table(before: dict[str, tuple[str, int, int]], model: nn.Module, masks: dict[str, torch.Tensor]) -> list[LayerRow]:
+    """One row per layer of ``before`` (:func:`layer_shapes` of the model before surgery), its in and out
+    channels before and as the pruned ``model`` has them now, with the kernels the ranking zeroed."""
     rows = []
-    for name, m in model.named_modules():
-        e = plan.modules.get(name, {})
-        if isinstance(m, nn.Conv2d):
-            dw = is_depthwise(m)
-            rem_out = len(e.get("out", e.get("channels", [])))
-            rem_in = len(e.get("in", e.get("channels", [])))
-            mask = masks.get(name)
-            rows.append(LayerRow(
-                name, "dwconv" if dw else ("conv" if tuple(m.kernel_size) != (1, 1) else "conv1x1"),
-                m.in_channels, m.in_channels - rem_in, m.out_channels, m.out_channels - rem_out,
-                filters=int(mask.numel()) if mask is not None else 0, zeroed=int(mask.sum()) if mask is not None else 0,
-            ))
-        elif isinstance(m, nn.Linear):
-            block = int(e.get("in_block", 1))
-            rem_in = len(e.get("in", [])) * block
-            rows.append(LayerRow(name, "linear", m.in_features, m.in_features - rem_in, m.out_features, m.out_features))
+    after = layer_shapes(model)
+    for name, (kind, in_before, out_before) in before.items():
+        _, in_after, out_after = after.get(name, (kind, in_before, out_before))
+        mask = masks.get(name)
+        rows.append(LayerRow(name, kind, in_before, in_after, out_before, out_after,
+                             filters=int(mask.numel()) if mask is not None else 0,
+                             zeroed=int(mask.sum()) if mask is not None else 0))
     return rows
 
 
@@ -182,6 +206,9 @@ def prune_model(
         macs_before = count_macs(model, example)
     gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
     lap("trace")
+    if opts.budget is not None:  # an unreachable budget is refused before any data is read
+        check_budget(model, gm, opts, example, macs_before)
+        lap("budget-check")
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
     if scored is None:
@@ -215,12 +242,13 @@ def prune_model(
     lap("plan")
 
     # 3. surgery: masked equivalent (a copy) and the pruned model (in place)
-    rows = layer_table(model, plan, chosen.masks)
+    before = layer_shapes(model)
     out_asked = run_outputs(model, check_inputs) if opts.criterion != "channel" else None
     masked = copy.deepcopy(model)
     mask_and_fold(masked, plan.folds, plan.masked_inputs)
     mask_and_fold(model, plan.folds, plan.masked_inputs)
     apply_edit(model, plan.edit)
+    rows = layer_table(before, model, chosen.masks)
     graph_mod.check_control_flow(model, gm)
     lap("surgery")
 

@@ -21,8 +21,8 @@ from ..channels.plan import Plan, plan_removal
 from ..core.model import count_macs, count_params, iter_spatial_convs, to_device
 from ..io.edits import apply_edit
 from . import saliency as sal
-from .budget import BudgetOutcome, search
-from .channel import removal_order, score_groups
+from .budget import BudgetOutcome, check_reachable, search
+from .channel import output_sizes, removal_order, score_groups, scored_modules
 from .options import PruneOptions
 
 
@@ -68,6 +68,50 @@ def _before(model: nn.Module, example: Any, metric: str, macs_before: int) -> in
     return macs_before if metric == "macs" else count_params(model)
 
 
+FILTER_FLOOR = " (zeroing more filters frees no more channels)"
+MAX_PCT = 99.9  # the filter criteria's search range ends here
+
+
+def channel_floor_why(opts: PruneOptions) -> str:
+    return f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)"
+
+
+def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, example: Any, macs_before: int) -> float:
+    """Refuse a budget no plan reaches before any data is read: the floor is a property of the channel plan,
+    not of the scores. It is measured on the plan that removes the most — the channel criterion's groups taken
+    largest saving first (under ``opts.floor``), the filter criteria's ``MAX_PCT`` % lowest kernels by
+    magnitude — and the model is left as it was. Returns that floor (fraction kept)."""
+    assert opts.budget is not None
+    metric, target = opts.budget
+    total = _before(model, example, metric, macs_before)
+    costs = Costs(model, example, metric)
+    if opts.criterion == "channel":
+        graph = graph_mod.analyse(gm)
+        names = scored_modules(graph)
+        weights = {n: {pn: p.detach().abs().double().cpu() for pn, p in model.get_submodule(n).named_parameters(recurse=False)}
+                   for n in names}
+        groups = score_groups(gm, graph, weights, output_sizes(model, example, names))
+        for g in groups.values():  # equal scores: per-cost order is then the largest saving first
+            g.saliency = 1.0
+        order = removal_order(graph, groups, "per-cost", metric, opts.floor)
+        floor = costs(plan_removal(gm, graph, opts.round_to, remove=set(order))) / total
+        why = channel_floor_why(opts)
+    else:
+        convs = iter_spatial_convs(model)
+        originals = [m.weight.detach().clone() for _, m in convs]
+        try:
+            sal.zero_least_salient_spatial_filters(model, sal.get_spatial_filter_magnitude(model), MAX_PCT)
+            plan = plan_removal(gm, graph_mod.analyse(gm), opts.round_to, allow_inexact=opts.allow_inexact_folds)
+        finally:
+            with torch.no_grad():
+                for (_, m), w in zip(convs, originals):
+                    m.weight.copy_(w)
+        floor = costs(plan) / total
+        why = FILTER_FLOOR
+    check_reachable(floor, target, metric, why)
+    return floor
+
+
 def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tensor], opts: PruneOptions,
                    example: Any, macs_before: int) -> Selection:
     """Zero the globally least salient ``pct`` % of spatial filters (searched for a budget), in place."""
@@ -92,8 +136,7 @@ def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tens
 
         def kept(p: float) -> float:
             return costs(zero_and_plan(p)[2]) / total
-        outcome = search(kept, 0.0, 99.9, target, metric, integer=False,
-                         why_floor=" (zeroing more filters frees no more channels)")
+        outcome = search(kept, 0.0, MAX_PCT, target, metric, integer=False, why_floor=FILTER_FLOOR)
         pct = outcome.knob
     masks, graph, plan = zero_and_plan(pct)
     return Selection(plan, graph, {n: mk for (n, _), mk in zip(convs, masks)}, pct, 0, outcome)
@@ -117,7 +160,7 @@ def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
         total = _before(model, example, metric, macs_before)
         costs = Costs(model, example, metric)
         outcome = search(lambda k: costs(plan_for(k)) / total, 0, len(order), target, metric,
-                         integer=True, why_floor=f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)")
+                         integer=True, why_floor=channel_floor_why(opts))
         k = int(outcome.knob)
     else:
         k = round(opts.pct / 100 * len(order))
