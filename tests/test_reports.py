@@ -58,6 +58,19 @@ def test_layer_table_counts_come_from_the_modules_convtranspose_and_linear_inclu
     pruned(torch.randn(2, 3, 16, 16))
     # on screen: fc1's outputs as they are, not "256" hidden as unchanged
     assert f"256 → {rows['fc1']['out_after']}" in p.stderr and "convT" in p.stderr
+    # the channel criterion zeroes no kernels: its last column is what it has, the weights each layer kept
+    fc1 = rows["fc1"]
+    assert fc1["weights_before"] == 16 * 256 and fc1["weights_after"] == fc1["in_after"] * fc1["out_after"]
+    assert "weights kept" in p.stderr and "filters zeroed" not in p.stderr
+    assert f"{100 * fc1['weights_after'] / fc1['weights_before']:.1f}%" in p.stderr
+    assert "pruned ≡ model with the removed channels masked" in " ".join(p.stderr.split())
+
+
+def test_counts_are_said_in_words():
+    from explainfix_cli.cli.render import _n
+
+    assert [_n(1, "unchanged layer"), _n(2, "channel"), _n(1, "calibration batch"), _n(3, "calibration batch")] == [
+        "1 unchanged layer", "2 channels", "1 calibration batch", "3 calibration batches"]
 
 
 def test_pct_on_a_model_without_kxk_kernels_says_why_nothing_goes(tmp_path):
@@ -110,6 +123,7 @@ def test_batchnorm_reestimation_is_skipped_on_a_model_without_batchnorm(tmp_path
     assert doc["agreement"] is not None  # quality still measured after the (skipped) step
     screen = " ".join(p.stderr.split())
     assert "BatchNorm re-estimation skipped: the model has no BatchNorm" in screen and "on 0 calibration" not in screen
+    assert "on 8 calibration images" in screen
     recipe = json.loads((out / "explainfix.json").read_text())
     assert [e["op"] for e in recipe["edits"]] == ["prune"]
     explainfix_cli.load(out, trust_code=True)(torch.randn(1, 3, 16, 16))

@@ -33,20 +33,37 @@ def render_notes(report: dict) -> None:
         console.print(f"[dim]note: {note}[/]")
 
 
+def _n(count: int, noun: str) -> str:
+    """3 → '3 channels', 1 → '1 channel' (batch → batches)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('ch') else 's'}"
+
+
+def _source(source: str, report: dict) -> str:
+    """What the agreement was measured on, in words: calibration images (a folder) or samples (an .npz)."""
+    if source != "calibration data":
+        return source
+    kind = (report.get("data") or {}).get("kind", "")
+    return "calibration images" if "folder" in kind else "calibration samples"
+
+
 def render_prune(job: Any) -> None:
     render_notes(job.report)
     r = job.result
     table = Table(title=f"explainfix prune · {pruned_how(r.pct, r.criterion, r.budget, r.options.get('rank'))}", title_justify="left")
-    for col in ("layer", "kind", "in", "out", "filters zeroed"):
+    zeroing = r.criterion != "channel"  # the filter criteria zero kernels; the channel criterion removes weights
+    for col in ("layer", "kind", "in", "out", "filters zeroed" if zeroing else "weights kept"):
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for row in r.layers:
         if row.in_before == row.in_after and row.out_before == row.out_after and not row.zeroed:
             continue
-        zeroed = f"{row.zeroed}/{row.filters}" if row.filters else "—"
-        table.add_row(row.name, row.kind, _changed(row.in_before, row.in_after), _changed(row.out_before, row.out_after), zeroed)
+        if zeroing:
+            last = f"{row.zeroed}/{row.filters}" if row.filters else "—"
+        else:
+            last = pct(row.weights_after / row.weights_before) if row.weights_before else "—"
+        table.add_row(row.name, row.kind, _changed(row.in_before, row.in_after), _changed(row.out_before, row.out_after), last)
     hidden = sum(1 for row in r.layers if row.in_before == row.in_after and row.out_before == row.out_after and not row.zeroed)
     if hidden:
-        table.caption = f"{hidden} unchanged layers not shown"
+        table.caption = f"{_n(hidden, 'unchanged layer')} not shown"
     console.print(table)
 
     totals = Table(show_header=True, title="totals", title_justify="left")
@@ -59,7 +76,7 @@ def render_prune(job: Any) -> None:
     totals.add_row("channels", str(r.channels_before), str(r.channels_before - r.channels_removed),
                    ratio(r.channels_before - r.channels_removed, r.channels_before))
     if r.agreement is not None:
-        totals.add_row("top-1 agreement", "100.0%", pct(r.agreement), f"on {r.eval_samples} {r.eval_source}")
+        totals.add_row("top-1 agreement", "100.0%", pct(r.agreement), f"on {r.eval_samples} {_source(r.eval_source, job.report)}")
     if r.accuracy_before is not None:
         totals.add_row("accuracy", pct(r.accuracy_before), pct(r.accuracy_after), "")
     console.print(totals)
@@ -68,7 +85,7 @@ def render_prune(job: Any) -> None:
     if r.recalibrated and r.recalibrated.get("skipped"):
         console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
     elif r.recalibrated:
-        console.print(f"BatchNorm statistics re-estimated on {r.recalibrated['batches']} calibration batches")
+        console.print(f"BatchNorm statistics re-estimated on {_n(r.recalibrated['batches'], 'calibration batch')}")
     for path, why in list(r.opaque.items())[:5]:
         console.print(f"[yellow]kept whole[/] {path}: {why}")
     if len(r.opaque) > 5:
@@ -76,21 +93,22 @@ def render_prune(job: Any) -> None:
     c = r.check
     folds = f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
     if r.inexact_kept:
-        console.print(f"[yellow]kept[/] {r.inexact_kept} channels whose removal needs an inexact fold into a zero-padded conv "
+        console.print(f"[yellow]kept[/] {_n(r.inexact_kept, 'channel')} whose removal needs an inexact fold into a zero-padded conv "
                       "(--allow-inexact-folds removes them, and the model then differs at the borders)")
     if r.channels_removed == 0:
         console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
     for why, n in list(r.kept.items())[:3]:
         if not why.startswith("its removal needs an inexact"):  # said above
-            console.print(f"[yellow]kept[/] {n} channels: {why}")
+            console.print(f"[yellow]kept[/] {_n(n, 'channel')}: {why}")
     if c.status == "inexact":
         console.print(
             f"self-check [bold yellow]inexact[/] (--allow-inexact-folds): pruned ≡ masked equivalent (max rel err "
             f"{c.pruned_vs_masked_rel:.1e}), but {c.masked_vs_zeroed_rel:.1e} from the zeroed model: {r.inexact_folds} folds "
             f"into zero-padded convs differ at the borders; on {c.samples} inputs")
     else:
+        reference = "zeroed model" if r.criterion != "channel" else "model with the removed channels masked"
         console.print(
-            f"self-check [bold green]passed[/]: pruned ≡ zeroed model (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
+            f"self-check [bold green]passed[/]: pruned ≡ {reference} (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
             f"{folds}) on {c.samples} inputs")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 

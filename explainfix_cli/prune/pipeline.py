@@ -55,6 +55,8 @@ class LayerRow:
     out_after: int
     filters: int = 0  # spatial filters before
     zeroed: int = 0  # spatial filters zeroed by the ranking
+    weights_before: int = 0  # elements of the layer's weight
+    weights_after: int = 0
 
 
 @dataclass
@@ -137,23 +139,26 @@ def _kind(m: nn.Module) -> str:
     return "conv1x1" if all(k == 1 for k in m.kernel_size) else "conv"
 
 
-def layer_shapes(model: nn.Module) -> dict[str, tuple[str, int, int]]:
-    """{name: (kind, in, out)} of every conv, transposed conv and linear layer (what the table lists)."""
-    return {name: (_kind(m), *_channels(m)) for name, m in model.named_modules()
+def layer_shapes(model: nn.Module) -> dict[str, tuple[str, int, int, int]]:
+    """{name: (kind, in, out, weight elements)} of every conv, transposed conv and linear layer (what the
+    table lists)."""
+    return {name: (_kind(m), *_channels(m), m.weight.numel()) for name, m in model.named_modules()
             if isinstance(m, _TABLE_KINDS) and isinstance(getattr(m, "weight", None), torch.Tensor)}
 
 
-def layer_table(before: dict[str, tuple[str, int, int]], model: nn.Module, masks: dict[str, torch.Tensor]) -> list[LayerRow]:
+def layer_table(before: dict[str, tuple[str, int, int, int]], model: nn.Module,
+                masks: dict[str, torch.Tensor]) -> list[LayerRow]:
     """One row per layer of ``before`` (:func:`layer_shapes` of the model before surgery), its in and out
     channels before and as the pruned ``model`` has them now, with the kernels the ranking zeroed."""
     rows = []
     after = layer_shapes(model)
-    for name, (kind, in_before, out_before) in before.items():
-        _, in_after, out_after = after.get(name, (kind, in_before, out_before))
+    for name, (kind, in_before, out_before, w_before) in before.items():
+        _, in_after, out_after, w_after = after.get(name, (kind, in_before, out_before, w_before))
         mask = masks.get(name)
         rows.append(LayerRow(name, kind, in_before, in_after, out_before, out_after,
                              filters=int(mask.numel()) if mask is not None else 0,
-                             zeroed=int(mask.sum()) if mask is not None else 0))
+                             zeroed=int(mask.sum()) if mask is not None else 0,
+                             weights_before=w_before, weights_after=w_after))
     return rows
 
 
