@@ -11,8 +11,8 @@ from explainfix_cli import load
 from explainfix_cli.core.errors import BadInput
 from explainfix_cli.io.checkpoint import load_model
 from explainfix_cli.io.recipe import RECIPE_NAME, Recipe
-from explainfix_cli.io.schema import SCHEMA_VERSION
-from tests.conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, invoke
+from explainfix_cli.io.schema import MAX_INPUT_ELEMENTS, SCHEMA_VERSION, validate_recipe
+from tests.conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, invoke, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,77 @@ def test_bad_or_newer_schema_is_one_line(pruned, tmp_path, schema, message):
         Recipe.read(bad)
     r = invoke("info", bad, "--trust-code")
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------- issue 24: names torch allows, bounded inputs
+
+
+def _validated(pruned, change) -> None:
+    d = json.loads((pruned / RECIPE_NAME).read_text())
+    change(d)
+    validate_recipe(d, "test")
+
+
+@pytest.mark.parametrize("name", ["trunk_output.block1.block1-0.proj.0", "stage 1.conv", "ü.ß", "a:b", "x/y", "_x.__init",
+                                  "0.1", "conv+bn"])
+def test_schema_accepts_every_module_name_torch_allows(pruned, name):
+    """Any non-empty name without '.' is a torch module name (RegNet's ``block1-0``); the schema takes it
+    for edits and frozen names alike, and torch really builds such a model."""
+    root = node = torch.nn.Module()
+    for part in name.split("."):
+        node.add_module(part, torch.nn.Module())
+        node = getattr(node, part)
+    assert root.get_submodule(name) is node
+    _validated(pruned, lambda d: d["edits"][0]["modules"].__setitem__(name, {"out": [0]}))
+    _validated(pruned, lambda d: d.__setitem__("frozen", [f"{name}.weight"]))
+
+
+@pytest.mark.parametrize("name", ["", "a..b", ".a", "a.", "__class__", "fc.__dict__", "a\nb", "a\x1b[2Jb", "a\u2028b",
+                                  "x" * 501])
+def test_schema_refuses_what_is_not_a_module_path(pruned, name):
+    with pytest.raises(BadInput, match="not a valid explainfix recipe"):
+        _validated(pruned, lambda d: d["edits"][0]["modules"].__setitem__(name, {"out": [0]}))
+    with pytest.raises(BadInput, match="not a valid explainfix recipe"):
+        _validated(pruned, lambda d: d.__setitem__("frozen", [name]))
+
+
+@pytest.mark.parametrize("size,channels,ok", [([16384, 16384], 3, False), ([16384, 16384], 1, False), ([8192, 8192], 1, True),
+                                              ([4096, 4096], 3, True), ([1, 16384], 4096, True), ([2, 16384], 4096, False)])
+def test_recorded_input_size_is_bounded_by_its_values(pruned, tmp_path, size, channels, ok):
+    """A tampered recipe cannot make a later command allocate 3×16384² floats per sample: channels × H × W
+    ≤ MAX_INPUT_ELEMENTS (2**26)."""
+    def change(d):
+        d["preprocessing"].update(input_size=size, channels=channels, mean=[0.5], std=[0.5])
+
+    assert MAX_INPUT_ELEMENTS == 2**26
+    if ok:
+        _validated(pruned, change)
+        return
+    with pytest.raises(BadInput, match="channels × H × W"):
+        _validated(pruned, change)
+    bad = shutil.copytree(pruned, tmp_path / "bad")
+    d = json.loads((bad / RECIPE_NAME).read_text())
+    change(d)
+    (bad / RECIPE_NAME).write_text(json.dumps(d))
+    r = run_cli("info", bad, "--trust-code")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "channels × H × W" in r.stderr, r.stderr
+
+
+def test_two_identical_runs_write_identical_weights(tmp_path):
+    """CI caches key on the bytes: the same prune twice (two processes) writes the same model.safetensors,
+    whose header is JSON with sorted keys (safetensors itself writes its metadata in hash-map order)."""
+    outs = [tmp_path / f"run{i}" for i in range(2)]
+    for out in outs:
+        r = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", FIXTURE_CALIB, "--batches", "2", "-o", out)
+        assert r.returncode == 0, r.stderr
+    first, second = ((out / "model.safetensors").read_bytes() for out in outs)
+    assert first == second
+    n = int.from_bytes(first[:8], "little")
+    header = json.loads(first[8:8 + n])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    recipes = [json.loads((out / RECIPE_NAME).read_text()) for out in outs]
+    for r in recipes:
+        r["provenance"][-1].pop("time", None)
+    assert recipes[0] == recipes[1]
+    assert torch.equal(next(iter(load(outs[0], trust_code=True).state_dict().values())),
+                       next(iter(load(outs[1], trust_code=True).state_dict().values())))

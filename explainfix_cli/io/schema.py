@@ -14,11 +14,16 @@ from typing import Any
 from ..core.errors import BadInput
 
 MAX_CHANNELS = 1 << 16       # indices and channel counts
-MAX_SIDE = 16384             # input size
+MAX_SIDE = 16384             # input size: one side
+MAX_INPUT_ELEMENTS = 1 << 26  # input size: channels × H × W of one sample (256 MiB in float32)
 MAX_ITEMS = 1 << 20          # list lengths
 MAX_DEPTH = 6                # nesting of arch kwargs
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")   # model.get_submodule paths
+# model.get_submodule / named_parameters paths: torch allows any non-empty name without "." (RegNet's
+# "block1-0", ModuleDict keys with spaces…); names are only ever looked up in the model, never used as
+# file paths. Control characters (C0, C1, line separators) are refused so that every message stays one line.
+_NAME = r"[^.\x00-\x1f\x7f-\x9f\u2028\u2029]+"
+MODULE_PATH = re.compile(rf"{_NAME}(\.{_NAME})*")
 PY_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 ARCH_FILE = re.compile(r"arch/[A-Za-z0-9_][A-Za-z0-9_.-]*\.py")
 EDIT_OPS = {"prune", "fix", "finetune", "bn-recalibrate"}
@@ -61,6 +66,17 @@ def _num(v: Any, where: str) -> float:
 
 def _list(v: Any, where: str, limit: int = MAX_ITEMS) -> list:
     _need(isinstance(v, list) and len(v) <= limit, where, f"expected a list (≤ {limit} items)")
+    return v
+
+
+def _module_path(v: Any, where: str) -> str:
+    """A module or parameter path as torch names them (see MODULE_PATH); dunder names (``__class__``) are
+    Python internals, never modules."""
+    _str(v, where, limit=500)
+    _need(MODULE_PATH.fullmatch(v) is not None, where,
+          f"{v[:60]!r} is not a module path (names joined by '.', none empty, no control characters)")
+    _need(not any(part.startswith("__") and part.endswith("__") for part in v.split(".")), where,
+          "dunder attributes are not module paths")
     return v
 
 
@@ -118,6 +134,8 @@ def _preprocessing(p: Any) -> None:
     for i, s in enumerate(size):
         _int(s, f"preprocessing.input_size[{i}]", 1, MAX_SIDE)
     channels = _int(p["channels"], "preprocessing.channels", 1, 4096)
+    _need(channels * size[0] * size[1] <= MAX_INPUT_ELEMENTS, "preprocessing",
+          f"an input of {channels}×{size[0]}×{size[1]} is over {MAX_INPUT_ELEMENTS} values (channels × H × W)")
     for key in ("mean", "std"):
         values = _list(p[key], f"preprocessing.{key}", 4096)
         _need(len(values) in (1, channels), f"preprocessing.{key}", f"expected 1 or {channels} values")
@@ -145,8 +163,7 @@ def _edit(e: Any, i: int) -> None:
     _need(len(modules) <= 100_000, f"{where}.modules", "too many modules")
     for path, m in modules.items():
         w = f"{where}.modules[{path[:60]!r}]"
-        _str(path, w, MODULE_PATH, 500)
-        _need(not any(part.startswith("__") for part in path.split(".")), w, "dunder attributes are not module paths")
+        _module_path(path, w)
         m = _dict(m, w)
         _need(set(m) <= PRUNE_KEYS, w, f"unknown keys {sorted(set(m) - PRUNE_KEYS)}")
         for key in ("out", "in", "channels"):
@@ -181,7 +198,7 @@ def validate_recipe(recipe: Any, where: str) -> dict:
             for key in src:
                 _str(src[key], f"source.{key}", SHA256 if key == "sha256" else None, 4096)
         for i, name in enumerate(_list(r.get("frozen", []), "frozen")):
-            _str(name, f"frozen[{i}]", MODULE_PATH, 500)
+            _module_path(name, f"frozen[{i}]")
         for i, p in enumerate(_list(r.get("provenance", []), "provenance", 10_000)):
             _json_value(_dict(p, f"provenance[{i}]"), f"provenance[{i}]")
         for k, v in _dict(r.get("versions", {}), "versions").items():
