@@ -123,9 +123,20 @@ def safetensors_bytes(model: nn.Module, metadata: dict[str, str] | None = None, 
     if aliases:
         meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
     try:
-        return save(tensors, metadata=meta)
+        return canonical_header(save(tensors, metadata=meta))
     except Exception as e:  # noqa: BLE001 - safetensors' own error types
         raise CannotProcess(f"cannot serialise the state_dict to safetensors: {first_line(e)}") from None
+
+
+def canonical_header(data: bytes) -> bytes:
+    """Safetensors bytes with their JSON header rewritten with sorted keys: safetensors writes the metadata in
+    hash-map order, which changes from one process to the next, so two identical runs would differ byte for
+    byte. The tensor data (already in a fixed order: by dtype alignment, then name) and every offset stay."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def export_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None,
@@ -206,8 +217,11 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
         )
     retied = _retie(model, dict(aliases or {}))
     sd = OrderedDict(state_dict)
-    if getattr(state_dict, "_metadata", None) is not None:  # module versions (e.g. MNASNet's), as torch saved them
-        sd._metadata = state_dict._metadata  # type: ignore[attr-defined]
+    # module versions that some layers' _load_from_state_dict read (MNASNet refuses None): as torch saved them
+    # with the weights, else (safetensors, a plain dict) the versions of the model being filled, which is what
+    # wrote every file explainfix writes
+    versions = getattr(state_dict, "_metadata", None)
+    sd._metadata = versions if versions is not None else getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(sd, strict=True)
     return retied
 
