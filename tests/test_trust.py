@@ -131,6 +131,64 @@ def test_allow_list_is_decided_on_strings():
             check_import_target(module, name, kwargs)
 
 
+ALLOWED_KWARGS = [  # written by explainfix itself, or plain hyper-parameters: they read nothing
+    ("torchvision.models", "googlenet", {"init_weights": True, "aux_logits": False, "num_classes": 5}),
+    ("torchvision.models", "inception_v3", {"init_weights": True, "transform_input": True, "aux_logits": False}),
+    ("torchvision.models", "resnet18", {"weights": None, "progress": False}),
+    ("torchvision.models.detection", "fasterrcnn_resnet50_fpn", {"weights": None, "weights_backbone": None,
+                                                                "trainable_backbone_layers": 3}),
+    ("timm", "create_model", {"model_name": "resnet18", "pretrained": False, "drop_path_rate": 0.1,
+                              "model_args": {"layers": [1, 1, 1, 1]}}),
+    ("segmentation_models_pytorch", "Unet", {"encoder_name": "tu-resnet18", "encoder_weights": None,
+                                             "aux_params": {"classes": 3, "dropout": 0.2}}),
+    ("ultralytics.nn.tasks", "DetectionModel", {"cfg": "yolov8n.yaml", "verbose": False, "nc": 3}),
+]
+REFUSED_KWARGS = [  # these fetch or read: a download flag, a cache, a path or URL anywhere in the values
+    ("torchvision.models", "resnet18", {"weights": "DEFAULT"}),
+    ("torchvision.models", "resnet18", {"pretrained": True}),
+    ("torchvision.models.detection", "fasterrcnn_resnet50_fpn", {"weights_backbone": "ResNet50_Weights.DEFAULT"}),
+    ("torchvision.models.detection", "fasterrcnn_resnet50_fpn", {"pretrained_backbone": True}),
+    ("timm", "create_model", {"model_name": "resnet18", "pretrained_cfg_overlay": {"file": "w.pth"}}),
+    ("timm", "create_model", {"model_name": "resnet18", "pretrained_cfg": {"hf_hub_id": "timm/resnet18"}}),
+    ("timm", "create_model", {"model_name": "resnet18", "checkpoint_path": "w.pth"}),
+    ("timm", "create_model", {"model_name": "resnet18", "cache_dir": "cache"}),
+    ("timm", "create_model", {"model_name": "hf-hub:timm/resnet18.a1_in1k"}),
+    ("timm", "create_model", {"model_name": "local-dir:model_folder"}),
+    ("timm", "create_model", {"model_name": "resnet18", "model_args": {"x": ["~/weights.pth"]}}),
+    ("segmentation_models_pytorch", "Unet", {"encoder_weights": "imagenet"}),
+    ("segmentation_models_pytorch", "Unet", {"aux_params": {"classes": 3, "x": "../../etc/passwd"}}),
+    ("torchvision.models", "resnet18", {"norm": "C:\\weights"}),
+    ("torchvision.models", "resnet18", {"x": "https://example.com/w.pth"}),
+    ("torchvision.models", "resnet18", {"x": ".hidden"}),
+    ("torchvision.models", "resnet18", {"config_file": "model"}),
+    ("ultralytics.nn.tasks", "DetectionModel", {"cfg": "models/evil.yaml"}),
+    ("ultralytics.nn.tasks", "DetectionModel", {"cfg": {"backbone": []}}),
+]
+
+
+@pytest.mark.parametrize("module,name,kwargs", ALLOWED_KWARGS, ids=[f"{m}:{n}" for m, n, _ in ALLOWED_KWARGS])
+def test_kwargs_that_read_nothing_are_allowed(module, name, kwargs):
+    """Issue 24 item 3: ``init_weights=True`` only picks an initialisation; the tool's own directories load."""
+    check_import_target(module, name, kwargs)
+
+
+@pytest.mark.parametrize("module,name,kwargs", REFUSED_KWARGS, ids=[str(k) for _, _, k in REFUSED_KWARGS])
+def test_kwargs_that_fetch_or_read_are_refused(module, name, kwargs):
+    with pytest.raises(BadInput, match="refused") as e:
+        check_import_target(module, name, kwargs)
+    assert "\n" not in e.value.message and "--trust-code" in e.value.hint
+
+
+def test_googlenet_init_weights_dir_loads_without_flag(tmp_path):
+    """The issue's case: a directory whose recipe says ``googlenet(init_weights=True, aux_logits=False)``."""
+    spec = arch_spec("torchvision:googlenet", {"num_classes": 4, "init_weights": True, "aux_logits": False})
+    out = tmp_path / "g"
+    save_model_dir(build_arch(spec).eval(), Recipe.new(spec, Path(__file__), "0" * 64, "state_dict"), out)
+    r = invoke("info", out, "--input-size", "64", "--json")
+    assert r.exit_code == 0, r.output
+    assert load(out)(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
 def test_integrity_hash_is_checked(tv_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tv_dir, bad)

@@ -33,8 +33,17 @@ ALLOWED_MODULES: dict[str, str] = {
     "segmentation_models_pytorch": "segmentation_models_pytorch",
     "ultralytics.nn.tasks": "ultralytics.nn",
 }
-#: keyword arguments that would make a factory read files or download weights.
-FORBIDDEN_KWARG = re.compile(r"pretrained|checkpoint|weights|path|file|url|cache|hub|dir", re.IGNORECASE)
+#: keyword arguments with which a factory of an allow-listed library reads files or downloads weights
+#: (torchvision: weights, weights_backbone and the old pretrained / pretrained_backbone; timm: pretrained,
+#: pretrained_cfg, pretrained_cfg_overlay, checkpoint_path, cache_dir; smp: encoder_weights); any value but
+#: None / False is refused. A boolean that only picks an initialisation (init_weights, transform_input) reads nothing.
+FORBIDDEN_KWARGS = frozenset({
+    "weights", "weights_backbone", "pretrained", "pretrained_backbone", "pretrained_cfg", "pretrained_cfg_overlay",
+    "checkpoint_path", "encoder_weights", "cache_dir",
+})
+#: argument names that say "a place": a string given to one is a location (drop_path_rate=0.1 is not).
+LOCATION_KWARG = re.compile(r"(^|_)(path|paths|file|filename|url|uri|dir|directory|cache|hub|repo|checkpoint)(_|$)",
+                            re.IGNORECASE)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PACKAGED_YAML = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\.yaml")  # resolved inside ultralytics' cfg folder, no path
 TRUST_HINT = "pass --trust-code if you trust the directory's author (or --arch with your own architecture)"
@@ -42,6 +51,35 @@ TRUST_HINT = "pass --trust-code if you trust the directory's author (or --arch w
 
 def _refuse(what: str, why: str) -> BadInput:
     return BadInput(f"refused to run {what} named by the directory's recipe: {why}", hint=TRUST_HINT)
+
+
+def looks_like_location(text: str) -> bool:
+    """A path or URL (``/``, ``\\``, ``://``), a home or relative path (``~…``, ``.…``), or a source prefix or
+    drive (``hf-hub:…``, ``local-dir:…``, ``C:…``): a string some model factories resolve to files."""
+    return any(c in text for c in "/\\:") or text.startswith(("~", "."))
+
+
+def _fetches(key: str, value: object, depth: int = 0) -> str | None:
+    """Why ``key=value`` could read a file or download (None when it cannot), nested values included."""
+    if isinstance(key, str) and value not in (None, False):
+        if key.lower() in FORBIDDEN_KWARGS:
+            return "could read files or download weights"
+        if isinstance(value, str) and LOCATION_KWARG.search(key):  # cache_dir="cache": relative, yet a place
+            return "names a file, a directory or a download"
+    if isinstance(value, str) and looks_like_location(value):
+        return "looks like a path or URL; a model library could read or fetch it"
+    if depth < 8 and isinstance(value, dict):
+        return next((why for k, v in value.items() if (why := _fetches(k, v, depth + 1))), None)
+    if depth < 8 and isinstance(value, (list, tuple)):
+        return next((why for v in value if (why := _fetches("", v, depth + 1))), None)
+    if depth >= 8 and isinstance(value, (dict, list, tuple)):
+        return "is nested too deeply to check"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
 
 
 def check_import_target(module: str, name: str, kwargs: dict) -> None:
@@ -52,9 +90,9 @@ def check_import_target(module: str, name: str, kwargs: dict) -> None:
     if not NAME.fullmatch(name):
         raise _refuse(what, f"{name!r} is not a public name")
     for key, value in kwargs.items():
-        if FORBIDDEN_KWARG.search(key) and value not in (None, False):
-            raise _refuse(what, f"its keyword argument {key}={value!r} could read files or download weights")
-    cfg = kwargs.get("cfg")
+        if why := _fetches(key, value):
+            raise _refuse(what, f"its keyword argument {key}={_short(value)} {why}")
+    cfg = kwargs.get("cfg")  # ultralytics reads it as a yaml file: only NAME.yaml of its own cfg folder
     if module.startswith("ultralytics") and cfg is not None and not (isinstance(cfg, str) and PACKAGED_YAML.fullmatch(cfg)):
         raise _refuse(what, f"cfg={cfg!r} is not one of ultralytics' packaged model names (NAME.yaml)")
 
