@@ -134,3 +134,31 @@ def test_a_model_with_two_inputs_is_refused_as_such(tmp_path):
     p, out = prune(tmp_path, "TwoInputs", "--target-macs", "2x")
     assert p.returncode == 2 and not out.exists()
     assert "2 inputs" in p.stderr.splitlines()[0] and "--input-size" not in p.stderr, p.stderr
+
+
+def test_a_floor_above_the_target_after_scoring_gives_the_closest_plan_with_a_note():
+    """The early check measures the floor on the plan that removes the most; a ranking whose own floor is higher
+    (after the expensive pass) gives its smallest plan and says so, instead of failing late."""
+    from explainfix_cli.prune.budget import search
+
+    outcome = search(lambda k: 1 - 0.01 * k, 0, 10, 0.5, "macs", integer=True, why_floor=" (floor)")
+    assert outcome.achieved == pytest.approx(0.9) and outcome.knob == 10 and not outcome.within_tolerance
+    assert outcome.note == "closest plan keeps 0.900 (asked 0.500): the smallest this ranking reaches (floor)"
+
+
+@pytest.mark.parametrize("criterion", ["channel", "magnitude"])
+def test_the_early_budget_check_leaves_the_model_as_it_was(criterion):
+    import models_for_tests as zoo
+    from explainfix_cli.channels import graph as graph_mod
+    from explainfix_cli.core.errors import BadInput
+    from explainfix_cli.core.model import count_macs
+    from explainfix_cli.prune.options import PruneOptions
+    from explainfix_cli.prune.select import check_budget
+
+    torch.manual_seed(0)
+    model, x = zoo.UpLinear().eval(), torch.randn(1, 3, 16, 16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    opts = PruneOptions(target_macs="1000x", criterion=criterion).resolved(has_data=False)
+    with pytest.raises(BadInput, match="smallest reachable is"):
+        check_budget(model, graph_mod.trace(model, x), opts, x, count_macs(model, x))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
