@@ -78,3 +78,19 @@ def test_mnasnet_from_a_file_architecture_reloads(tmp_path, calib):
     model = _prune_and_reload(weights, f"{arch}:Factory", {}, calib, out, trust_code=True)
     assert type(model).__name__ == "MNASNet"
     assert (out / "arch" / "my_mnasnet.py").is_file()
+
+
+def test_mnasnet_safetensors_checkpoint_loads(tmp_path):
+    """A safetensors file carries no module versions: MNASNet is filled with the versions of the model built."""
+    from safetensors.torch import save_file
+
+    from explainfix_cli.io.checkpoint import load_model
+
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=CLASSES).eval()
+    path = tmp_path / "mnasnet.safetensors"
+    save_file(model.state_dict(), str(path))
+    loaded = load_model(path, "torchvision:mnasnet0_5", {"num_classes": CLASSES}).model
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
