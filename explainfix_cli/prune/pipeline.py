@@ -211,8 +211,9 @@ def prune_model(
         macs_before = count_macs(model, example)
     gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
     lap("trace")
+    analysed = None  # the channel analysis, when the budget check made it
     if opts.budget is not None:  # an unreachable budget is refused before any data is read
-        check_budget(model, gm, opts, example, macs_before)
+        _, analysed = check_budget(model, gm, opts, example, macs_before)
         lap("budget-check")
 
     # 1. score (one pass over the calibration data), recording the original model's predictions
@@ -220,12 +221,12 @@ def prune_model(
         with channels_last(model, example), grad.autocast(device, amp):  # the layout probe in float32
             scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
                                  grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress,
-                                 magnitude=opts.rank in MAGNITUDE_RANKS)
+                                 magnitude=opts.rank in MAGNITUDE_RANKS, channel_graph=analysed)
         channel_graph = scored.graph
     else:  # scores of an identical model: the analysis must be of this model's own trace
         if scored.criterion != opts.criterion:
             raise BadInput(f"the scores were computed for the {scored.criterion} criterion, not {opts.criterion}")
-        channel_graph = graph_mod.analyse(gm) if opts.criterion == "channel" else None
+        channel_graph = None if opts.criterion != "channel" else (analysed if analysed is not None else graph_mod.analyse(gm))
     scores, record = scored.scores, scored.record
     lap("saliency")
 

@@ -37,10 +37,11 @@ class Scored:
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
                 target_fn: Callable | None = grad.onehot_targets, progress: Callable | None = None,
-                magnitude: bool = False) -> Scored:
+                magnitude: bool = False, channel_graph: Any = None) -> Scored:
     """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. ``magnitude``
     (``--rank l1-per-layer``) scores channel groups by Σ|w| even with data; the data then only records the
-    original predictions (agreement) and feeds BatchNorm re-estimation."""
+    original predictions (agreement) and feeds BatchNorm re-estimation. ``channel_graph``: the channel
+    analysis of ``gm`` when the caller already has it (it is not repeated)."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
     done = [0]
@@ -50,9 +51,10 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         if progress:
             progress("saliency", done[0], None if limit == math.inf else int(limit))
 
-    channel_graph = None
+    if criterion != "channel":
+        channel_graph = None
     if criterion == "channel":
-        channel_graph = graph_mod.analyse(gm)
+        channel_graph = graph_mod.analyse(gm) if channel_graph is None else channel_graph
         names = scored_modules(channel_graph)
         params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
         if batches is not None and not magnitude:

@@ -76,11 +76,13 @@ def channel_floor_why(opts: PruneOptions) -> str:
     return f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)"
 
 
-def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, example: Any, macs_before: int) -> float:
+def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, example: Any,
+                 macs_before: int) -> tuple[float, ChannelGraph | None]:
     """Refuse a budget no plan reaches before any data is read: the floor is a property of the channel plan,
     not of the scores. It is measured on the plan that removes the most — the channel criterion's groups taken
     largest saving first (under ``opts.floor``), the filter criteria's ``MAX_PCT`` % lowest kernels by
-    magnitude — and the model is left as it was. Returns that floor (fraction kept)."""
+    magnitude — and the model is left as it was. Returns that floor (fraction kept) and, for the channel
+    criterion, the channel analysis of the model as it is (the scoring pass reuses it)."""
     assert opts.budget is not None
     metric, target = opts.budget
     total = _before(model, example, metric, macs_before)
@@ -97,6 +99,7 @@ def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, examp
         floor = costs(plan_removal(gm, graph, opts.round_to, remove=set(order))) / total
         why = channel_floor_why(opts)
     else:
+        graph = None
         convs = iter_spatial_convs(model)
         originals = [m.weight.detach().clone() for _, m in convs]
         try:
@@ -109,7 +112,7 @@ def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, examp
         floor = costs(plan) / total
         why = FILTER_FLOOR
     check_reachable(floor, target, metric, why)
-    return floor
+    return floor, graph
 
 
 def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tensor], opts: PruneOptions,
