@@ -36,14 +36,15 @@ Mean = Annotated[Optional[list[str]], typer.Option("--mean", callback=_float_lis
 Std = Annotated[Optional[list[str]], typer.Option("--std", callback=_float_list, help="Per-channel std for normalisation, as --mean.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
 Batches = Annotated[Optional[int], typer.Option("--batches", help="Use at most N calibration batches (default: all).")]
-Workers = Annotated[int, typer.Option("--workers", help="DataLoader processes decoding images (0: in the main process). "
-                                                   "Memory holds a few batches, never the folder.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes decoding images (0: in the main process; "
+                                                   "at most the CPUs this process may use, with a note). Memory holds a few batches, never the folder.")]
 Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast for the saliency pass and fine-tuning on CUDA (scores and "
                                               "weights stay float32; the self-check runs in float32). Ignored on CPU, with a note.")]
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Output directory.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output directory.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when available).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
+SEED_MAX = 2**32 - 1  # numpy's and every generator's range; torch alone would take up to 2**64 - 1
+Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help=f"Seed for everything random (0 to {SEED_MAX}).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (human output goes to stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
 Atol = Annotated[float, typer.Option("--atol", help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]

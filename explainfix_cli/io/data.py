@@ -1,15 +1,18 @@
 """Calibration data: a class-folder tree, a flat image folder or an ``.npz`` → batches of (x, y).
 
-Labels follow torchvision's ImageFolder (sorted subfolder index); a flat folder is unlabeled and gets
-``y = -1`` (saliency then uses the model's own top class). Images are resized to the input size,
-converted to the channel count of the model's first conv (gray↔RGB) and normalised. The
-:class:`Preprocessing` used is stored in the recipe so later commands reuse it.
+Labels follow torchvision's ImageFolder (sorted subfolder index; an empty class folder keeps its index and
+is named in :attr:`CalibrationSet.empty_classes`); a flat folder is unlabeled and gets ``y = -1`` (saliency
+then uses the model's own top class). Images are resized to the input size, converted to the channel count
+of the model's first conv (gray↔RGB) and normalised; an ``.npz`` is used as stored and its per-sample shape
+is recorded (``Preprocessing.sample_shape``). The :class:`Preprocessing` used is stored in the recipe so
+later commands reuse it. Every value that reaches the model is checked to be finite.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +26,70 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_INPUT_SIZE = (224, 224)
+MAX_IMAGE_PIXELS = 64_000_000  # a larger image file is refused before it is decoded (docs/CLI.md, "Data")
+MAX_SAMPLE_ELEMENTS = 1 << 26  # values in one model input a recorded or requested shape may ask for
+MAX_STAT = 1e6  # |mean| and std bounds (the recipe schema's number range)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes a model input: resize (bilinear) → channels → [0,1] → (x - mean) / std."""
+    """How an image becomes a model input: resize (bilinear) → channels → [0,1] → (x - mean) / std.
+
+    ``sample_shape``: the shape of one input (without the batch dimension) when the model was fed an
+    ``.npz`` rather than images — e.g. (128,) for an MLP; random and example inputs then take that shape
+    instead of (channels, *input_size)."""
 
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     channels: int = 3
     mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
     std: tuple[float, ...] = tuple(IMAGENET_STD)
     resize: str = "bilinear"
+    sample_shape: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One model input's shape, without the batch dimension."""
+        return tuple(self.sample_shape) if self.sample_shape is not None else (self.channels, *self.input_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.sample_shape is None:
+            del d["sample_shape"]  # image inputs: the recipe stays what earlier versions wrote
+        else:
+            d["sample_shape"] = list(self.sample_shape)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
+        shape = d.get("sample_shape")
         return cls(
             input_size=tuple(int(v) for v in d["input_size"]),
             channels=int(d["channels"]),
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             resize=d.get("resize", "bilinear"),
+            sample_shape=tuple(int(v) for v in shape) if shape is not None else None,
         )
+
+
+def check_sample_shape(shape: tuple[int, ...], where: str) -> None:
+    """Refuse an input shape that would allocate more than :data:`MAX_SAMPLE_ELEMENTS` values per sample."""
+    if any(int(v) < 1 for v in shape) or math.prod(int(v) for v in shape) > MAX_SAMPLE_ELEMENTS:
+        raise BadInput(f"{where}: an input of shape {'×'.join(map(str, shape))} is refused "
+                       f"(at most {MAX_SAMPLE_ELEMENTS:,} values per sample, every side ≥ 1)",
+                       hint="pass --data with real inputs, or a smaller --input-size")
+
+
+def _check_stats(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    for name, vals in (("--mean", mean), ("--std", std)):
+        bad = next((v for v in vals if not math.isfinite(v) or abs(v) >= MAX_STAT), None)
+        if bad is not None:
+            raise BadInput(f"{name} value {bad} is not a finite number below {MAX_STAT:g} in magnitude",
+                           hint="e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+    if any(v <= 0 for v in std):
+        raise BadInput("--std values must be positive", hint="e.g. --std 0.229,0.224,0.225")
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -80,12 +120,14 @@ def resolve_preprocessing(
     stored: dict | None = None,
 ) -> Preprocessing:
     """Flags win, then the recipe's stored preprocessing, then defaults (224², ImageNet stats for 3
-    channels, 0.5/0.5 otherwise). Channels always come from the model's first conv when it has one."""
+    channels, 0.5/0.5 otherwise). Channels always come from the model's first conv when it has one. A stored
+    ``sample_shape`` (non-image inputs) is kept unless ``input_size`` is given; the data opened later
+    replaces it (:func:`with_data`). Mean/std must be finite (std > 0); the input shape is bounded."""
     base = Preprocessing.from_dict(stored) if stored else None
     channels = first_conv_channels(model) or (base.channels if base else 3)
     size = input_size or (base.input_size if base else DEFAULT_INPUT_SIZE)
 
-    def stats(given, stored_vals, default3, default_other):
+    def stats(given, stored_vals, default3, default_other, flag):
         if given is not None:
             vals = list(given)
         elif stored_vals is not None and len(stored_vals) == channels:
@@ -95,22 +137,57 @@ def resolve_preprocessing(
         if len(vals) == 1:
             vals = vals * channels
         if len(vals) != channels:
-            raise BadInput(f"{len(vals)} mean/std values for a model with {channels} input channels")
+            raise BadInput(f"{len(vals)} mean/std values for a model with {channels} input channels ({flag})",
+                           hint="give one value per channel, or one for every channel")
         return tuple(float(v) for v in vals)
 
-    m = stats(mean, base.mean if base else None, IMAGENET_MEAN, 0.5)
-    s = stats(std, base.std if base else None, IMAGENET_STD, 0.5)
-    if any(v <= 0 for v in s):
-        raise BadInput("--std values must be positive")
-    return Preprocessing(input_size=tuple(size), channels=channels, mean=m, std=s)
+    m = stats(mean, base.mean if base else None, IMAGENET_MEAN, 0.5, "--mean")
+    s = stats(std, base.std if base else None, IMAGENET_STD, 0.5, "--std")
+    _check_stats(m, s)
+    sample_shape = base.sample_shape if base is not None and input_size is None else None
+    pre = Preprocessing(input_size=tuple(size), channels=channels, mean=m, std=s, sample_shape=sample_shape)
+    check_sample_shape(pre.shape, "--input-size" if input_size else "the recorded input shape")
+    return pre
+
+
+def with_data(pre: Preprocessing, calib: "CalibrationSet") -> Preprocessing:
+    """The preprocessing as the opened data really feeds the model: an ``.npz`` records its per-sample shape
+    (and its H×W as the input size when it is (N, C, H, W)); images are (channels, *input_size)."""
+    if calib.array is None:
+        out = replace(pre, sample_shape=None)
+    else:
+        shape = tuple(int(v) for v in calib.array.shape[1:])
+        check_sample_shape(shape, calib.source)
+        out = replace(pre, sample_shape=shape)
+        if len(shape) == 3 and shape[0] == pre.channels:
+            out = replace(out, input_size=(shape[1], shape[2]))
+    calib.preprocessing = out
+    return out
+
+
+def _too_big(path: Path, size: tuple[int, int] | None) -> BadInput:
+    what = f"{size[0]}×{size[1]} = {size[0] * size[1] / 1e6:.1f} megapixels" if size else "too many pixels"
+    return BadInput(f"image {path} has {what}; at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are read",
+                    hint="downscale it (inputs are resized to --input-size anyway) or remove it")
 
 
 def load_image(path: Path, pre: Preprocessing) -> torch.Tensor:
-    """One image file → normalised (C, H, W) float tensor."""
+    """One image file → normalised (C, H, W) float tensor. An image over :data:`MAX_IMAGE_PIXELS` is refused
+    from its header, before it is decoded; non-finite values (float TIFFs) are refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: our own limit below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:  # over twice PIL's own limit: refused by PIL from the header
+        raise _too_big(path, None) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadInput(f"cannot read image {path}: {e}", hint="remove or replace the file") from None
+    try:
+        with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise _too_big(path, img.size)
             if img.mode.startswith("I;16"):  # 16-bit gray: scale to [0, 1] (convert("L") would clip at 255)
                 img, scale = img.convert("F"), 65535.0
             else:
@@ -127,7 +204,11 @@ def load_image(path: Path, pre: Preprocessing) -> torch.Tensor:
         t = t.mean(0, keepdim=True).expand(pre.channels, -1, -1)
     mean = torch.tensor(pre.mean).view(-1, 1, 1)
     std = torch.tensor(pre.std).view(-1, 1, 1)
-    return (t - mean) / std
+    out = (t - mean) / std
+    if not bool(torch.isfinite(out).all()):
+        raise BadInput(f"image {path} gives NaN or infinite values after normalisation",
+                       hint="remove or replace the file (and check --mean/--std)")
+    return out
 
 
 @dataclass
@@ -139,6 +220,7 @@ class CalibrationSet:
     labels: list[int]
     classes: list[str] | None = None
     files: list[Path] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images (their index is kept)
     array: np.ndarray | None = None
     preprocessing: Preprocessing | None = None
     workers: int = 0  # DataLoader worker processes decoding images (0: in this process)
@@ -253,7 +335,8 @@ def load_calibration(path: str | Path, pre: Preprocessing) -> CalibrationSet:
         for label, (_, fs) in enumerate(class_files):
             files += fs
             labels += [label] * len(fs)
-        return CalibrationSet(str(path), "class-folders", labels, classes, files, preprocessing=pre)
+        empty = [name for name, fs in class_files if not fs]  # kept: every later label stays its folder's index
+        return CalibrationSet(str(path), "class-folders", labels, classes, files, empty, preprocessing=pre)
     files = _images_in(path)
     if not files:
         raise BadInput(
@@ -276,8 +359,14 @@ def _load_npz(path: Path, pre: Preprocessing) -> CalibrationSet:
         raise BadInput(f"cannot read {path} as .npz: {e}") from None
     if x.ndim < 2 or len(x) == 0:
         raise BadInput(f"{path}: x must be (N, ...) with N > 0, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise BadInput(f"{path}: x must be numeric, got {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise BadInput(f"{path}: x[{bad[0]}] holds NaN or infinite values ({len(bad)} sample(s) do)",
+                           hint="remove or fix those samples")
     if y is not None:
         if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
             raise BadInput(f"{path}: y must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
@@ -288,6 +377,8 @@ def _load_npz(path: Path, pre: Preprocessing) -> CalibrationSet:
 
 
 def random_inputs(pre: Preprocessing, n: int = 4, seed: int = 0) -> torch.Tensor:
-    """Seeded N(0, 1) inputs shaped (n, C, H, W) from the preprocessing (inputs are normalised)."""
+    """Seeded N(0, 1) inputs shaped (n, *pre.shape) — (n, C, H, W) for images, the recorded sample shape of an
+    ``.npz`` otherwise (inputs are normalised)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, pre.channels, *pre.input_size, generator=g)
+    check_sample_shape(pre.shape, "the input shape")
+    return torch.randn(n, *pre.shape, generator=g)

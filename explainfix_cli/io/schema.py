@@ -125,7 +125,7 @@ def _preprocessing(p: Any) -> None:
     if p is None:
         return
     p = _dict(p, "preprocessing")
-    keys = {"input_size", "mean", "std", "channels", "resize"}
+    keys = {"input_size", "mean", "std", "channels", "resize", "sample_shape"}
     _need(set(p) <= keys, "preprocessing", f"unknown keys {sorted(set(p) - keys)}")
     for key in ("input_size", "channels", "mean", "std"):
         _need(key in p, "preprocessing", f"missing {key!r}")
@@ -144,6 +144,13 @@ def _preprocessing(p: Any) -> None:
     _need(all(x > 0 for x in p["std"]), "preprocessing.std", "every std must be > 0")
     if "resize" in p:
         _str(p["resize"], "preprocessing.resize", re.compile(r"[a-z]{1,20}"))
+    if "sample_shape" in p:  # one non-image input's shape (io/data.py Preprocessing.sample_shape)
+        dims = _list(p["sample_shape"], "preprocessing.sample_shape", 5)
+        _need(len(dims) >= 1, "preprocessing.sample_shape", "expected 1 to 5 sizes")
+        for i, s in enumerate(dims):
+            _int(s, f"preprocessing.sample_shape[{i}]", 1, MAX_INPUT_ELEMENTS)
+        _need(math.prod(dims) <= MAX_INPUT_ELEMENTS, "preprocessing.sample_shape",
+              f"an input of {'×'.join(map(str, dims))} is over {MAX_INPUT_ELEMENTS} values")
 
 
 def _indices(v: Any, where: str) -> None:

@@ -5,6 +5,7 @@ and returns a result; jobs never print. ``progress(stage, completed, total)`` re
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..io.data import (
     parse_input_size,
     random_inputs,
     resolve_preprocessing,
+    with_data,
 )
 from ..prune.pipeline import Progress
 
@@ -110,16 +112,21 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
         raise BadInput(f"--batch-size must be ≥ 1, got {data.batch_size}")
     if data is not None and data.batches is not None and data.batches < 1:
         raise BadInput(f"--batches must be ≥ 1, got {data.batches}")
+    if data is not None and data.workers < 0:
+        raise BadInput(f"--workers must be ≥ 0, got {data.workers}")
     loaded = load_model(model.path, model.arch, parse_arch_kwargs(model.arch_kwargs), model.trust_pickle, purpose,
                         trust_code=model.trust_code)
+    check_finite_weights(loaded.model, model.path)
     data = data or DataSpec()
     size = parse_input_size(data.input_size) if data.input_size else None
     pre = resolve_preprocessing(loaded.model, size, data.mean, data.std, loaded.preprocessing)
-    if data.workers < 0:
-        raise BadInput(f"--workers must be ≥ 0, got {data.workers}")
     calib = load_calibration(data.path, pre) if data.path is not None else None
     if calib is not None:
-        calib.workers, calib.pin_memory = data.workers, dev.type == "cuda"
+        pre = with_data(pre, calib)  # an .npz: its real per-sample shape is what gets recorded
+        calib.workers, calib.pin_memory = _cap_workers(data.workers, loaded.notes), dev.type == "cuda"
+        if calib.empty_classes:
+            loaded.notes.append(f"--data: class folder(s) {', '.join(calib.empty_classes[:5])} hold no images; every "
+                                "class keeps its sorted folder index as its label (as torchvision's ImageFolder numbers them)")
     if calib is not None and calib.array is not None and calib.array.ndim == 4 and calib.array.shape[1] != pre.channels:
         raise BadInput(f"{calib.source}: x has {calib.array.shape[1]} channels but the model's first conv takes {pre.channels}",
                        hint="x must be (N, C, H, W) as the model expects it (already normalised)")
@@ -132,6 +139,30 @@ def open_inputs(model: ModelSpec, data: DataSpec | None, device: str = "cpu", pu
                                                                          if model.dtype == "keep" else ""))
     opened.macs = _probe(opened)
     return opened
+
+
+def check_finite_weights(model: nn.Module, source: Path) -> None:
+    """Refuse weights holding NaN/inf (a parameter) or NaN (a buffer: masks may hold -inf), naming the tensor."""
+    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in tensors:
+            if not t.is_floating_point() or t.is_meta:
+                continue
+            bad = ~torch.isfinite(t) if kind == "parameter" else torch.isnan(t)
+            if bool(bad.any()):
+                raise BadInput(f"{source}: {kind} {name!r} holds {int(bad.sum())} NaN or infinite value(s)",
+                               hint="the checkpoint is damaged or training diverged; use an earlier checkpoint")
+
+
+def _cap_workers(workers: int, notes: list[str]) -> int:
+    """``--workers`` at most the CPUs this process may use (more only add processes that wait)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    if workers > cpus:
+        notes.append(f"--workers {workers} capped at {cpus}, the CPUs this process may use")
+        return cpus
+    return workers
 
 
 def _probe(opened: Opened) -> int:
