@@ -176,3 +176,60 @@ class MlpOnly(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+class TrainOnlyAux(nn.Module):
+    """Inception v3 in small: an auxiliary head that only training mode runs reads the trunk's channels, and
+    it needs a map of ≥ 5×5 (inputs of ≥ 20 px) where eval mode takes any size."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.stem, self.bn1 = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16)
+        self.mid, self.bn2 = nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24)
+        self.aux_conv, self.aux_bn, self.aux_fc = nn.Conv2d(24, 8, 1), nn.BatchNorm2d(8), nn.Linear(8, num_classes)
+        self.head, self.bn3 = nn.Conv2d(24, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.drop, self.fc = nn.Dropout(0.3), nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.mid(torch.relu(self.bn1(self.stem(x))))))
+        aux = None
+        if self.training:
+            a = torch.nn.functional.avg_pool2d(x, kernel_size=5, stride=3)
+            aux = self.aux_fc(torch.relu(self.aux_bn(self.aux_conv(a))).mean((2, 3)))
+        x = torch.relu(self.bn3(self.head(x))).mean((2, 3))
+        out = self.fc(self.drop(x))
+        return (out, aux) if self.training else out
+
+
+class ScalarAffine(nn.Module):
+    """Blocks that end in a learnable scalar affine ``x * s + b`` (1-element parameters, as NF-ResNet's
+    skip-init gain): the scalars are broadcast over the channels, so each channel stays itself."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(16, 16, 1) for _ in range(2))  # unpadded: a constant folds exactly
+        self.scales = nn.ParameterList(nn.Parameter(torch.ones(1)) for _ in range(2))
+        self.biases = nn.ParameterList(nn.Parameter(torch.full((1,), 0.1)) for _ in range(2))
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for conv, s, b in zip(self.convs, self.scales, self.biases):
+            x = x + torch.relu(conv(x)) * s + b
+        return self.fc(x.mean((2, 3)))
+
+
+class AutocastBlock(nn.Module):
+    """A block that turns autocast off by the input's own device (timm EfficientViT's linear attention)."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = torch.relu(self.b(x.float()))
+        return self.fc(x.mean((2, 3)))

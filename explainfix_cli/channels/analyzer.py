@@ -44,17 +44,25 @@ SHAREABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.i
 
 
 class Analyzer(LayerOps, fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
+    """One pass over one graph. ``prior``: the eval-mode pass whose atoms, couplings and boundary layers this
+    pass (over the training-mode graph) extends: every layer the prior pass saw is a later call of a shared
+    layer here (its channels merged position by position), a layer only training mode runs registers anew
+    with its own output channels frozen, and no constant is tracked (folds are decided in eval mode; the
+    training-mode graph only adds couplings, never removes one)."""
+
+    def __init__(self, gm: fx.GraphModule, prior: Analyzer | None = None) -> None:
         super().__init__(gm)
         self.labs: dict[str, Any] = {}
-        self.parent: list[int] = []
-        self.frozen: dict[int, str] = {}
-        self.consumers: list[Consumer] = []
-        self.producers: list[Indexed] = []
-        self.channelwise: list[Indexed] = []
-        self.calls: dict[str, int] = {}
+        self.parent: list[int] = prior.parent if prior else []
+        self.frozen: dict[int, str] = prior.frozen if prior else {}
+        self.consumers: list[Consumer] = prior.consumers if prior else []
+        self.producers: list[Indexed] = prior.producers if prior else []
+        self.channelwise: list[Indexed] = prior.channelwise if prior else []
+        self.calls: dict[str, int] = prior.calls if prior else {}  # over every pass: later calls merge with the first
+        self.pass_calls: dict[str, int] = {}  # in this pass: a stateful module called twice in one forward is shared
+        self.constants = prior is None
         self.current: fx.Node | None = None
-        self.passed: dict[str, str] = {}  # unsupported ops run as they are, all their inputs frozen
+        self.passed: dict[str, str] = prior.passed if prior else {}  # unsupported ops run as they are, inputs frozen
         self.from_input: set[str] = set()  # nodes the model inputs reach (others compute constants)
         traced = gm.meta.get("explainfix_traced")
         self.opaque: dict[str, str] = dict(traced.opaque) if traced is not None else {}
@@ -85,7 +93,10 @@ class Analyzer(LayerOps, fx.Interpreter):
     def new_atoms(self, n: int) -> torch.Tensor:
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
-        return torch.arange(start, start + n)
+        atoms = torch.arange(start, start + n)
+        if not self.constants and self.current is not None:  # never scored (no eval forward runs it): kept whole
+            self.freeze_atoms(atoms, f"a layer only training mode runs ({where_of(self.current)})")
+        return atoms
 
     def root(self, a: int) -> int:
         return find_root(self.parent, a)
@@ -128,6 +139,8 @@ class Analyzer(LayerOps, fx.Interpreter):
 
     def store(self, n: fx.Node, lab: Any) -> None:
         for lb in labs_of(lab):
+            if not self.constants:
+                lb.K, lb.V = torch.zeros_like(lb.K), torch.zeros_like(lb.V)
             lb.compact()
             if len(lb.varying()) > 1:  # not a set of slabs along one dim: cannot be sliced
                 self.freeze_atoms(lb.L.reshape(-1), f"channels spread over several dims at {where_of(n)}")
@@ -167,10 +180,20 @@ class Analyzer(LayerOps, fx.Interpreter):
             t = t.float()
         return t.expand(lab.shape).contiguous() if full else t
 
+    def scalar(self, n: fx.Node, value: Any) -> Lab | None:
+        """A one-element tensor no model input reaches (a learnable scalar scale or bias, ``x * s + b``): a
+        constant, so a dead channel it scales or shifts stays a constant that folds."""
+        if (not self.constants or n.op == "placeholder" or n.name in self.from_input
+                or not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point()):
+            return None
+        one = [1] * value.dim()
+        return Lab(torch.full(one, -1, dtype=torch.long), torch.ones(one, dtype=torch.bool),
+                   value.detach().double().cpu().reshape(one), tuple(value.shape))
+
     # --------------------------------------------------------------------------------- dispatch
     def visit(self, n: fx.Node, value: Any) -> None:
         if n.op in ("placeholder", "get_attr"):
-            self.labs[n.name] = blank_like(value)
+            self.labs[n.name] = self.scalar(n, value) or blank_like(value)
             return
         if n.op == "output":
             fx.node.map_arg(n.args, lambda a: self.freeze(self.labs.get(a.name), n, "model output"))
@@ -185,7 +208,7 @@ class Analyzer(LayerOps, fx.Interpreter):
         if n.op == "call_module":
             self.visit_module(n, value, ins)
         elif not any(lb.has_atoms() for lb in ins):
-            self.labs[n.name] = blank_like(value)  # no atom flows in: nothing to slice or couple
+            self.labs[n.name] = self.scalar(n, value) or blank_like(value)  # no atom flows in: nothing to slice or couple
         else:
             self.visit_function(n, value, ins)
 
@@ -193,8 +216,9 @@ class Analyzer(LayerOps, fx.Interpreter):
         path = str(n.target)
         m = self.module.get_submodule(path)
         self.calls[path] = self.calls.get(path, 0) + 1
+        self.pass_calls[path] = self.pass_calls.get(path, 0) + 1
         stateful = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
-        if self.calls[path] > 1 and stateful and not isinstance(m, SHAREABLE):
+        if self.pass_calls[path] > 1 and stateful and not isinstance(m, SHAREABLE):
             self.refuse(n, "the module is called more than once (shared weights)", hard=True)
         if self.calls[path] > 1 and stateful and not any(e.module == path for e in self.consumers + self.channelwise):
             # its first call registered nothing (no channels reached it, or it was run as it is): no edit of
@@ -245,7 +269,11 @@ class Analyzer(LayerOps, fx.Interpreter):
         args, kwargs = fx.node.map_arg(n.args, lambda a: self.env[a]), fx.node.map_arg(n.kwargs, lambda a: self.env[a])
         tensors = [a for a in fx.node.map_aggregate(list(args) + list(kwargs.values()), lambda v: v)
                    if isinstance(a, torch.Tensor)]
-        if (fn and t in BINARY_FNS) or (not fn and t in BINARY_METHODS):
+        if fn and isinstance(t, type) and issubclass(t, tuple) and isinstance(value, tuple) and not n.kwargs:
+            # a namedtuple of outputs (torchvision's InceptionOutputs): a container, its fields as they are
+            self.labs[n.name] = tuple(self.labs.get(a.name) if isinstance(a, fx.Node) else blank_like(v)
+                                      for a, v in zip(n.args, value))
+        elif (fn and t in BINARY_FNS) or (not fn and t in BINARY_METHODS):
             if len(tensors) == 1:
                 self.unary(n, x, shape)
             elif len(tensors) == 2 and len(ins) == 2:
@@ -265,9 +293,11 @@ class Analyzer(LayerOps, fx.Interpreter):
             self.unary(n, x, shape)
         elif fn and getattr(t, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(t, "__module__", ""):
             training = kwargs.get("training", args[3] if len(args) > 3 else True)
-            if training or len(ins) != 1:
-                self.refuse(n, "stochastic depth in training mode")
-            self.store(n, Lab(x.L, x.K, x.V, shape))  # identity in eval mode
+            if len(ins) != 1:
+                self.refuse(n, "stochastic depth of several tensors")
+            # identity in eval mode; in training mode a random factor per sample (or batch): channels keep
+            # their identity, constants do not survive it
+            self.store(n, Lab(x.L, torch.zeros_like(x.K) if training else x.K, x.V, shape))
         elif fn and t in POOL_FNS:
             self.spatial(n, None, x, shape)
         elif (fn and t in RESHAPE_FNS) or (not fn and t in RESHAPE_METHODS):

@@ -42,9 +42,10 @@ import torch.fx as fx
 from torch import nn
 
 from ..core.errors import CannotProcess, ExplainFixError, UnsupportedOp, first_line
+from ..core.model import in_training_mode
 from .analyzer import Analyzer
 from .labels import ChannelGraph, module_of, op_name, where_of
-from .tracing import MAX_OPAQUE, check_guards, trace_model
+from .tracing import MAX_OPAQUE, check_guards, trace_model, trace_training
 
 
 def _example_args(example: Any) -> tuple:
@@ -66,13 +67,27 @@ def trace(model: nn.Module, example: Any) -> fx.GraphModule:
         gm = fx.GraphModule(traced.root, traced.graph)
         gm.meta["explainfix_example"] = args
         gm.meta["explainfix_traced"] = traced
+        train, gm.meta["explainfix_train_skipped"] = trace_training(model, args, traced, kept)
+        if train is not None:  # training mode runs other ops (a train-only branch): analysed too
+            tgm = fx.GraphModule(train.root, train.graph)
+            tgm.meta.update(explainfix_example=args, explainfix_traced=train)
+            gm.meta["explainfix_train"] = tgm
+            for node in train.graph.nodes:  # the plan reads every analysed layer from ``gm``
+                if node.op == "call_module" and not _has_module(gm, str(node.target)):
+                    gm.add_submodule(str(node.target), tgm.get_submodule(str(node.target)))
         try:
             analyse(gm)
             return gm
         except UnsupportedOp as e:
             path = e.module
-            if e.hard or not path or path in traced.opaque:
-                raise
+            if e.hard or not path or path in traced.opaque or (train is not None and path in train.opaque):
+                if not getattr(e, "training", False):
+                    raise
+                # only the training-mode pass fails: its graph is left out (the self-check's training-mode
+                # forward still proves the pruned model there) and the reason kept
+                gm.meta["explainfix_train"], gm.meta["explainfix_train_skipped"] = None, e.message
+                analyse(gm)
+                return gm
             # The op is inside a submodule: keep that submodule whole (run as it is, channels in and out
             # frozen) and analyse the rest; the self-check still proves the result.
             cls = type(model.get_submodule(path)).__name__
@@ -81,33 +96,65 @@ def trace(model: nn.Module, example: Any) -> fx.GraphModule:
     raise CannotProcess(f"more than {MAX_OPAQUE} submodules of {type(model).__name__} had to be kept whole; refusing")
 
 
+def _has_module(gm: fx.GraphModule, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
 def check_control_flow(model: nn.Module, gm: fx.GraphModule) -> None:
     """After surgery: refuse if a shape decision taken while tracing ``gm`` comes out differently now."""
     check_guards(model, gm.meta["explainfix_example"], gm.meta["explainfix_traced"])
+    train = gm.meta.get("explainfix_train")
+    if train is not None:
+        check_guards(model, gm.meta["explainfix_example"], train.meta["explainfix_traced"], training=True)
 
 
 def opaque_modules(gm: fx.GraphModule) -> dict[str, str]:
-    """Submodules kept whole because they could not be traced (path -> reason)."""
-    traced = gm.meta.get("explainfix_traced")
-    return dict(traced.opaque) if traced is not None else {}
+    """Submodules kept whole because they could not be traced (path -> reason), in either mode."""
+    out: dict[str, str] = {}
+    for g, mode in ((gm.meta.get("explainfix_train"), " (training mode)"), (gm, "")):
+        traced = g.meta.get("explainfix_traced") if g is not None else None
+        out.update({k: v + mode for k, v in (traced.opaque.items() if traced is not None else ())})
+    return out
 
 
 def analyse(gm: fx.GraphModule) -> ChannelGraph:
-    """Atoms, couplings and constant facts from the model's *current* weights (re-run after zeroing)."""
+    """Atoms, couplings and constant facts from the model's *current* weights (re-run after zeroing). A
+    model whose training-mode forward runs other ops (``gm.meta["explainfix_train"]``) is analysed in that
+    mode too, on top of the eval-mode pass: the couplings of both hold (Analyzer's ``prior``)."""
     an = Analyzer(gm)
+    _run(an, gm, "")
+    train = gm.meta.get("explainfix_train")
+    if train is not None:
+        with in_training_mode(train):
+            _run(Analyzer(train, prior=an), train, " (in training mode)")
+    return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
+
+
+def _run(an: Analyzer, gm: fx.GraphModule, mode: str) -> None:
     node = None
     try:
         with torch.no_grad():
             an.run(*gm.meta["explainfix_example"])
+    except UnsupportedOp as e:
+        if mode:
+            err = UnsupportedOp(e.op, e.where, e.why + mode, module=e.module, hard=e.hard)
+            err.training = True  # type: ignore[attr-defined]
+            raise err from None
+        raise
     except ExplainFixError:
         raise
     except Exception as e:  # never crash: an op we could not analyse is refused, naming it
         node = an.current
         where = where_of(node) if node is not None else type(gm).__name__
         op = op_name(node) if node is not None else "forward"
-        raise UnsupportedOp(op, where, f"analysis failed: {type(e).__name__}: {first_line(e, 160)}",
-                            module=module_of(node) if node is not None else None) from None
-    return ChannelGraph(an.parent, an.frozen, an.consumers, an.producers, an.channelwise, an.passed)
+        err = UnsupportedOp(op, where, f"analysis failed{mode}: {type(e).__name__}: {first_line(e, 160)}",
+                            module=module_of(node) if node is not None else None)
+        err.training = bool(mode)  # type: ignore[attr-defined]
+        raise err from None
 
 
 def build_graph(model: nn.Module, example: Any) -> tuple[fx.GraphModule, ChannelGraph]:

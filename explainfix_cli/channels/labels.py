@@ -135,6 +135,19 @@ class ChannelGraph:
         return out
 
     @property
+    def frozen_by(self) -> dict[str, int]:
+        """Frozen channels (producer rows) counted by the reason that froze them — the op and where it is
+        (e.g. ``"model output at fc"``, ``"LayerNorm normalises across channels at head.norm"``) — most first:
+        the first entry names the op that froze the most."""
+        frozen = self.frozen_roots()
+        out: dict[str, int] = {}
+        for p in self.producers:
+            for r in self.roots(p.labels):
+                if r in frozen:
+                    out[frozen[r]] = out.get(frozen[r], 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
     def channels_total(self) -> int:
         return sum(len(p.labels) for p in self.producers)
 

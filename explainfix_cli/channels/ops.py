@@ -27,6 +27,22 @@ from .rules import (
 MUL_OPS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}  # fx targets of an element-wise product
 
 
+def _broadcast_over_channels(a: Lab, b: Lab, rank: int) -> bool:
+    """One side carries no atom and is broadcast along every dim where the other's channels vary (a learnable
+    scalar ``x * s + b``, a per-sample factor like stochastic depth's): each output channel is that input
+    channel, so a removal keeps the rest exact and nothing is frozen."""
+    if b.has_atoms():
+        if a.has_atoms():
+            return False
+        a, b = b, a
+    lead_a, lead_b = rank - len(a.shape), rank - len(b.shape)
+    for d in a.varying():
+        o = d + lead_a - lead_b  # the same output dim, in b's own dims
+        if 0 <= o < len(b.shape) and b.shape[o] != 1:
+            return False
+    return True
+
+
 class LayerOps:
     """Mixed into :class:`~explainfix_cli.channels.analyzer.Analyzer`, whose bookkeeping (store, freeze,
     union, new_atoms, call, refuse…) these handlers use."""
@@ -80,12 +96,16 @@ class LayerOps:
             for i in range(s):
                 self.union_all(L[i::s], f"grouped ConvTranspose2d input at {path}")
         nc = torch.zeros(len(L), dtype=torch.bool)  # a constant input is not spatially constant after it
-        self.consumers.append(Consumer(path, "convT", L, nc, torch.zeros(len(L), dtype=torch.float64), g))
-        atoms = self.new_atoms(m.out_channels)
-        if g > 1:
-            for j in range(t):
-                self.union_all(atoms[j::t], "")
-        self.producers.append(Indexed(path, atoms))
+        earlier = self.first_call(self.consumers, path)
+        if earlier is None:
+            self.consumers.append(Consumer(path, "convT", L, nc, torch.zeros(len(L), dtype=torch.float64), g))
+            atoms = self.new_atoms(m.out_channels)
+            if g > 1:
+                for j in range(t):
+                    self.union_all(atoms[j::t], "")
+            self.producers.append(Indexed(path, atoms))
+        else:  # its eval-mode call again, in the training-mode pass
+            atoms = self.reuse(earlier, L, nc, earlier.value, f"shared module {path} (its other call site has no atom there)")
         w = m.weight.detach().abs()
         zero = (w.view(g, s, t, -1).sum(dim=(1, 3)).reshape(-1) == 0).cpu()  # output k·t + j
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
@@ -95,7 +115,8 @@ class LayerOps:
         """A later call of a shared conv / Linear: inputs merged with the first call's, the same output atoms;
         an input folds as a constant only if it is the same constant at every call."""
         self.union_rows(earlier.labels, L, why)
-        earlier.is_const = earlier.is_const & K & (V == earlier.value)
+        if self.constants:  # a training-mode pass only adds couplings (see Analyzer)
+            earlier.is_const = earlier.is_const & K & (V == earlier.value)
         return next(p.labels for p in self.producers if p.module == earlier.module)
 
     def linear(self, n: fx.Node, m: nn.Linear, x: Lab, shape: tuple) -> None:
@@ -151,7 +172,7 @@ class LayerOps:
             for p, q in torch.unique(torch.stack([La[both], Lb[both]], 1), dim=0).tolist():
                 self.union(p, q)
         one = (La >= 0) ^ (Lb >= 0)
-        if bool(one.any()):
+        if bool(one.any()) and not _broadcast_over_channels(a, b, len(shape)):
             self.freeze_atoms(torch.where(La >= 0, La, Lb)[one], f"an element-wise op with a tensor that has no atom at {where_of(n)}")
         L = torch.where(La >= 0, La, Lb)
         K = torch.broadcast_tensors(a.K, b.K)

@@ -27,12 +27,13 @@ from torch import nn
 from torch.fx.proxy import Attribute
 
 from ..core.errors import CannotProcess, UnsupportedOp, first_line
-from ..core.model import attributes_kept
+from ..core.model import attributes_kept, in_training_mode
 from .rules import behaves_like_base, is_norm_act, same_padded
 
 # nn.Module's own __call__/__getattr__, saved before fx patches them while tracing
 _MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__
 MAX_OPAQUE = 64  # retrace at most this many times (one new opaque module each)
+_FIXED_ATTRS = {"device", "dtype", "is_cuda", "layout"}
 _DATA_METHODS = {"item", "tolist", "any", "all", "nonzero", "numpy", "cpu", "data_ptr"}
 
 
@@ -71,6 +72,12 @@ class _Concrete:
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__"):
             raise AttributeError(k)
+        if k in _FIXED_ATTRS and self.tracer.evaluate:  # type: ignore[attr-defined]
+            # where a tensor lives and its type never change with a channel count: answered from the example,
+            # so ``torch.autocast(device_type=x.device.type)`` gets a real string
+            value = self.node.meta.get("concrete")  # type: ignore[attr-defined]
+            if isinstance(value, torch.Tensor):
+                return getattr(value, k)
         return _ConcreteAttribute(self, k)  # type: ignore[arg-type]
 
 
@@ -301,10 +308,40 @@ def _trace_model(model: nn.Module, example_args: tuple, opaque: dict[str, str] |
     raise CannotProcess(f"more than {MAX_OPAQUE} submodules of {name} could not be traced; refusing")
 
 
-def check_guards(model: nn.Module, example_args: tuple, traced: Traced) -> None:
-    """Retrace ``model`` (after surgery) and refuse if any shape decision of the original trace changed."""
+def trace_training(model: nn.Module, example_args: tuple, eval_traced: Traced,
+                   opaque: dict[str, str] | None = None) -> tuple[Traced | None, str | None]:
+    """The model's graph in training mode, where it differs from the eval-mode one (``eval_traced``): a branch
+    only training runs (Inception's auxiliary head), another output. ``(None, None)`` when the two graphs
+    run the same ops on the same values (only the ops' own mode differs: dropout, BatchNorm statistics);
+    ``(None, why)`` when training mode cannot be traced. The model's mode flags and buffers are untouched."""
+    try:
+        with in_training_mode(model):
+            traced = _trace_model(model, example_args, opaque)
+    except Exception as e:  # noqa: BLE001 - e.g. a forward that wants targets in training mode
+        return None, f"training mode could not be traced: {first_line(e, 200)}"
+    if _signature(traced.graph) == _signature(eval_traced.graph):
+        return None, None
+    return traced, None
+
+
+def _signature(graph: fx.Graph) -> list[tuple]:
+    return [(n.op, n.target if isinstance(n.target, str) else id(n.target), tuple(a.name for a in n.all_input_nodes))
+            for n in graph.nodes]
+
+
+def check_guards(model: nn.Module, example_args: tuple, traced: Traced, training: bool = False) -> None:
+    """Retrace ``model`` (after surgery; in training mode if ``training``) and refuse if any shape decision
+    of the original trace changed."""
     if not traced.guards:
         return  # no Python decision looked at a traced value: nothing can change with channel counts
+    if training:
+        with in_training_mode(model):
+            _check_guards(model, example_args, traced)
+    else:
+        _check_guards(model, example_args, traced)
+
+
+def _check_guards(model: nn.Module, example_args: tuple, traced: Traced) -> None:
     tracer = ConcreteTracer(example_args, set(traced.opaque))
     try:
         _warm(model, example_args)

@@ -180,3 +180,49 @@ def attributes_kept(model: nn.Module, drop_new: Callable[[str, Any], bool] = lam
             for k, v in before.items():
                 if now.get(k) is not v:
                     now[k] = v
+
+
+@contextmanager
+def in_training_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in training mode for a look (a trace, a probe, a check): afterwards every module's own mode
+    flag and every buffer (BatchNorm running statistics, batch counters) is as it was, so the user's model
+    comes out unchanged."""
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(m, k, b, b.detach().clone()) for m in model.modules() for k, b in m._buffers.items() if b is not None]
+    model.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, k, b, saved in buffers:
+                m._buffers[k] = b
+                b.copy_(saved)
+        for m, f in flags:
+            m.training = f
+
+
+_DROPOUT_FNS = None
+
+
+class _NoDropout(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in _DROPOUT_FNS:  # type: ignore[operator]
+            return args[0] if args else kwargs["input"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def without_dropout() -> Iterator[None]:
+    """Dropout (module or functional, any kind) is the identity inside: two models whose channels differ draw
+    different dropout masks from the same seed, so a training-mode comparison must not draw any. Per-sample
+    random ops (stochastic depth) still run and draw the same numbers from the same seed."""
+    global _DROPOUT_FNS
+    if _DROPOUT_FNS is None:
+        import torch.nn.functional as F
+
+        _DROPOUT_FNS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+                        torch.dropout, torch.dropout_, torch.feature_dropout, torch.feature_dropout_,
+                        torch.alpha_dropout, torch.alpha_dropout_, torch.feature_alpha_dropout,
+                        torch.feature_alpha_dropout_}
+    with _NoDropout():
+        yield

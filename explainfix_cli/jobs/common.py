@@ -29,6 +29,7 @@ from ..io.data import (
     resolve_preprocessing,
     with_data,
 )
+from ..prune.check import train_outputs
 from ..prune.pipeline import Progress
 
 
@@ -169,12 +170,22 @@ def _probe(opened: Opened) -> int:
     """Run the model once on one input — counting its MACs, which every command reports — so that a wrong
     input size is a clear bad-input error, not a crash deep inside the pipeline."""
     x = opened.example(1)
+    shape = "a " + "×".join(map(str, x.shape)) + " input" if isinstance(x, torch.Tensor) else "the example"
     try:
-        return count_macs(opened.model, x)
+        macs = count_macs(opened.model, x)
     except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
-        shape = "×".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else "the example"
-        raise BadInput(f"the model does not run on a {shape} input: {type(e).__name__}: {first_line(e, 200)}",
+        raise BadInput(f"the model does not run on {shape}: {type(e).__name__}: {first_line(e, 200)}",
                        hint="check --input-size (and --arch / --arch-kwargs) against what the model expects") from None
+    # training mode (BatchNorm re-estimation, fine-tuning, the self-check) may run branches eval mode skips
+    # (Inception's auxiliary head) that need a larger input; two samples, as BatchNorm needs in training
+    x2 = torch.cat([x, x]) if isinstance(x, torch.Tensor) else type(x)(torch.cat([t, t]) for t in x)
+    try:
+        train_outputs(opened.model, x2)
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(f"the model runs on {shape} in eval mode but fails in training mode: "
+                       f"{type(e).__name__}: {first_line(e, 160)}",
+                       hint="training mode runs other branches (e.g. an auxiliary head) that need a larger --input-size") from None
+    return macs
 
 
 def now() -> str:

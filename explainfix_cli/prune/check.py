@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import InternalError
-from ..core.model import call_model, output_tensors
+from ..core.errors import CannotProcess, InternalError, first_line
+from ..core.model import call_model, in_training_mode, output_tensors, without_dropout
 
 CHECK_RTOL = 1e-4  # pruned vs masked equivalent, relative to the output's largest magnitude
+# the same in training mode: BatchNorm divides by batch statistics, which magnifies the float differences
+# of summing fewer channels (seen: 1e-5 on Inception v3 at 4 samples); an index error differs by O(1)
+TRAIN_CHECK_RTOL = 1e-3
 
 
 @dataclass
@@ -26,6 +29,8 @@ class SelfCheck:
     masked_vs_zeroed_rel: float
     passed: bool
     status: str = "passed"  # passed | inexact (allowed by --allow-inexact-folds)
+    training: str = "not run"  # the same check in training mode: passed | skipped: why (check_training_mode)
+    training_rel: float | None = None  # its pruned vs masked max rel error
 
 
 def run_outputs(model: nn.Module, x: Any) -> list[torch.Tensor]:
@@ -66,3 +71,36 @@ def self_check(out_pruned: list[torch.Tensor], out_masked: list[torch.Tensor], o
             f"self-check failed: the pruned model differs from the zeroed model (max rel error {mz_rel:.2e} > {CHECK_RTOL:g})",
             hint="this is an explainfix bug; nothing was written. Please report it with the model")
     return SelfCheck(n, pm_abs, pm_rel, mz_abs, mz_rel, passed=exact, status="passed" if exact else "inexact")
+
+
+def train_outputs(model: nn.Module, x: Any, seed: int = 0) -> list[torch.Tensor]:
+    """The outputs in training mode — BatchNorm on batch statistics, train-only branches run — with dropout off
+    and a fixed seed for other random ops (stochastic depth); the model's mode flags and running statistics
+    are unchanged after."""
+    devices = [x.device] if isinstance(x, torch.Tensor) and x.device.type == "cuda" else []
+    with torch.no_grad(), in_training_mode(model), without_dropout(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return [t.detach().float() for t in output_tensors(call_model(model, x))]
+
+
+def check_training_mode(check: SelfCheck, pruned: nn.Module, masked: nn.Module, inputs: Any) -> None:
+    """The pruned model against its masked equivalent in training mode too (a branch only training runs,
+    such as Inception's auxiliary head, reads channels too): fills ``check.training``. Skipped, with the
+    reason, where the masked model itself does not run in training mode on these inputs (e.g. BatchNorm on
+    one value per channel). The folds were decided in eval mode, so only pruned vs masked is compared."""
+    try:
+        want = train_outputs(masked, inputs)
+    except Exception as e:  # noqa: BLE001 - the unpruned-shape model: not a fault of the pruning
+        check.training = f"skipped: the model does not run in training mode on the check inputs ({type(e).__name__}: {first_line(e, 120)})"
+        return
+    try:
+        got = train_outputs(pruned, inputs)
+    except Exception as e:
+        raise CannotProcess(f"the pruned model fails to run in training mode: {type(e).__name__}: {first_line(e, 200)}",
+                            hint="a branch only training runs depends on a pruned channel count; nothing was written") from None
+    _, rel = distance(got, want)
+    if len(got) != len(want) or rel > TRAIN_CHECK_RTOL:
+        raise InternalError(
+            f"self-check failed in training mode: the pruned model differs from its masked equivalent (max rel error {rel:.2e} > {TRAIN_CHECK_RTOL:g})",
+            hint="this is an explainfix bug; nothing was written. Please report it with the model")
+    check.training, check.training_rel = "passed", rel
