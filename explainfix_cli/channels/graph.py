@@ -62,12 +62,13 @@ def trace(model: nn.Module, example: Any) -> fx.GraphModule:
     the opaque modules and the shape guards (see :func:`tracing.check_guards`)."""
     args = _example_args(example)
     kept: dict[str, str] = {}
+    kept_train: dict[str, str] = {}  # kept whole in training mode only (the eval pass still sees inside)
     for _ in range(MAX_OPAQUE + 1):
         traced = trace_model(model, args, kept)
         gm = fx.GraphModule(traced.root, traced.graph)
         gm.meta["explainfix_example"] = args
         gm.meta["explainfix_traced"] = traced
-        train, gm.meta["explainfix_train_skipped"] = trace_training(model, args, traced, kept)
+        train, gm.meta["explainfix_train_skipped"] = trace_training(model, args, traced, {**kept, **kept_train})
         if train is not None:  # training mode runs other ops (a train-only branch): analysed too
             tgm = fx.GraphModule(train.root, train.graph)
             tgm.meta.update(explainfix_example=args, explainfix_traced=train)
@@ -92,7 +93,7 @@ def trace(model: nn.Module, example: Any) -> fx.GraphModule:
             # frozen) and analyse the rest; the self-check still proves the result.
             cls = type(model.get_submodule(path)).__name__
             what = f"{cls}: {e.why}" if e.op == f"module {cls}" else f"{cls} holds `{e.op}` ({e.why})"
-            kept[path] = f"{what}; run as it is, channels in and out frozen"
+            (kept_train if getattr(e, "training", False) else kept)[path] = f"{what}; run as it is, channels in and out frozen"
     raise CannotProcess(f"more than {MAX_OPAQUE} submodules of {type(model).__name__} had to be kept whole; refusing")
 
 
