@@ -1,6 +1,7 @@
 """explainfix: ExplainFix channel pruning, ExplainSteer spectra and fixed spatial filters for real CNNs.
 
-The Python API needs neither typer nor rich; importing it has no side effects.
+The Python API needs neither typer nor rich; importing it has no side effects (and is instant: each name
+is imported on first use).
 
 >>> import explainfix_cli as ef
 >>> ef.channelprune(model, 90, loader=loader, device="cpu")      # in place, checked
@@ -17,35 +18,38 @@ The package map (imports run one way, top to bottom; ``lint-imports`` checks it)
 """
 from __future__ import annotations
 
-from .core.errors import (
-    BadInput,
-    CannotProcess,
-    CheckFailed,
-    ExplainFixError,
-    UnsupportedOp,
-)
-from .core.version import __version__
-from .explain.figures import plot_spectrum_ed, save_spectra_png
-from .explain.kernels import (
-    dct_basis_nd,
-    dct_steered_2d,
-    fix_spatial_conv2d,
-    ghaar2d,
-    ghaar4_2d,
-)
-from .explain.spectra import (
-    explain_model,
-    explainsteer_layerwise_with_saliency,
-    explainsteer_layerwise_without_saliency,
-)
-from .io.checkpoint import load_model
-from .io.model_dir import load, save_model_dir
-from .prune.pipeline import channelprune, fill_zero_initialization, prune_model
-from .prune.saliency import (
-    get_spatial_filter_magnitude,
-    get_spatial_filter_saliency,
-    zero_least_salient_spatial_filters,
-)
+from importlib import import_module
+from typing import Any
+
+#: public name → the module that defines it; imported on first use (PEP 562), so that ``import
+#: explainfix_cli`` is instant and the command line can catch Ctrl-C while torch imports
+_API = {
+    "__version__": "core.version",
+    "BadInput": "core.errors", "CannotProcess": "core.errors", "CheckFailed": "core.errors",
+    "ExplainFixError": "core.errors", "UnsupportedOp": "core.errors",
+    "plot_spectrum_ed": "explain.figures", "save_spectra_png": "explain.figures",
+    "dct_basis_nd": "explain.kernels", "dct_steered_2d": "explain.kernels", "fix_spatial_conv2d": "explain.kernels",
+    "ghaar2d": "explain.kernels", "ghaar4_2d": "explain.kernels",
+    "explain_model": "explain.spectra", "explainsteer_layerwise_with_saliency": "explain.spectra",
+    "explainsteer_layerwise_without_saliency": "explain.spectra",
+    "load_model": "io.checkpoint", "load": "io.model_dir", "save_model_dir": "io.model_dir",
+    "channelprune": "prune.pipeline", "fill_zero_initialization": "prune.pipeline", "prune_model": "prune.pipeline",
+    "get_spatial_filter_magnitude": "prune.saliency", "get_spatial_filter_saliency": "prune.saliency",
+    "zero_least_salient_spatial_filters": "prune.saliency",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
+
 
 __all__ = [
     "__version__", "load", "load_model", "save_model_dir", "channelprune", "prune_model",

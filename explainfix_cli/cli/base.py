@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ import typer
 
 from ..core.dist import launch_rank as _rank
 from ..core.errors import ExplainFixError, first_line
+from ..io.outdir import disk_error
 
 app = typer.Typer(
     name="explainfix",
@@ -40,9 +42,18 @@ def _print_error(message: str, hint: str | None = None) -> None:
         console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
 
 
-def _fail(code: int, message: str, hint: str | None = None) -> None:
+def _fail(code: int, message: str, hint: str | None = None, json_out: bool = False) -> None:
+    """The one way a command fails: one ``error:`` line (and ``hint:``) on stderr and, under ``--json``, one
+    JSON error document on stdout, then the exit code."""
     _print_error(message, hint)
+    if json_out:
+        emit_json(error_document(message, hint, code))
     raise typer.Exit(code)
+
+
+def error_document(message: str, hint: str | None, code: int) -> dict:
+    """What ``--json`` prints on stdout for a failure (docs/CLI.md, "Exit codes")."""
+    return {"error": " ".join(message.split()), "hint": hint, "exit_code": code}
 
 
 def command(fn: Callable) -> Callable:
@@ -52,6 +63,7 @@ def command(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.get("debug") or os.environ.get("EXPLAINFIX_DEBUG") == "1"
+        as_json = bool(kwargs.get("json_out"))
         if _rank():
             from .render import console
 
@@ -73,19 +85,31 @@ def command(fn: Callable) -> Callable:
         except ExplainFixError as e:
             if debug:
                 traceback.print_exc()
-            _fail(e.exit_code, e.message, e.hint)
+            _fail(e.exit_code, e.message, e.hint, as_json)
         except KeyboardInterrupt:
-            _fail(130, "interrupted; nothing was written")
+            _fail(130, "interrupted; nothing was written", None, as_json)
+        except OSError as e:
+            if debug:
+                traceback.print_exc()
+            if e.errno in WRITE_ERRNOS:  # a full or read-only disk met outside io/outdir.py: the user's to fix
+                err = disk_error(e)
+                _fail(err.exit_code, err.message, err.hint, as_json)
+            _internal(e, debug, as_json)
         except Exception as e:  # a bug or an unexpected library error: one line, exit 4
             if debug:
                 traceback.print_exc()
-            hint = "please report it with the traceback above" if debug else "rerun with --debug for the traceback, and report it"
-            _fail(4, f"internal error: unexpected {type(e).__name__}: {first_line(e)}", hint)
+            _internal(e, debug, as_json)
 
     return wrapper
 
 
 _json_stream: Any = None  # the real stdout while a --json command runs (see command)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _internal(e: Exception, debug: bool, as_json: bool) -> None:
+    hint = "please report it with the traceback above" if debug else "rerun with --debug for the traceback, and report it"
+    _fail(4, f"internal error: unexpected {type(e).__name__}: {first_line(e)}", hint, as_json)
 
 
 def emit_json(doc: Any) -> None:
@@ -120,14 +144,25 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code if isinstance(code, int) else 0)
-    except typer.Abort:
-        _print_error("interrupted; nothing was written")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        interrupted()
     except _usage_error_types() as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.exit(0)  # the help was printed
         ctx = getattr(e, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "explainfix"
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        code = getattr(e, "exit_code", 2) or 2
         _print_error(message, f"see `{cmd} --help`")
-        sys.exit(getattr(e, "exit_code", 2) or 2)
+        if "--json" in sys.argv[1:]:
+            emit_json(error_document(message, f"see `{cmd} --help`", code))
+        sys.exit(code)
+
+
+def interrupted() -> None:
+    """Ctrl-C at any moment (also while torch imports): one line, exit 130, and the JSON document under --json."""
+    message = "interrupted; nothing was written"
+    sys.stderr.write(f"error: {message}\n")
+    if "--json" in sys.argv[1:]:
+        sys.stdout.write(json.dumps(error_document(message, None, 130), indent=2) + "\n")
+    sys.exit(130)

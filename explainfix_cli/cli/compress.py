@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import jobs
-from .app import app, command, emit_json
+from .base import app, command, emit_json
 from .options import (
     Amp,
     Arch,

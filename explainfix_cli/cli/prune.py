@@ -7,7 +7,7 @@ import typer
 
 from .. import jobs
 from ..prune.options import PruneOptions
-from .app import app, command, emit_json
+from .base import app, command, emit_json
 from .options import (
     Amp,
     Arch,

@@ -9,10 +9,10 @@ so a failure leaves nothing half-written. onnx is imported lazily. (safetensors:
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
-import shutil
 import sys
 import tempfile
 import warnings
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BadInput, CannotProcess
+from ..io.outdir import disk_error, staging
 from ..core.model import attributes_kept
 
 MIN_OPSET = 18
@@ -159,8 +160,7 @@ def export_onnx(
     big = _weights_bytes(model) > _INLINE_LIMIT
     failures: dict[str, Exception] = {}
     caught: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging(target) as workdir:  # io/outdir.py: next to the target, removed whatever happens
         for exporter in ("dynamo", "torchscript"):
             final = workdir / target.name
 
@@ -175,6 +175,9 @@ def export_onnx(
             except _BatchFixed as exc:
                 caught.append(_other_batch(model, args, final, once, exc))
             except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the next one
+                full = _disk_full(exc)
+                if full is not None:  # not the model's fault, and the other exporter would fail the same way
+                    raise disk_error(full, target) from None
                 failures[exporter] = exc
                 continue
             side = f"{target.name}.data" if big else None
@@ -187,8 +190,6 @@ def export_onnx(
                 metadata=meta, fallback_reason=_summary(failures["dynamo"]) if failures else None,
                 external_data=side, warnings=_unique(caught)[:10],
             )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     raise _both_failed(failures, opset) from failures["torchscript"]
 
 
@@ -339,6 +340,20 @@ def _summary(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     line = re.sub(r"^<class '[\w.]+'>:\s*", "", lines[0]) if lines else type(exc).__name__
     return line[:300]
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The OSError for a full disk somewhere in an exporter's exception chain (exporters wrap it), or None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return e
+        if re.search(r"No space left on device|Disk quota exceeded|File too large", str(e)):
+            return OSError(errno.ENOSPC, "No space left on device")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _both_failed(failures: dict[str, Exception], opset: int) -> CannotProcess:

@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.errors import BadInput, ExplainFixError, first_line
+from ..core.errors import BadInput, ExplainFixError, InternalError, first_line
+from ..core.model import call_model, output_tensors
 from ..core.version import __version__
 from .arch import arch_label, build_arch, sha256_file
 from .codec import WeightDtypes, load_into, read_safetensors, safetensors_bytes, source_dtypes
 from .edits import apply_edit
 from .outdir import write_output_dir
 from .recipe import RECIPE_FORMAT, RECIPE_NAME, WEIGHTS_NAME, Recipe, versions
-from .trust import refuse_file_arch
+from .trust import ALLOWED_MODULES, refuse_file_arch
 
 
 @dataclass
@@ -150,9 +151,61 @@ def model_dir_files(model: nn.Module, recipe: Recipe, dtypes: WeightDtypes = Non
 
 def save_model_dir(
     model: nn.Module, recipe: Recipe, out: Path, extra: dict[str, bytes | str | dict] | None = None, force: bool = False,
-    dtypes: WeightDtypes = None,
+    dtypes: WeightDtypes = None, example: torch.Tensor | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically."""
+    """Write ``model.safetensors`` + ``explainfix.json`` (+ extra files) into ``out``, atomically, after
+    loading the staged directory back (:func:`read_back`; with ``example``, one forward too)."""
     files: dict[str, bytes | str | dict] = dict(model_dir_files(model, recipe, dtypes))
     files.update(extra or {})
-    return write_output_dir(out, files, force=force)
+    exact = dtypes is None or dtypes == "float32" or (isinstance(dtypes, dict) and not dtypes)
+    return write_output_dir(out, files, force=force,
+                            check=lambda tmp: read_back(tmp, example, model if exact else None))
+
+
+def read_back(directory: Path, example: torch.Tensor | None = None, reference: nn.Module | None = None) -> None:
+    """What a job writes, it has loaded back: every explainfix directory under ``directory`` (a sweep holds
+    several) is read as a user would read it — the recipe validated, the trust rule a user meets (an
+    allow-listed import needs no flag), the weights' sha256 and shapes — and, given ``example``, run once in
+    eval mode (equal to ``reference`` where the weights were written in float32) and once in train mode
+    (on the reloaded copy: nothing of the caller's changes). Failing is a bug: InternalError (exit 4)."""
+    for recipe_file in sorted(Path(directory).rglob(RECIPE_NAME)):
+        where = recipe_file.parent
+        try:
+            _read_back_one(where, example, reference if where == Path(directory) else None)
+        except ExplainFixError as e:
+            raise InternalError(f"the output does not load back, so it was not written: {e.message}",
+                                hint="this is an explainfix bug; please report it with --debug output") from e
+
+
+def _read_back_one(where: Path, example: torch.Tensor | None, reference: nn.Module | None) -> None:
+    recipe = Recipe.read(where)
+    arch = recipe.arch
+    own_code = arch["kind"] == "file" or (arch["kind"] == "import" and arch["module"] not in ALLOWED_MODULES)
+    model = load_explainfix_dir(where, trust_pickle=arch["kind"] == "pickle", trust_code=own_code).model
+    if example is None:
+        return
+    x = example if example.shape[0] > 1 else torch.cat([example, example])  # train-mode BatchNorm needs 2 rows
+    x = x.to("cpu")
+    try:
+        with torch.no_grad():
+            got = [t.float() for t in output_tensors(call_model(model.eval(), x))]
+    except Exception as e:  # noqa: BLE001 - whatever the reloaded model's forward raises
+        raise BadInput(f"its forward fails: {type(e).__name__}: {first_line(e, 200)}") from None
+    if reference is not None:
+        was = reference.training
+        try:
+            with torch.no_grad():
+                want = [t.float() for t in output_tensors(call_model(reference.eval().to("cpu"), x))]
+        finally:
+            reference.train(was)
+        if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+            raise BadInput("the reloaded model's outputs have other shapes than the model in memory")
+        for a, b in zip(want, got):
+            scale = 1.0 + float(a.abs().max()) if a.numel() else 1.0
+            if a.numel() and float((a - b).abs().max()) > 1e-4 * scale:
+                raise BadInput(f"the reloaded model computes something else (max |Δ| {float((a - b).abs().max()):.3g})")
+    try:
+        with torch.no_grad():
+            output_tensors(call_model(model.train(), x))
+    except Exception as e:  # noqa: BLE001
+        raise BadInput(f"its forward fails in training mode: {type(e).__name__}: {first_line(e, 200)}") from None

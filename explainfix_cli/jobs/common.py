@@ -20,6 +20,7 @@ from ..core.model import count_macs
 from ..io.arch import parse_arch_kwargs
 from ..io.checkpoint import LoadedModel, load_model
 from ..io.codec import FLOAT_DTYPES, WeightDtypes, main_dtype
+from ..io.outdir import check_output_dir, default_out
 from ..io.data import (
     CalibrationSet,
     Preprocessing,
@@ -225,3 +226,14 @@ def counting_progress(progress: Progress | None) -> Callable[[int], None] | None
     return advance
 
 
+def output_dir(out: Path | str | None, suffix: str, model: ModelSpec, force: bool, *inputs: Path | str | None) -> Path:
+    """``-o`` (default ``<model-stem>-<suffix>/``), checked before any work (io/outdir.py): not a file, not
+    an input or inside one, and an existing output only with ``--force``."""
+    path = Path(out) if out is not None else default_out(model.path, suffix)
+    check_output_dir(path, force, (model.path, *inputs))
+    return path
+
+
+def read_back_example(opened: Opened) -> torch.Tensor:
+    """Two inputs for the written directory's read-back forward (io/model_dir.read_back), on the CPU."""
+    return opened.example(2).to("cpu")

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,12 +36,12 @@ from ..core.model import count_params
 from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
-from ..io.outdir import check_output_dir, default_out
+from ..io.outdir import staging
 from ..prune.options import BUDGET_TOLERANCE, PruneOptions
 from ..prune.pipeline import Progress
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .export import export_verified, provenance_metadata
 from .finetune import check_recovery_data, finetune_opened, recovery_options
 from .prune import prune_opened
@@ -121,9 +119,8 @@ def compress_job(
     train = recovery_options(finetune_epochs, train, distill)
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
+    out = output_dir(out, "compressed", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
-    out = Path(out) if out is not None else default_out(model.path, "compressed")
-    check_output_dir(out, force)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     if max_accuracy_drop is not None and not eval_calib.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
@@ -157,15 +154,12 @@ def compress_job(
 
     entry = {"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget, "criterion": result.criterion,
              "finetune_epochs": finetune_epochs, "steps": steps, "distill": asdict(distill) if distill else None}
-    work = Path(tempfile.mkdtemp(prefix=".explainfix-compress-"))
-    try:
+    with staging(out) as work:  # next to -o (io/outdir.py), removed whatever happens
         stage("export")  # the export job's own steps: provenance metadata, ONNX, onnxruntime check
         meta = provenance_metadata(recipe.record(entry), opened.pre, opened.loaded.source_sha256, command="compress")
         exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
                                           atol=atol, rtol=rtol, batch_size=bs, seed=seed)
         onnx_bytes = (work / "model.onnx").read_bytes()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     bench_rows = None
     if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
         stage("bench")  # the bench job's timing, on the two models in memory
@@ -194,7 +188,7 @@ def compress_job(
     summary = summary_markdown(report)
     recipe = recipe.record({**entry, "passed": report["passed"], "gates": {g.name: g.value for g in gates}})
     save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force,
-                   dtypes=opened.out_dtypes)
+                   dtypes=opened.out_dtypes, example=read_back_example(opened))
     return CompressJob(out, report, gates, summary, final)
 
 

@@ -1,15 +1,14 @@
 """``explainfix explain``: ExplainSteer spectra (with saliency when there is data) → spectra.json + spectra.png."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core import gradients as grad
-from ..io.outdir import check_output_dir, default_out
+from ..io.outdir import staging
 from ..prune.pipeline import Progress
-from .common import DataSpec, ModelSpec, counting_progress, open_inputs, with_total
+from .common import DataSpec, ModelSpec, counting_progress, open_inputs, output_dir, with_total
 
 
 @dataclass
@@ -33,9 +32,8 @@ def explain_job(
     from ..explain.spectra import explain_model
     from ..io.outdir import write_output_dir
 
+    out = output_dir(out, "explain", model, force, data.path if data else None)
     opened = open_inputs(model, data, device, purpose="explain")
-    out = Path(out) if out is not None else default_out(model.path, "explain")
-    check_output_dir(out, force)
     calib, batches, limit = opened.calib, None, float("inf")
     if calib is not None:
         limit = data.batches or float("inf")
@@ -47,7 +45,7 @@ def explain_job(
     report = explain_model(opened.model, batches, opened.device, limit, target_fn=grad.onehot_targets, progress=progress)
     doc = {"command": "explain", "model": str(model.path), "out": str(out), "data": calib.describe() if calib else None,
            "preprocessing": opened.pre.to_dict(), **report.to_json()}
-    with tempfile.TemporaryDirectory() as tmp:
-        png = save_spectra_png(report, Path(tmp) / "spectra.png", loglog=loglog)
+    with staging(out) as tmp:  # the figure is drawn to a file first
+        png = save_spectra_png(report, tmp / "spectra.png", loglog=loglog)
         write_output_dir(out, {"spectra.json": doc, "spectra.png": png.read_bytes()}, force=force)
     return ExplainJob(report, out, doc)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,11 @@ from ..core.errors import BadInput, CheckFailed
 from ..deploy.verify import check_tolerances
 from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
-from ..io.model_dir import dir_files
-from ..io.outdir import default_out, write_output_dir
-from ..io.recipe import WEIGHTS_NAME, Recipe
-from .common import DataSpec, ModelSpec, open_inputs
+from ..io.codec import safetensors_bytes
+from ..io.model_dir import dir_files, read_back
+from ..io.outdir import publish, staging, write_file
+from ..io.recipe import RECIPE_NAME, WEIGHTS_NAME, Recipe
+from .common import DataSpec, ModelSpec, open_inputs, output_dir, read_back_example
 
 VERIFY_SAMPLES = 64  # real inputs checked against onnxruntime (all of them when the data set is smaller)
 
@@ -102,45 +101,36 @@ def export_job(
 ) -> ExportJob:
     """Export, verify against onnxruntime, then move the files into ``out`` (default: the explainfix
     directory itself, else ``<stem>-export/``). Raises CheckFailed (exit 1) on a mismatch."""
-    from ..io.codec import export_safetensors
-
     check_tolerances(atol, rtol)
+    in_place = out is None and _is_explainfix_dir(model.path)
+    if in_place and safetensors:
+        raise BadInput(f"{model.path} already holds its weights as model.safetensors with the recipe beside them",
+                       hint="pass -o DIR to write a copy elsewhere")
+    if not in_place:
+        out = output_dir(out, "export", model, force, data.path)
     opened = open_inputs(model, data, "cpu", purpose="export")
-    in_place = opened.loaded.source_format == "explainfix" and out is None
-    if out is None:
-        out = opened.loaded.source if in_place else default_out(model.path, "export")
+    if in_place:
+        out = opened.loaded.source
     out = Path(out)
     names = (["model.onnx"] if onnx else []) + (["model.safetensors"] if safetensors else [])
-    if out.exists() and not force:
-        clash = [n for n in names if (out / n).exists()] if in_place else ([] if not any(out.iterdir()) else names)
-        if clash:
-            raise BadInput(f"{out / clash[0]} exists", hint="pass --force to overwrite, or choose another -o")
+    if in_place and not force and (out / "model.onnx").exists():
+        raise BadInput(f"{out / 'model.onnx'} exists", hint="pass --force to overwrite, or choose another -o")
     torch.manual_seed(seed)
     meta = provenance_metadata(opened.loaded.recipe, opened.pre, opened.loaded.source_sha256)
     job = ExportJob(out, names)
-    parent = out.resolve().parent if not in_place else out.resolve()
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".explainfix-export-", dir=parent))
-    try:
+    with staging(out / "model.onnx" if in_place else out) as work:  # next to -o; removed whatever happens
         if onnx:
             job.export, job.verify = export_verified(opened.model, work / "model.onnx", meta, opened.calib, opened.pre,
                                                      opset=opset, atol=atol, rtol=rtol, verify=verify,
                                                      batch_size=data.batch_size, seed=seed)
             job.export = replace(job.export, path=str(out / "model.onnx"))  # where it lands, not the staging dir
-        if safetensors:
-            export_safetensors(opened.model, work / "model.safetensors", metadata=meta, dtypes=opened.out_dtypes)
-            if not in_place:  # the recipe beside the weights makes the folder loadable without flags
-                files = dir_files(replace(opened.loaded.recipe, preprocessing=opened.pre.to_dict()),
-                                  (work / WEIGHTS_NAME).read_bytes())
-                for rel, content in files.items():
-                    if rel == WEIGHTS_NAME:
-                        continue
-                    (work / rel).parent.mkdir(parents=True, exist_ok=True)
-                    if isinstance(content, dict):
-                        (work / rel).write_text(json.dumps(content, indent=2) + "\n")
-                    else:
-                        (work / rel).write_bytes(content)
-                    names.append(rel)
+        if safetensors:  # the recipe beside the weights makes the folder loadable without flags
+            weights = safetensors_bytes(opened.model, meta, opened.out_dtypes)
+            files = dir_files(replace(opened.loaded.recipe, preprocessing=opened.pre.to_dict()), weights)
+            for rel, content in files.items():
+                write_file(work / rel, content, shown=out / rel)
+            names += [rel for rel in files if rel != WEIGHTS_NAME]
+            read_back(work, read_back_example(opened), opened.model)
         job.doc = {
             "command": "export", "model": str(model.path), "out": str(out), "files": names,
             "export": job.export.to_json() if job.export else None,
@@ -150,19 +140,16 @@ def export_job(
         if job.verify is not None and not job.verify.passed:
             raise CheckFailed(f"ONNX output differs from torch; nothing written. {job.verify.summary_line()}",
                               hint="loosen --atol/--rtol only if the difference is expected (e.g. fp16)")
-        _move_into(work, out, force=force or in_place)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if in_place:  # the ONNX file (and its external data) joins the explainfix directory
+            for p in sorted(work.iterdir()):
+                os.replace(p, out / p.name)
+        else:
+            publish(work, out, force)
     return job
 
 
-def _move_into(work: Path, out: Path, force: bool) -> None:
-    files = {str(p.relative_to(work)): p for p in sorted(work.rglob("*")) if p.is_file()}
-    if not out.exists():
-        write_output_dir(out, {name: p.read_bytes() for name, p in files.items()}, force=False)
-        return
-    for name, p in files.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(p, out / name)
-
+def _is_explainfix_dir(path: Path) -> bool:
+    path = Path(path)
+    where = path.parent if path.suffix == ".safetensors" else path
+    return (where / RECIPE_NAME).is_file()
 

@@ -12,9 +12,8 @@ from ..core.errors import BadInput
 from ..core.model import count_params
 from ..io.data import CalibrationSet, load_calibration
 from ..io.model_dir import save_model_dir
-from ..io.outdir import check_output_dir, default_out
 from ..io.recipe import Recipe
-from .common import DataSpec, ModelSpec, Opened, now, open_inputs
+from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example
 
 
 @dataclass
@@ -130,9 +129,8 @@ def finetune_job(
         distill.resolved()
     elif teacher is not None:
         raise BadInput("--teacher is only used with --distill")
+    out = output_dir(out, "finetuned", model, force, data.path, eval_data, teacher)
     opened = open_inputs(model, data, device)
-    out = Path(out) if out is not None else default_out(model.path, "finetuned")
-    check_output_dir(out, force)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else None
     teacher_model = load_original(opened.loaded.recipe, teacher, model.trust_pickle) if distill is not None else None
     result, recipe = finetune_opened(opened, data, options, fixed_spatial, eval_calib, seed, on_step,
@@ -141,5 +139,6 @@ def finetune_job(
     report = {"load_notes": opened.loaded.notes, "command": "finetune", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out),
               "data": opened.calib.describe(), "eval_data": eval_calib.describe() if eval_calib else None,
               "params": count_params(m), "fixed_spatial": bool(recipe.frozen), **result.to_json()}
-    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes,
+                   example=read_back_example(opened))
     return FinetuneJob(out, report, result, m)

@@ -9,8 +9,7 @@ from torch import nn
 from ..core.errors import BadInput
 from ..core.model import count_params, iter_spatial_convs
 from ..io.model_dir import save_model_dir
-from ..io.outdir import check_output_dir, default_out
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 
 FIX_INITS = {"ghaar": "ghaar", "dct": "dct", "keep": "unchanged", "haar": "haar", "ghaar4": "ghaar4",
              "dct_steered": "dct_steered"}  # CLI name → kernels.fix_spatial_conv2d method
@@ -38,9 +37,8 @@ def fix_job(
 
     if init not in FIX_INITS:
         raise BadInput(f"--init must be one of {', '.join(FIX_INITS)}, got {init!r}", hint="e.g. --init ghaar")
+    out = output_dir(out, f"fixed-{init}", model, force, data.path if data else None)
     opened = open_inputs(model, data, device)
-    out = Path(out) if out is not None else default_out(model.path, f"fixed-{init}")
-    check_output_dir(out, force)
     m = opened.model.to(opened.device)
     bs = data.batch_size if data else 32
     before = evaluate_on(m, opened.calib, bs, opened.device)
@@ -71,7 +69,8 @@ def fix_job(
         "agreement": agreement(before["preds"], after["preds"]) if before else None,
     }
     m.to("cpu")
-    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
+    save_model_dir(m, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes,
+                   example=read_back_example(opened))
     return FixJob(out, report, m)
 
 

@@ -12,12 +12,11 @@ from torch import nn
 from ..core import gradients as grad
 from ..core.layout import channels_last
 from ..io.model_dir import save_model_dir
-from ..io.outdir import check_output_dir, default_out
 from ..io.recipe import Recipe
 from ..prune.options import PruneOptions
 from ..prune.pipeline import Progress, PruneResult, prune_model
 from ..train.finetune import recalibrate_batchnorm
-from .common import DataSpec, ModelSpec, Opened, now, open_inputs, with_total
+from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example, with_total
 
 
 @dataclass
@@ -46,16 +45,16 @@ def prune_job(
     """``options`` (budgets, rank, …) replaces ``pct``/``criterion``/``fill``/``round_to``."""
     options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
     options.resolved(has_data=data.path is not None)  # bad values fail before anything is opened
+    out = output_dir(out, "pruned", model, force, data.path)
     opened = open_inputs(model, data, device)
-    out = Path(out) if out is not None else default_out(model.path, "pruned")
-    check_output_dir(out, force)
     result, recipe = prune_opened(opened, data, options, seed=seed, check_samples=check_samples, progress=progress)
     calib = opened.calib
     report = {"load_notes": opened.loaded.notes, "command": "prune", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "preprocessing": opened.pre.to_dict(),
               "data": calib.describe() if calib else None, **result.to_json()}
     opened.model.to("cpu")
     t0 = time.perf_counter()
-    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes)
+    save_model_dir(opened.model, recipe, out, extra={"report.json": report}, force=force, dtypes=opened.out_dtypes,
+                   example=read_back_example(opened))
     result.timings["save"] = time.perf_counter() - t0
     report["timings"] = result.timings
     return PruneJob(result, out, report, opened.model)

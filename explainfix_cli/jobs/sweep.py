@@ -26,14 +26,14 @@ from ..core.fmt import pct
 from ..core.layout import channels_last
 from ..core.model import count_params
 from ..io.data import load_calibration
-from ..io.model_dir import model_dir_files
-from ..io.outdir import check_output_dir, default_out, write_output_dir
+from ..io.model_dir import model_dir_files, read_back
+from ..io.outdir import write_output_dir
 from ..prune.options import MAGNITUDE_RANKS, PruneOptions, parse_target
 from ..prune.pipeline import Progress
 from ..prune.scoring import score_model
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, with_total
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example, with_total
 from .finetune import check_recovery_data, finetune_opened, recovery_options
 from .prune import prune_opened
 
@@ -97,9 +97,8 @@ def sweep_job(
     if data.path is None:
         raise BadInput("sweep needs --data PATH (calibration images for saliency)")
     train = recovery_options(finetune_epochs, train, distill)
+    out = output_dir(out, "sweep", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
-    out = Path(out) if out is not None else default_out(model.path, "sweep")
-    check_output_dir(out, force)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
@@ -168,7 +167,8 @@ def sweep_job(
     figure = out / "tradeoff.png"
     png = plot_tradeoff(report)
     files.update({"sweep.json": report, "sweep.md": sweep_markdown(report), "tradeoff.png": png})
-    write_output_dir(out, files, force=force)
+    example = read_back_example(opened)
+    write_output_dir(out, files, force=force, check=lambda tmp: read_back(tmp, example))  # every point's directory
     return SweepJob(out, report, figure)
 
 
