@@ -255,3 +255,19 @@ def test_a_directory_that_would_not_load_back_is_never_written(tmp_path):
     good = Recipe(arch={"kind": "import", "module": "torchvision.models", "name": "resnet18", "kwargs": {"num_classes": 3}})
     save_model_dir(model, good, tmp_path / "out", example=torch.randn(2, 3, 32, 32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# --------------------------------------------------------------------------------------- sweep/compress budgets (17)
+
+@pytest.mark.parametrize("cmd", [["sweep", "--targets", "2x,1000x"], ["compress", "--target-macs", "1000x", "--steps", "2"]])
+def test_sweep_and_compress_refuse_an_unreachable_budget_before_reading_data(tmp_path, cmd):
+    from PIL import Image
+
+    data = tmp_path / "calib"
+    shutil.copytree(FIXTURE_CALIB, data)
+    first = sorted(p for p in data.iterdir() if p.is_dir())[-1]
+    (first / "zzzz_broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("RGB", (8, 8)).save(first / "aaaa.png")
+    res = run_cli(cmd[0], *FIXTURE_ARGS, *cmd[1:], "--data", data, "-o", tmp_path / "out")
+    assert res.returncode == 2 and "smallest reachable" in _one_error_line(res), res.stderr
+    assert "zzzz_broken" not in res.stderr and not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..channels import graph as graph_mod
 from ..core import dist
 from ..core.errors import BadInput
 from ..core.model import count_params
@@ -39,6 +40,7 @@ from ..io.model_dir import save_model_dir
 from ..io.outdir import staging
 from ..prune.options import BUDGET_TOLERANCE, PruneOptions
 from ..prune.pipeline import Progress
+from ..prune.select import check_budget
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
@@ -121,6 +123,10 @@ def compress_job(
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     out = output_dir(out, "compressed", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
+    if resolved.budget is not None:  # an unreachable (final) budget: refused before any data is read
+        example = opened.example(1).to(opened.device)
+        check_budget(opened.model, graph_mod.trace(opened.model.to(opened.device).eval(), example), resolved, example,
+                     opened.macs)
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     if max_accuracy_drop is not None and not eval_calib.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",

@@ -31,6 +31,7 @@ from ..io.outdir import write_output_dir
 from ..prune.options import MAGNITUDE_RANKS, PruneOptions, parse_target
 from ..prune.pipeline import Progress
 from ..prune.scoring import score_model
+from ..prune.select import check_budget
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example, with_total
@@ -99,6 +100,10 @@ def sweep_job(
     train = recovery_options(finetune_epochs, train, distill)
     out = output_dir(out, "sweep", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
+    example = opened.example(1).to(opened.device)
+    gm = graph_mod.trace(opened.model.to(opened.device).eval(), example)
+    smallest = min(per_point, key=lambda o: o.budget[1])
+    _, analysed = check_budget(opened.model, gm, smallest, example, opened.macs)  # unreachable: refused before any data is read
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
@@ -109,12 +114,10 @@ def sweep_job(
     calib = opened.calib
     batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731 (as prune_opened)
     total = calib.num_batches(bs, data.batches or float("inf"))
-    example = opened.example(1).to(opened.device)
-    gm = graph_mod.trace(original, example)
     with channels_last(original, example):  # as prune_model's own scoring pass
         scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
                              target_fn=grad.onehot_targets, progress=with_total(progress, total),
-                             magnitude=per_point[0].rank in MAGNITUDE_RANKS)
+                             magnitude=per_point[0].rank in MAGNITUDE_RANKS, channel_graph=analysed)
 
     rows, models, files = [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):
