@@ -83,15 +83,22 @@ def train_outputs(model: nn.Module, x: Any, seed: int = 0) -> list[torch.Tensor]
         return [t.detach().float() for t in output_tensors(call_model(model, x))]
 
 
-def check_training_mode(check: SelfCheck, pruned: nn.Module, masked: nn.Module, inputs: Any) -> None:
-    """The pruned model against its masked equivalent in training mode too (a branch only training runs,
-    such as Inception's auxiliary head, reads channels too): fills ``check.training``. Skipped, with the
-    reason, where the masked model itself does not run in training mode on these inputs (e.g. BatchNorm on
-    one value per channel). The folds were decided in eval mode, so only pruned vs masked is compared."""
+def masked_train_outputs(masked: nn.Module, inputs: Any) -> list[torch.Tensor] | str:
+    """The masked equivalent's training-mode outputs for :func:`check_training_mode`, or why there are none
+    (the unpruned-shape model does not run in training mode on these inputs, e.g. BatchNorm on one value
+    per channel: not a fault of the pruning)."""
     try:
-        want = train_outputs(masked, inputs)
-    except Exception as e:  # noqa: BLE001 - the unpruned-shape model: not a fault of the pruning
-        check.training = f"skipped: the model does not run in training mode on the check inputs ({type(e).__name__}: {first_line(e, 120)})"
+        return train_outputs(masked, inputs)
+    except Exception as e:  # noqa: BLE001
+        return f"skipped: the model does not run in training mode on the check inputs ({type(e).__name__}: {first_line(e, 120)})"
+
+
+def check_training_mode(check: SelfCheck, pruned: nn.Module, want: list[torch.Tensor] | str, inputs: Any) -> None:
+    """The pruned model against its masked equivalent (``want``: :func:`masked_train_outputs`) in training
+    mode too — a branch only training runs, such as Inception's auxiliary head, reads channels too; fills
+    ``check.training``. The folds were decided in eval mode, so only pruned vs masked is compared."""
+    if isinstance(want, str):
+        check.training = want
         return
     try:
         got = train_outputs(pruned, inputs)

@@ -34,7 +34,7 @@ from ..core.model import (
 )
 from ..io.edits import apply_edit
 from .channel import output_sizes, scored_modules
-from .check import SelfCheck, check_training_mode, run_outputs, self_check
+from .check import SelfCheck, check_training_mode, masked_train_outputs, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import MAGNITUDE_RANKS, PruneOptions
 from .scoring import Scored, empty_quality, random_agreement, score_model
@@ -260,6 +260,8 @@ def prune_model(
 
     # 4. self-check against the asked-for model: zeroed (filter criteria) or channels masked (channel)
     out_masked = run_outputs(masked, check_inputs)
+    train_masked = masked_train_outputs(masked, check_inputs)  # the same in training mode (train-only branches)
+    del masked
     try:
         out_pruned = run_outputs(model, check_inputs)
     except Exception as e:
@@ -267,8 +269,7 @@ def prune_model(
                             hint="its forward probably hard-codes a channel count; nothing was written") from None
     check = self_check(out_pruned, out_masked, out_asked if out_asked is not None else out_masked, check_inputs,
                        inexact=plan.inexact_folds > 0)
-    check_training_mode(check, model, masked, check_inputs)  # the same in training mode (train-only branches)
-    del masked
+    check_training_mode(check, model, train_masked, check_inputs)
     lap("self-check")
 
     if opts.fill == "fillzero":
