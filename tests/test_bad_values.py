@@ -129,6 +129,14 @@ def test_an_npz_of_another_shape_than_the_model_takes_is_refused_not_verified(tm
                    out, "does not run on a 1×3×8×8 input")
 
 
+def test_an_npz_sample_the_recipe_could_not_record_is_refused(tmp_path):
+    pt, arch = mlp_files(tmp_path)
+    np.savez(tmp_path / "deep.npz", x=np.zeros((2, 1, 1, 1, 1, 1, 128), np.float32))  # 6 dimensions per sample
+    out = tmp_path / "out"
+    assert_refused(run_cli("prune", pt, "--arch", arch, "--data", tmp_path / "deep.npz", "--target-params", "0.5",
+                           "-o", out), out, "deep.npz", "at most 5 dimensions")
+
+
 # ---------------------------------------------------------------- item 12: NaN/inf values, the seed
 @pytest.mark.parametrize("poison", ["nan", "inf"])
 def test_non_finite_weights_are_named(tmp_path, poison):

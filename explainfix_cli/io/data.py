@@ -28,6 +28,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_INPUT_SIZE = (224, 224)
 MAX_IMAGE_PIXELS = 64_000_000  # a larger image file is refused before it is decoded (docs/CLI.md, "Data")
 MAX_SAMPLE_ELEMENTS = 1 << 26  # values in one model input a recorded or requested shape may ask for
+MAX_SAMPLE_DIMS = 5  # dimensions of one recorded sample (the recipe schema's bound)
+MAX_SIDE = 16384  # an input size side the recipe can record
 MAX_STAT = 1e6  # |mean| and std bounds (the recipe schema's number range)
 
 
@@ -75,10 +77,12 @@ class Preprocessing:
 
 
 def check_sample_shape(shape: tuple[int, ...], where: str) -> None:
-    """Refuse an input shape that would allocate more than :data:`MAX_SAMPLE_ELEMENTS` values per sample."""
-    if any(int(v) < 1 for v in shape) or math.prod(int(v) for v in shape) > MAX_SAMPLE_ELEMENTS:
-        raise BadInput(f"{where}: an input of shape {'×'.join(map(str, shape))} is refused "
-                       f"(at most {MAX_SAMPLE_ELEMENTS:,} values per sample, every side ≥ 1)",
+    """Refuse an input shape that would allocate more than :data:`MAX_SAMPLE_ELEMENTS` values per sample (or
+    that the recipe could not record: more than :data:`MAX_SAMPLE_DIMS` dimensions)."""
+    if (not 1 <= len(shape) <= MAX_SAMPLE_DIMS or any(int(v) < 1 for v in shape)
+            or math.prod(int(v) for v in shape) > MAX_SAMPLE_ELEMENTS):
+        raise BadInput(f"{where}: an input of shape {'×'.join(map(str, shape))} is refused (at most "
+                       f"{MAX_SAMPLE_DIMS} dimensions and {MAX_SAMPLE_ELEMENTS:,} values per sample, every side ≥ 1)",
                        hint="pass --data with real inputs, or a smaller --input-size")
 
 
@@ -159,7 +163,7 @@ def with_data(pre: Preprocessing, calib: "CalibrationSet") -> Preprocessing:
         shape = tuple(int(v) for v in calib.array.shape[1:])
         check_sample_shape(shape, calib.source)
         out = replace(pre, sample_shape=shape)
-        if len(shape) == 3 and shape[0] == pre.channels:
+        if len(shape) == 3 and shape[0] == pre.channels and max(shape[1:]) <= MAX_SIDE:
             out = replace(out, input_size=(shape[1], shape[2]))
     calib.preprocessing = out
     return out
