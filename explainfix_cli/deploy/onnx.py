@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from torch import nn
 from ..core.errors import BadInput, CannotProcess
 from ..io.outdir import disk_error, staging
 from ..core.model import attributes_kept
+from ..core.tensors import as_input_tuple, eval_mode, flatten_outputs  # flatten_outputs: also this module's API
 
 MIN_OPSET = 18
 _INLINE_LIMIT = 1_800_000_000  # protobuf refuses messages over 2 GiB: bigger weights go to one side file
@@ -55,55 +56,6 @@ class OnnxExportResult:
 def input_names_for(count: int) -> list[str]:
     """``["input"]`` for one input, ``["input_0", "input_1", …]`` for several."""
     return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
-
-
-def flatten_outputs(out: Any) -> list[tuple[str, torch.Tensor]]:
-    """Name every tensor of a forward's output, in the exporters' (pytree) order.
-
-    tensor → ``output``; tuple/list → ``output_0, output_1…``; dict → its keys; nested parts are
-    joined with ``_``:  ``{"logits": a, "aux": (b, c)}`` → ``[("logits", a), ("aux_0", b), ("aux_1", c)]``.
-    """
-    if isinstance(out, torch.Tensor):
-        return [("output", out)]
-    return _flatten(out, "output" if isinstance(out, (tuple, list)) else "")
-
-
-def _flatten(obj: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        return [(prefix, obj)]
-    if isinstance(obj, Mapping):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif isinstance(obj, (tuple, list)):
-        items = [(str(i), v) for i, v in enumerate(obj)]
-    else:
-        raise CannotProcess(
-            f"model output `{prefix or 'output'}` is a {type(obj).__name__}, not a tensor",
-            hint="ONNX outputs must be tensors; return tensors (or tuples/dicts of tensors) from forward()",
-        )
-    named: list[tuple[str, torch.Tensor]] = []
-    for key, value in items:
-        named += _flatten(value, f"{prefix}_{key}" if prefix else key)
-    return named
-
-
-def as_input_tuple(example: Any) -> tuple[torch.Tensor, ...]:
-    """A tensor or a tuple/list of tensors → a tuple of tensors (the positional args of forward)."""
-    if isinstance(example, torch.Tensor):
-        return (example,)
-    if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
-        return tuple(example)
-    raise BadInput("example inputs must be a tensor or a non-empty tuple of tensors")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode, then restore its train/eval flag."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BadInput, first_line
-from .onnx import as_input_tuple, eval_mode, flatten_outputs
+from ..core.tensors import as_input_tuple, eval_mode, flatten_outputs
 
 _TINY = 1e-12
 _SHOWN = 3  # outputs detailed in the summary line
