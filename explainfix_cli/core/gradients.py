@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from .model import call_model, first_output, iter_spatial_convs, to_device
-
-Progress = Callable[[int], None]  # called with the number of batches just processed
+from .progress import Progress
 
 
 def default_grad_cost(yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -108,10 +107,11 @@ def weight_saliency(
 def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, device: torch.device | str,
               num_minibatches: float, grad_cost_fn: Callable, target_fn: Callable | None,
               progress: Progress | None, add: Callable[[tuple], None]) -> None:
-    """For each batch: ŷ, C = grad_cost_fn(normalised ŷ, target), then ``add(∂C/∂weights)`` (no_grad).
-    requires_grad flags are restored after."""
+    """For each batch: ŷ, C = grad_cost_fn(normalised ŷ, target), then ``add(∂C/∂weights)`` (no_grad),
+    then ``progress("saliency", batches done, num_minibatches or None)``. requires_grad flags are restored after."""
     if not weights:
         return
+    total = None if num_minibatches == math.inf else int(num_minibatches)
     flags = [w.requires_grad for w in weights]
     try:
         for w in weights:
@@ -128,7 +128,7 @@ def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, d
             with torch.no_grad():
                 add(grads)
             if progress is not None:
-                progress(1)
+                progress("saliency", n + 1, total)
     finally:
         for w, f in zip(weights, flags):
             w.requires_grad_(f)

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..core import dist
 from ..core.errors import BadInput
-from ..core.gradients import Progress, default_grad_cost, spatial_grad_scores
+from ..core.gradients import default_grad_cost, spatial_grad_scores
+from ..core.progress import Progress
 from ..core.model import iter_spatial_convs
 from .kernels import dct_basis_nd
 
@@ -204,11 +205,11 @@ def explainsteer_layerwise_with_saliency(
     """
     batches = 0
 
-    def count(n: int) -> None:
+    def count(stage: str, done: int, total: int | None) -> None:
         nonlocal batches
-        batches += n
+        batches = done
         if progress is not None:
-            progress(n)
+            progress(stage, done, total)
 
     side = _PerBatchSpectra(model)
     weights = spatial_grad_scores(model, loader, device, num_minibatches, grad_cost_fn, side, target_fn, count)

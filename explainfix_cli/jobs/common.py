@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +29,6 @@ from ..io.data import (
     with_data,
 )
 from ..prune.check import train_outputs
-from ..prune.pipeline import Progress
 
 
 @dataclass
@@ -203,27 +200,6 @@ def evaluate_on(model: nn.Module, calib: CalibrationSet | None, batch_size: int,
         return None
     preds, labels = predict(model, calib.batches(batch_size), device)
     return {"preds": preds, "labels": labels, "accuracy": accuracy(preds, labels), "samples": len(labels)}
-
-
-def with_total(progress: Progress | None, total: int | None) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda stage, done, _t: progress(stage, done, total)
-
-
-
-
-def counting_progress(progress: Progress | None) -> Callable[[int], None] | None:
-    """Adapt a (stage, done, total) callback to the per-batch ``advance(n)`` of the gradient loop."""
-    if progress is None:
-        return None
-    done = [0]
-
-    def advance(n: int = 1, *_: Any) -> None:
-        done[0] += n
-        progress("saliency", done[0], None)
-
-    return advance
 
 
 def output_dir(out: Path | str | None, suffix: str, model: ModelSpec, force: bool, *inputs: Path | str | None) -> Path:

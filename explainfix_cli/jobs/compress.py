@@ -34,12 +34,12 @@ from ..channels import graph as graph_mod
 from ..core import dist
 from ..core.errors import BadInput
 from ..core.model import count_params
+from ..core.progress import Progress
 from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import staging
 from ..prune.options import BUDGET_TOLERANCE, PruneOptions
-from ..prune.pipeline import Progress
 from ..prune.select import check_budget
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core import gradients as grad
+from ..core.progress import Progress, with_total
 from ..io.outdir import staging
-from ..prune.pipeline import Progress
-from .common import DataSpec, ModelSpec, counting_progress, open_inputs, output_dir, with_total
+from .common import DataSpec, ModelSpec, open_inputs, output_dir
 
 
 @dataclass
@@ -41,7 +41,7 @@ def explain_job(
         total = calib.num_batches(data.batch_size, limit)
         if progress:
             progress("saliency", 0, total)
-        progress = counting_progress(with_total(progress, total))
+        progress = with_total(progress, total)
     report = explain_model(opened.model, batches, opened.device, limit, target_fn=grad.onehot_targets, progress=progress)
     doc = {"command": "explain", "model": str(model.path), "out": str(out), "data": calib.describe() if calib else None,
            "preprocessing": opened.pre.to_dict(), **report.to_json()}

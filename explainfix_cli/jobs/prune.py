@@ -11,12 +11,13 @@ from torch import nn
 
 from ..core import gradients as grad
 from ..core.layout import channels_last
+from ..core.progress import Progress, with_total
 from ..io.model_dir import save_model_dir
 from ..io.recipe import Recipe
 from ..prune.options import PruneOptions
-from ..prune.pipeline import Progress, PruneResult, prune_model
+from ..prune.pipeline import PruneResult, prune_model
 from ..train.finetune import recalibrate_batchnorm
-from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example, with_total
+from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example
 
 
 @dataclass

@@ -25,16 +25,16 @@ from ..core.errors import BadInput
 from ..core.fmt import pct
 from ..core.layout import channels_last
 from ..core.model import count_params
+from ..core.progress import Progress, with_total
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files, read_back
 from ..io.outdir import write_output_dir
 from ..prune.options import MAGNITUDE_RANKS, PruneOptions, parse_target
-from ..prune.pipeline import Progress
 from ..prune.scoring import score_model
 from ..prune.select import check_budget
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example, with_total
+from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .finetune import check_recovery_data, finetune_opened, recovery_options
 from .prune import prune_opened
 

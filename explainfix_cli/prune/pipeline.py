@@ -24,6 +24,7 @@ from ..channels import graph as graph_mod
 from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.layout import channels_last
+from ..core.progress import Progress
 from ..core.model import (
     count_macs,
     count_params,
@@ -42,7 +43,6 @@ from .select import check_budget, select_channels, select_filters
 from .surgery import mask_and_fold
 
 STANDARDISED = "its forward transforms the kernel (weight standardisation): zeroing the raw kernel would not zero it, so it is not ranked or zeroed"
-Progress = Callable[[str, int, int | None], None]  # (stage, completed, total)
 
 
 @dataclass

@@ -11,12 +11,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..core.gradients import (
-    Progress,
-    default_grad_cost,
-    saliency_score,
-    spatial_grad_scores,
-)
+from ..core.gradients import default_grad_cost, saliency_score, spatial_grad_scores
+from ..core.progress import Progress
 from ..core.model import iter_spatial_convs
 
 

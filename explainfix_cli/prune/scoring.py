@@ -22,6 +22,7 @@ from ..channels import graph as graph_mod
 from ..core import dist
 from ..core import gradients as grad
 from ..core.model import call_model, first_output, to_device
+from ..core.progress import Progress
 from . import saliency as sal
 from .channel import scored_modules
 
@@ -36,7 +37,7 @@ class Scored:
 
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
-                target_fn: Callable | None = grad.onehot_targets, progress: Callable | None = None,
+                target_fn: Callable | None = grad.onehot_targets, progress: Progress | None = None,
                 magnitude: bool = False, channel_graph: Any = None) -> Scored:
     """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. ``magnitude``
     (``--rank l1-per-layer``) scores channel groups by Σ|w| even with data; the data then only records the
@@ -44,12 +45,6 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
     analysis of ``gm`` when the caller already has it (it is not repeated)."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
-    done = [0]
-
-    def tick_batches(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress("saliency", done[0], None if limit == math.inf else int(limit))
 
     if criterion != "channel":
         channel_graph = None
@@ -59,7 +54,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
         if batches is not None and not magnitude:
             values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
-                                          record, tick_batches)
+                                          record, progress)
             dist.all_reduce_sum(values)  # under torchrun each rank scored its shard of the batches
         else:
             values = [p.detach().abs().double() for *_, p in params]
@@ -67,7 +62,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         for (n, pn, _), v in zip(params, values):
             scores.setdefault(n, {})[pn] = v.cpu()
     elif criterion == "saliency":
-        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, tick_batches)
+        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, progress)
         dist.all_reduce_sum(scores)
     else:
         scores = sal.get_spatial_filter_magnitude(model)
@@ -77,7 +72,8 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
                 if i >= limit:
                     break
                 record(first_output(call_model(model, to_device(x, device))), y)
-                tick_batches(1)
+                if progress:
+                    progress("saliency", i + 1, None if limit == math.inf else int(limit))
     return Scored(criterion, scores, record, channel_graph)
 
 
