@@ -107,6 +107,11 @@ def test_npz_mlp_records_its_sample_shape_for_info_and_export(tmp_path):
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
+    # bench without --input-size: timed on (N, 128) inputs too
+    b = run_cli("bench", out, "--trust-code", "--iters", "3", "--warmup", "1", "--rounds", "1", "--json")
+    assert b.returncode == 0, b.stderr
+    assert json.loads(b.stdout)["rows"][0]["macs"] == 128 * k + k * 10
+
 
 def test_a_recorded_shape_over_the_bound_is_refused(tmp_path):
     pt, arch = mlp_files(tmp_path)

@@ -47,7 +47,9 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
                 targets.append(BenchTarget(path, _onnx_input_shape(path, input_size), None, str(path)))
                 continue
             loaded = loaded_models[path]
-            pre = resolve_preprocessing(loaded.model, size, None, None, loaded.preprocessing)
+            recorded = (loaded.preprocessing or {}).get("sample_shape") is not None  # not an image (io/data.py)
+            pre = resolve_preprocessing(loaded.model, None if recorded and not input_size else size, None, None,
+                                        loaded.preprocessing)
             targets.append(model_target(loaded.model, pre, Path(tmp) / f"m{k}", str(path), seed, opset))
         return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
                                                iters=iters, rounds=rounds, seed=seed))
@@ -58,7 +60,7 @@ def model_target(model: nn.Module, pre: Preprocessing, folder: Path, label: str,
     from ..deploy.bench import BenchTarget, model_cost
     from ..deploy.onnx import export_onnx
 
-    shape = (pre.channels, *pre.input_size)
+    shape = pre.shape
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(model, random_inputs(pre, 2, seed), folder / "model.onnx", opset=opset)
     return BenchTarget(folder / "model.onnx", shape, model_cost(model, shape), label)
