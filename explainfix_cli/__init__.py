@@ -36,6 +36,7 @@ _API = {
     "channelprune": "prune.pipeline", "fill_zero_initialization": "prune.pipeline", "prune_model": "prune.pipeline",
     "get_spatial_filter_magnitude": "prune.saliency", "get_spatial_filter_saliency": "prune.saliency",
     "zero_least_salient_spatial_filters": "prune.saliency",
+    "quantize": "jobs.quantize",
 }
 
 
@@ -57,5 +58,5 @@ __all__ = [
     "zero_least_salient_spatial_filters", "ExplainFixError", "BadInput", "CannotProcess", "CheckFailed",
     "UnsupportedOp", "explain_model", "explainsteer_layerwise_with_saliency",
     "explainsteer_layerwise_without_saliency", "plot_spectrum_ed", "save_spectra_png", "dct_basis_nd",
-    "dct_steered_2d", "fix_spatial_conv2d", "ghaar2d", "ghaar4_2d",
+    "dct_steered_2d", "fix_spatial_conv2d", "ghaar2d", "ghaar4_2d", "quantize",
 ]

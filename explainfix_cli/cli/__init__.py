@@ -13,7 +13,7 @@ __all__ = ["app", "main"]
 
 
 def _commands() -> Any:
-    from . import prune, inspect_cmds, train, compress, sweep, deploy  # noqa: F401,I001  (registers the commands, in this order)
+    from . import prune, inspect_cmds, train, compress, sweep, deploy, quantize  # noqa: F401,I001  (registers the commands, in this order)
     from .base import app
 
     globals()["app"] = app

@@ -32,7 +32,7 @@ from ..core.errors import BadInput
 STAGING = ".explainfix-tmp."
 #: the names explainfix writes at the top of an output directory (``--force`` replaces only such a directory)
 OUTPUT_NAMES = frozenset({
-    "explainfix.json", "model.safetensors", "model.onnx", "model.onnx.data", "report.json", "summary.md",
+    "explainfix.json", "model.safetensors", "model.onnx", "model.onnx.data", "model.int8.onnx", "report.json", "summary.md",
     "spectra.json", "spectra.png", "sweep.json", "sweep.md", "tradeoff.png", "arch", "points",
 })
 FORCE_HINT = "pass --force to replace it (only an explainfix output is ever replaced), or choose another -o"

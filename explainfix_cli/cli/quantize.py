@@ -1,0 +1,135 @@
+"""`explainfix quantize`: static INT8 with onnxruntime, verified against FP32, accuracy-controlled, timed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .. import jobs
+from .base import app, command, emit_json
+from .options import (
+    Arch,
+    ArchKwargs,
+    BatchSize,
+    Debug,
+    Force,
+    InputSize,
+    Json,
+    Mean,
+    Out,
+    Seed,
+    Std,
+    TrustCode,
+    TrustPickle,
+)
+
+
+@app.command()
+@command
+def quantize(
+    model: Annotated[Path, typer.Argument(help="An explainfix directory, a checkpoint (with --arch) or an FP32 .onnx file.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Calibration images (class subfolders or a flat folder), like those the model will see.", show_default=False)],
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out images for INT8 vs FP32 (default: --data, with a warning).")] = None,
+    type_: Annotated[str, typer.Option("--type", help="Quantized type: int8 (the only one).")] = "int8",
+    calibrate: Annotated[str, typer.Option("--calibrate", help="Activation ranges: minmax | entropy | percentile (onnxruntime's calibrators).")] = "minmax",
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Calibration samples (seeded random subset of --data; streamed).")] = 300,
+    activations: Annotated[str, typer.Option("--activations", help="auto (what onnxruntime prescribes for this CPU) | uint8 (asymmetric) | int8 (symmetric).")] = "auto",
+    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per output channel.")] = False,
+    keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Keep this node (ONNX node name or torch module name, e.g. layer1.0.conv1) in float; repeat the flag.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: INT8 accuracy may be at most PTS percentage points below FP32 (labeled --eval-data).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Gate: top-1 (or per-pixel) agreement of INT8 with FP32 ≥ F.")] = None,
+    max_float: Annotated[int, typer.Option("--max-float", help="Accuracy control: keep at most N layers in float to meet the gates (0: off).")] = 8,
+    threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads, for the check and the timing alike.")] = 2,
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Time FP32 and INT8 interleaved at batch 1 and 8.")] = True,
+    bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed runs per model and batch size.")] = 50,
+    arch: Arch = None,
+    arch_kwargs: ArchKwargs = None,
+    trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False,
+    batch_size: BatchSize = 16,
+    input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
+    out: Out = None,
+    force: Force = False,
+    seed: Seed = 0,
+    json_out: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Static INT8 (onnxruntime QDQ: int8 per-channel weights, 8-bit activations), checked against FP32.
+
+    Writes OUT/ (default <model-stem>-int8/) with model.int8.onnx, model.onnx (the FP32 model, when MODEL is
+    not .onnx) and report.json, only when every gate passes. When a gate fails, the most sensitive layers
+    are kept in float, fewest first (--max-float); exit 1 when none meets it.
+
+    Example: explainfix quantize model-pruned/ --data calib/ --eval-data val/ --max-accuracy-drop 1 -o model-int8
+    """
+    from ..core.errors import CheckFailed
+    from ..deploy.quantize import QuantizeOptions
+    from ..jobs.quantize import quantize_job
+    from .render import work_progress
+
+    options = QuantizeOptions(type=type_, calibrate=calibrate, calib_images=calib_images, per_channel=not per_tensor,
+                              activations=activations, keep_float=tuple(keep_float or ()), batch_size=batch_size, seed=seed)
+    with work_progress() as bar:
+        job = quantize_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
+                           jobs.DataSpec(data, input_size, mean, std, batch_size), eval_data=eval_data, options=options,
+                           out=out, force=force, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                           max_float=max_float, bench=bench, threads=threads, bench_iters=bench_iters, progress=bar)
+    render_quantize(job)
+    if not job.passed:
+        raise CheckFailed(job.failure_message())
+    if json_out:
+        emit_json(job.report)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def render_quantize(job: Any) -> None:
+    """The settings line, FP32 vs INT8 table, float layers, timing verdict, gates."""
+    from rich.table import Table
+
+    from .render import console, render_notes
+
+    r = job.report
+    render_notes({"load_notes": r["notes"]})
+    s = r["settings"]
+    console.print(f"INT8 ({s['format']}): weights {s['weights']}, activations {s['activations']}, reduce_range "
+                  f"{s['reduce_range']}, {s['calibrate']} calibration on {r['calib_samples']} samples; CPU "
+                  f"{s['isa']['name']} ({s['recommended']['why']}); onnxruntime {s['onnxruntime']}", soft_wrap=True)
+    c = r["comparison"]
+    t = Table(title=f"FP32 vs INT8 · {c['samples']} samples of {c['source']}", title_justify="left")
+    for col in ("", "FP32", "INT8"):
+        t.add_column(col, justify="left" if not col else "right")
+    if c["accuracy_fp32"] is not None:
+        ci = c["accuracy_int8_ci"]
+        t.add_row("accuracy", _pct(c["accuracy_fp32"]), f"{_pct(c['accuracy_int8'])} (95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})")
+    if c["agreement"] is not None:
+        t.add_row("top-1 agreement" if c["classifier"] else "per-pixel agreement", "", _pct(c["agreement"]))
+    for o in c["outputs"][:4]:
+        t.add_row(f"{o['name']}: SNR / cosine", "", f"{o['snr_db']:.1f} dB / {o['cosine']:.5f}" if o["cosine"] is not None else "—")
+    bench = r.get("bench")
+    for b in (bench or {}).get("batches", []):
+        fp, q = b["rows"][0], b["rows"][1]
+        t.add_row(f"latency p50, batch {b['batch_size']} ({bench['threads']} threads)", f"{fp['p50_ms']:.3f} ms",
+                  f"{q['p50_ms']:.3f} ms ({b['speedup']:.2f}×, {b['speedup_range'][0]:.2f}–{b['speedup_range'][1]:.2f})")
+    console.print(t)
+    if r["float_layers"]:
+        cost = (bench or {}).get("float_cost") or {}
+        per = cost.get("per_layer_ms_estimate", {})
+        f = Table(title="kept in float", title_justify="left")
+        for col in ("layer", "op", "why", "latency (est.)"):
+            f.add_column(col, overflow="fold")
+        for n in r["float_layers"]:
+            f.add_row(n.get("module") or n["name"], n["op_type"], n["why"], f"+{per[n['name']]:.3f} ms" if n["name"] in per else "")
+        console.print(f)
+    if bench:
+        console.print(f"[bold]{bench['verdict']}[/]", soft_wrap=True)
+    if r["gates"]:
+        console.print(" · ".join(f"{g['name']} {g['value']} (needs {g['threshold']}): "
+                                 + ("[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]") for g in r["gates"]))
+    if job.written:
+        console.print(f"wrote {job.out}/ ({', '.join(r['files'])})")

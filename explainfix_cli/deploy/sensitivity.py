@@ -1,0 +1,180 @@
+"""Accuracy control: which quantized layers hurt most, and the fewest to keep in float so a gate holds.
+
+    ranked = rank_layers(fp32, int8, candidates, batches, work)              # most sensitive first
+    found = keep_float_until(ranked, requantize, evaluate, max_float=8)       # fewest first
+
+Sensitivity comes from one pass of each model over a few calibration batches (onnxruntime's
+``qdq_loss_debug``: every intermediate tensor of the INT8 model matched with the FP32 one): the noise a
+layer adds, relative to its output's power. Layers are then kept in float in that order — 1, 2, 3, … — until ``evaluate`` (the gates on ``--eval-data``) passes, or
+``max_float`` is reached and the best model found is returned with ``passed = False``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .int8_check import Gate, Int8Comparison
+
+Requantize = Callable[[list[str]], Path]  # node names kept in float → a freshly quantized file
+Evaluate = Callable[[Path], tuple[Int8Comparison, list[Gate]]]
+
+
+@dataclass
+class ControlResult:
+    passed: bool
+    path: Path | None  # the model that passed, else the best one tried
+    kept_float: list[str]
+    comparison: Int8Comparison | None
+    gates: list[Gate]
+    tried: list[dict] = field(default_factory=list)  # per attempt: {"float_layers": k, "agreement", "accuracy_drop_pts", "passed"}
+
+
+def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list, work: Path) -> list[dict]:
+    """``[{"name", "added_noise", "snr_in_db", "snr_out_db"}]``, most sensitive first, from ONE pass of each
+    model (onnxruntime's ``qdq_loss_debug`` activation matching on ``batches``).
+
+    A layer's sensitivity is the quantization noise it adds: the relative noise power of its output (before
+    its own output is quantized) minus that of its input, against the FP32 model. That is what keeping it in
+    float removes — its weights' and its input's quantization."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from .quantize import _quiet_ort
+
+    acts = {}
+    for key, path in (("float", fp32), ("qdq", int8)):
+        aug = Path(work) / f"augmented-{key}.onnx"
+        with _quiet_ort():
+            modify_model_output_intermediate_tensors(str(path), str(aug))
+            acts[key] = collect_activations(str(aug), _Batches(batches, _input_name(path)))
+    match = create_activation_matching(acts["qdq"], acts["float"])
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    nodes = {n.name: n for n in graph.node}
+    graph_inputs = {i.name for i in graph.input}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    ranked = []
+    for name in candidates:
+        node = nodes.get(name)
+        if node is None:
+            continue
+        noise_in = _rel_noise(match.get(node.input[0]), "post_qdq")
+        if noise_in is None and node.input[0] in graph_inputs:
+            noise_in = 0.0  # the model's input, exact in both (its own quantization shows in the output)
+        out, which = node.output[0], "pre_qdq"
+        while out not in match and len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in ("Relu", "Clip"):
+            # onnxruntime removed the activation: the layer writes its output, clamped by the output's quantization
+            out, which = consumers[out][0].output[0], "post_qdq"
+        noise_out = _rel_noise(match.get(out), which)
+        if noise_in is None or noise_out is None:
+            continue
+        ranked.append({"name": name, "added_noise": noise_out - noise_in, "snr_in_db": _db(noise_in),
+                       "snr_out_db": _db(noise_out)})
+    ranked.sort(key=lambda r: -r["added_noise"])
+    return ranked
+
+
+def _rel_noise(m: dict | None, which: str) -> float | None:
+    """‖qdq − float‖² / ‖float‖² of one tensor over all batches (None when it was not matched)."""
+    if not m or not m.get("float") or m.get(which) is None:
+        return None
+    f = np.concatenate([np.ravel(a) for a in m["float"]]).astype(np.float64)
+    q = np.concatenate([np.ravel(a) for a in m[which]]).astype(np.float64)
+    if f.shape != q.shape:
+        return None
+    return float(np.sum((q - f) ** 2) / max(np.sum(f * f), 1e-30))
+
+
+def _db(noise: float) -> float:
+    return 999.0 if noise <= 0 else float(-10 * np.log10(noise))
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+class _Batches:
+    """A ``CalibrationDataReader`` over (x, y) batches already in memory."""
+
+    def __init__(self, batches: list, name: str):
+        self.it = iter(batches)
+        self.name = name
+
+    def get_next(self) -> dict | None:
+        nxt = next(self.it, None)
+        return None if nxt is None else {self.name: np.ascontiguousarray(nxt[0].numpy(), dtype=np.float32)}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def keep_float_until(ranked: list[dict], requantize: Requantize, evaluate: Evaluate, max_float: int) -> ControlResult:
+    """Keep the top 1, 2, … ranked layers in float until every gate passes (at most ``max_float``)."""
+    best: ControlResult | None = None
+    tried = []
+    for k in range(1, min(max_float, len(ranked)) + 1):
+        names = [r["name"] for r in ranked[:k]]
+        path = requantize(names)
+        cmp, gates = evaluate(path)
+        ok = all(g.passed for g in gates)
+        tried.append({"float_layers": k, "names": names, "agreement": cmp.agreement,
+                      "accuracy_drop_pts": cmp.accuracy_drop_pts, "passed": ok})
+        if ok:
+            return ControlResult(True, path, names, cmp, gates, tried)
+        if best is None or _score(cmp) > _score(best.comparison):
+            keep = path.with_name(f"best-{path.name}")
+            path.replace(keep)
+            best = ControlResult(False, keep, names, cmp, gates)
+    if best is None:
+        return ControlResult(False, None, [], None, [], tried)
+    best.tried = tried
+    return best
+
+
+def _score(cmp: Int8Comparison) -> tuple:
+    drop = cmp.accuracy_drop_pts
+    return (-(drop if drop is not None else 0.0), cmp.agreement or 0.0, cmp.outputs[0]["snr_db"] if cmp.outputs else 0.0)
+
+
+def node_macs(model) -> dict[str, int]:
+    """Multiply-accumulates of one sample per weighted node (Conv, ConvTranspose, Gemm, MatMul), from the
+    weight shape and the inferred output shape: the basis of the float layers' latency estimate."""
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes = {}
+    for v in [*model.graph.value_info, *model.graph.output]:
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        shapes[v.name] = dims
+    out = {}
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        w = inits.get(n.input[1])
+        y = shapes.get(n.output[0])
+        if not w:
+            continue
+        if n.op_type in ("Conv", "ConvTranspose") and y and all(y[2:]):
+            out[n.name] = int(np.prod(w, dtype=np.int64) * np.prod(y[2:], dtype=np.int64))
+        elif n.op_type == "Gemm":
+            out[n.name] = int(np.prod(w, dtype=np.int64))
+        elif y and all(y[1:-1]):  # MatMul: every row of the (batch-free) input times the weight
+            out[n.name] = int(np.prod(w, dtype=np.int64) * np.prod(y[1:-1], dtype=np.int64))
+        else:
+            out[n.name] = int(np.prod(w, dtype=np.int64))
+    return out
