@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "CLI.md").read_text()
-COMMANDS = ["info", "prune", "explain", "fix", "finetune", "compress", "sweep", "export", "verify", "bench"]
+COMMANDS = ["info", "prune", "explain", "fix", "finetune", "compress", "sweep", "export", "verify", "bench", "quantize"]
 SHARED = {"--help", "--out", "--arch", "--arch-kwargs", "--trust-pickle", "--trust-code", "--input-size", "--mean",
           "--std", "--batch-size", "--device", "--seed", "--force", "--json", "--debug", "--data", "--batches"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
