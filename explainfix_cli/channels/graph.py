@@ -27,6 +27,14 @@ call sites, and an input folds only if it is the same constant at every call (an
 Grouped convolutions: input channel ``k·s + i`` (group k, position i) is merged with position ``i`` of
 every other group, and so are the outputs: a removal keeps every group the same size (see surgery.py).
 
+Training mode: a forward may run other ops in training (Inception's and GoogLeNet's auxiliary heads). The
+model is traced in training mode too (mode flags and BatchNorm statistics restored after); where that graph
+differs, a second pass over it extends the eval pass (Analyzer's ``prior``): every layer both run is merged
+position by position like a shared layer's call sites, so a train-only consumer drops the columns of what
+goes; train-only layers keep their own output channels (no eval forward scores them); folds are decided in
+eval mode only. A training graph that cannot be traced or analysed is left out (``explainfix_train_skipped``)
+and the self-check's training-mode forward (prune/check.py) still proves the pruned model there.
+
 Anything it does not understand on a tensor that carries atoms raises :class:`UnsupportedOp` naming the
 op and the module path; ops on atom-free tensors (input preprocessing, positional tables) are harmless, and
 so are ops whose every incoming atom is already frozen (freezing is final): they run as they are, their
