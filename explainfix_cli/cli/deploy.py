@@ -9,52 +9,36 @@ import typer
 from .. import jobs
 from .base import app, command, emit_json
 from .options import (
-    Arch,
-    ArchKwargs,
-    Atol,
-    BatchSize,
-    Data,
-    Debug,
-    Force,
+    DATA,
+    OUTPUT,
+    CheckImages,
     InputSize,
     Json,
-    Mean,
     ModelArg,
-    Out,
-    Rtol,
+    Opset,
+    Output,
     Seed,
-    Std,
-    TrustCode,
-    TrustPickle,
+    Source,
+    Threads,
+    Tolerance,
     WeightDtype,
+    grouped,
 )
 
 
 @app.command()
 @command
+@grouped
 def export(
     model: ModelArg,
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (the default when neither format is named).")] = False,
-    safetensors: Annotated[bool, typer.Option("--safetensors", help="Write model.safetensors with its recipe beside it.")] = False,
-    data: Data = None,
-    arch: Arch = None,
-    arch_kwargs: ArchKwargs = None,
-    trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False,
+    *,
+    onnx: Annotated[bool, typer.Option("--onnx", rich_help_panel=OUTPUT, help="Write model.onnx (the default when neither format is named).")] = False,
+    safetensors: Annotated[bool, typer.Option("--safetensors", rich_help_panel=OUTPUT, help="Write model.safetensors with its recipe beside it.")] = False,
     dtype: WeightDtype = "keep",
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 18).")] = 18,
-    atol: Atol = 1e-4,
-    rtol: Rtol = 1e-3,
+    opset: Opset = 18,
+    tolerance: Tolerance,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime check.")] = False,
-    batch_size: BatchSize = 16,
-    input_size: InputSize = None,
-    mean: Mean = None,
-    std: Std = None,
-    out: Out = None,
-    force: Force = False,
-    seed: Seed = 0,
-    json_out: Json = False,
-    debug: Debug = False,
+    inputs: CheckImages, source: Source, output: Output, seed: Seed = 0, json_out: Json = False,
 ) -> None:
     """Export to ONNX (dynamic batch, provenance in metadata) and/or safetensors, verified in onnxruntime.
 
@@ -69,9 +53,8 @@ def export(
     if not onnx and not safetensors:
         onnx = True
     job = export_job(
-        jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code, dtype), jobs.DataSpec(data, input_size, mean, std, batch_size),
-        onnx=onnx, safetensors=safetensors, out=out, opset=opset, atol=atol, rtol=rtol, verify=not no_verify,
-        force=force, seed=seed,
+        source.spec(model, dtype), inputs.spec(), onnx=onnx, safetensors=safetensors, out=output.out, opset=opset,
+        atol=tolerance.atol, rtol=tolerance.rtol, verify=not no_verify, force=output.force, seed=seed,
     )
     render_export(job)
     if json_out:
@@ -80,23 +63,12 @@ def export(
 
 @app.command()
 @command
+@grouped
 def verify(
     onnx_file: Annotated[Path, typer.Argument(metavar="ONNX", help="The .onnx file to check.", show_default=False)],
+    *,
     reference: Annotated[Path, typer.Option("--reference", help="The torch MODEL it must match (any loadable model).", show_default=False)],
-    data: Data = None,
-    arch: Arch = None,
-    arch_kwargs: ArchKwargs = None,
-    trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False,
-    atol: Atol = 1e-4,
-    rtol: Rtol = 1e-3,
-    batch_size: BatchSize = 16,
-    input_size: InputSize = None,
-    mean: Mean = None,
-    std: Std = None,
-    seed: Seed = 0,
-    json_out: Json = False,
-    debug: Debug = False,
+    tolerance: Tolerance, inputs: CheckImages, source: Source, seed: Seed = 0, json_out: Json = False,
 ) -> None:
     """Run an ONNX file in onnxruntime and compare every output with a torch model.
 
@@ -108,8 +80,7 @@ def verify(
     from ..jobs.verify import verify_job
     from .render import render_verify
 
-    result = verify_job(onnx_file, jobs.ModelSpec(reference, arch, arch_kwargs, trust_pickle, trust_code),
-                        jobs.DataSpec(data, input_size, mean, std, batch_size), atol=atol, rtol=rtol, seed=seed)
+    result = verify_job(onnx_file, source.spec(reference), inputs.spec(), atol=tolerance.atol, rtol=tolerance.rtol, seed=seed)
     render_verify(result)
     if json_out:
         emit_json({"command": "verify", "onnx": str(onnx_file), "reference": str(reference), **result.to_json(),
@@ -120,21 +91,19 @@ def verify(
 
 @app.command()
 @command
+@grouped
 def bench(
     models: Annotated[list[Path], typer.Argument(metavar="MODEL...", help="Models to compare (.onnx files or any loadable MODEL); ratios are to the first.", show_default=False)],
-    arch: Arch = None,
-    arch_kwargs: ArchKwargs = None,
-    trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False,
+    *,
+    source: Source,
     input_size: InputSize = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the timed runs.")] = 1,
-    threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads (fixed).")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", rich_help_panel=DATA, help="Batch size of the timed runs.")] = 1,
+    threads: Threads = 2,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 10,
     iters: Annotated[int, typer.Option("--iters", help="Timed runs per model, spread over the rounds.")] = 50,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: each runs every model in turn; latency ratios are medians of same-round ratios, so machine drift cancels.")] = 5,
     seed: Seed = 0,
     json_out: Json = False,
-    debug: Debug = False,
 ) -> None:
     """onnxruntime latency (p50/p90 after warm-up, fixed threads) and MACs/params side by side, with ratios.
 
@@ -145,8 +114,8 @@ def bench(
     from ..jobs.bench import bench_job
     from .render import render_bench
 
-    rows = bench_job(models, arch, arch_kwargs, trust_pickle, trust_code, input_size, batch_size, threads, warmup, iters, seed,
-                     rounds=rounds)
+    rows = bench_job(models, source.arch, source.arch_kwargs, source.trust_pickle, source.trust_code, input_size, batch_size,
+                     threads, warmup, iters, seed, rounds=rounds)
     render_bench(rows, batch_size, threads)
     if json_out:
         emit_json({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rounds": rounds,
