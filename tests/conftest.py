@@ -89,6 +89,47 @@ def invoke(*args: str | os.PathLike):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def cli_json(*args: str | os.PathLike, code: int = 0, spawn: bool = False) -> dict:
+    """``explainfix ARGS… --json``: asserts the exit code (``code``) and returns the one JSON document printed on
+    stdout. In-process (:func:`invoke`), or with ``spawn`` the real entry point in a subprocess (:func:`run_cli`)."""
+    import json
+
+    args = (*args, "--json") if "--json" not in map(str, args) else args
+    if spawn:
+        p = run_cli(*args)
+        assert p.returncode == code, p.stderr
+        return json.loads(p.stdout)
+    r = invoke(*args)
+    assert r.exit_code == code, r.output
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="session")
+def pruned_fixture(tmp_path_factory):
+    """A factory: ``pruned_fixture("--pct", "60")`` is the bundled fixture pruned with those flags on its calibration
+    data, made once per session (and loaded back once) for every test that asks for the same flags. Read it, copy
+    it to change it, or ask ``pruned_fixture(..., private=True)`` for a copy of one's own (to write into)."""
+    import shutil
+
+    from explainfix_cli import load
+
+    made: dict[tuple[str, ...], Path] = {}
+
+    def pruned(*flags: str, private: bool = False) -> Path:
+        key = tuple(map(str, flags))
+        if key not in made:
+            out = tmp_path_factory.mktemp("pruned") / "pruned"
+            r = invoke("prune", *FIXTURE_ARGS, *key, "--data", FIXTURE_CALIB, "-o", out)
+            assert r.exit_code == 0, r.output
+            load(out, trust_code=True)  # what a prune writes must load back
+            made[key] = out
+        if not private:
+            return made[key]
+        return Path(shutil.copytree(made[key], tmp_path_factory.mktemp("pruned") / "pruned"))
+
+    return pruned
+
+
 class Payload:
     """Unpickling this object creates ``marker`` (what a malicious checkpoint would do)."""
 

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from explainfix_cli import load
 
-from conftest import FIXTURE_ARGS, invoke
+from conftest import FIXTURE_ARGS, cli_json, invoke
 
 FIXTURE = FIXTURE_ARGS
 CALIB = "fixtures/digits/calib"
@@ -18,18 +18,13 @@ CALIB = "fixtures/digits/calib"
 cli = invoke
 
 
-@pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("p") / "pruned"
-    res = cli("prune", *FIXTURE, "--pct", "70", "--data", CALIB, "-o", out)
-    assert res.exit_code == 0, res.output
-    return out
+@pytest.fixture
+def pruned(pruned_fixture):
+    return pruned_fixture("--pct", "70", private=True)  # export writes model.onnx into it
 
 
 def test_export_pruned_dir_in_place_and_verify(pruned):
-    res = cli("export", pruned, "--trust-code", "--onnx", "--data", CALIB, "--json")
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = cli_json("export", pruned, "--trust-code", "--onnx", "--data", CALIB)
     assert doc["verify"]["passed"] and doc["summary"].startswith("PASSED |")
     assert (pruned / "model.onnx").is_file()
     m = onnx.load(pruned / "model.onnx")
@@ -38,14 +33,11 @@ def test_export_pruned_dir_in_place_and_verify(pruned):
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
     res = cli("export", pruned, "--trust-code", "--onnx")
     assert res.exit_code == 2 and "exists" in res.output  # no silent overwrite
-    res = cli("verify", pruned / "model.onnx", "--reference", pruned, "--trust-code", "--data", "fixtures/digits/eval", "--json")
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["passed"] is True
+    assert cli_json("verify", pruned / "model.onnx", "--reference", pruned, "--trust-code", "--data", "fixtures/digits/eval")["passed"] is True
 
 
 def test_altered_initializer_fails_verify(pruned, tmp_path):
-    res = cli("export", pruned, "--trust-code", "-o", tmp_path / "e", "--json")
-    assert res.exit_code == 0, res.output
+    cli_json("export", pruned, "--trust-code", "-o", tmp_path / "e")
     m = onnx.load(tmp_path / "e" / "model.onnx")
     init = next(i for i in m.graph.initializer if numpy_helper.to_array(i).ndim == 4)
     arr = numpy_helper.to_array(init).copy()
@@ -63,10 +55,7 @@ def test_several_outputs_export_with_stable_names(tmp_path):
 
     ckpt = tmp_path / "two.pt"
     torch.save(TwoHeads().state_dict(), ckpt)
-    res = cli("export", ckpt, "--arch", "tests/models_for_tests.py:TwoHeads", "--input-size", "16",
-              "-o", tmp_path / "out", "--json")
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = cli_json("export", ckpt, "--arch", "tests/models_for_tests.py:TwoHeads", "--input-size", "16", "-o", tmp_path / "out")
     assert doc["export"]["output_names"] == ["logits", "mask"]
     assert [o["name"] for o in doc["verify"]["outputs"]] == ["logits", "mask"] and doc["verify"]["passed"]
 
@@ -100,9 +89,7 @@ def test_safetensors_export_of_tied_weights_reloads(tmp_path):
 
 
 def test_bench_side_by_side_with_ratios(pruned):
-    res = cli("bench", *FIXTURE[:3], pruned, "--iters", "20", "--warmup", "3", "--rounds", "4", "--json")
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = cli_json("bench", *FIXTURE[:3], pruned, "--iters", "20", "--warmup", "3", "--rounds", "4")
     rows = doc["rows"]
     assert doc["rounds"] == 4 and rows[1]["latency_ratio_min"] <= rows[1]["latency_ratio"] <= rows[1]["latency_ratio_max"]
     assert len(rows) == 2 and rows[0]["macs_ratio"] == 1.0
@@ -120,12 +107,8 @@ def test_pruned_zoo_model_exports_and_verifies(tmp_path, arch):
     ckpt = tmp_path / f"{arch}.pt"
     torch.save(getattr(tv.models, arch)(num_classes=10).state_dict(), ckpt)
     args = [ckpt, "--arch", f"torchvision.models:{arch}", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "64"]
-    res = cli("prune", *args, "--pct", "90", "--data", CALIB, "--batches", "1", "-o", tmp_path / "p", "--json")
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["channels_removed"] > 0
-    res = cli("export", tmp_path / "p", "--data", CALIB, "--json")
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    assert cli_json("prune", *args, "--pct", "90", "--data", CALIB, "--batches", "1", "-o", tmp_path / "p")["channels_removed"] > 0
+    doc = cli_json("export", tmp_path / "p", "--data", CALIB)
     assert doc["verify"]["passed"] and doc["verify"]["samples"] >= 64
     res = cli("verify", tmp_path / "p" / "model.onnx", "--reference", tmp_path / "p")
     assert res.exit_code == 0 and "PASSED |" in res.output

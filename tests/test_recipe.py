@@ -15,12 +15,9 @@ from explainfix_cli.io.schema import MAX_INPUT_ELEMENTS, SCHEMA_VERSION, validat
 from tests.conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, invoke, run_cli
 
 
-@pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("recipe") / "p"
-    r = invoke("prune", *FIXTURE_ARGS, "--pct", "60", "--data", FIXTURE_CALIB, "-o", out)
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture
+def pruned(pruned_fixture):
+    return pruned_fixture("--pct", "60")  # conftest: pruned once per session (test_trust reads the same one)
 
 
 def test_record_appends_and_leaves_the_original_alone():

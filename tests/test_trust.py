@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, invoke, run_cli
+from conftest import FIXTURE_ARCH, cli_json, invoke, run_cli
 from explainfix_cli import BadInput, load
 from explainfix_cli.io.arch import arch_spec, build_arch
 from explainfix_cli.io.model_dir import save_model_dir
@@ -29,13 +29,10 @@ def _edit_recipe(d: Path, change) -> None:
     (d / "explainfix.json").write_text(json.dumps(r))
 
 
-@pytest.fixture(scope="module")
-def pruned_dir(tmp_path_factory) -> Path:
-    """A real prune output of the fixture (file-kind architecture: arch/digits_resnet.py)."""
-    out = tmp_path_factory.mktemp("trust") / "pruned"
-    r = invoke("prune", *FIXTURE_ARGS, "--pct", "60", "--data", FIXTURE_CALIB, "-o", out)
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture
+def pruned_dir(pruned_fixture) -> Path:
+    """A real prune output of the fixture (file-kind architecture: arch/digits_resnet.py); copied before a change."""
+    return pruned_fixture("--pct", "60")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +50,7 @@ def tv_dir(tmp_path_factory) -> Path:
 def test_allow_listed_torchvision_dir_loads_without_flag(tv_dir):
     model = load(tv_dir)
     assert type(model).__name__ == "ResNet" and model.fc.out_features == 10
-    r = invoke("info", tv_dir, "--json")
-    assert r.exit_code == 0, r.output
+    cli_json("info", tv_dir)
 
 
 def test_file_arch_attack_does_not_run(pruned_dir, tmp_path):
@@ -80,18 +76,15 @@ def test_file_arch_attack_does_not_run(pruned_dir, tmp_path):
         load(evil)
     assert not marker.exists()
     # the user's own --arch replaces the directory's code: loads, and still runs nothing from the directory
-    r = invoke("info", evil, "--arch", FIXTURE_ARCH, "--json")
-    assert r.exit_code == 0, r.output
+    cli_json("info", evil, "--arch", FIXTURE_ARCH)
     assert not marker.exists()
     # the opt-in does what it says (this is how a trusted author's directory is loaded)
-    r = invoke("info", evil, "--trust-code", "--json")
-    assert r.exit_code == 0, r.output
+    cli_json("info", evil, "--trust-code")
     assert marker.read_text() == "ran"
 
 
 def test_benign_file_arch_dir_loads_with_trust_code(pruned_dir):
-    r = invoke("info", pruned_dir, "--trust-code", "--json")
-    assert r.exit_code == 0, r.output
+    cli_json("info", pruned_dir, "--trust-code")
     model = load(pruned_dir, trust_code=True)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     p = run_cli("info", pruned_dir, env={"EXPLAINFIX_TRUST_CODE": "1"})
@@ -184,8 +177,7 @@ def test_googlenet_init_weights_dir_loads_without_flag(tmp_path):
     spec = arch_spec("torchvision:googlenet", {"num_classes": 4, "init_weights": True, "aux_logits": False})
     out = tmp_path / "g"
     save_model_dir(build_arch(spec).eval(), Recipe.new(spec, Path(__file__), "0" * 64, "state_dict"), out)
-    r = invoke("info", out, "--input-size", "64", "--json")
-    assert r.exit_code == 0, r.output
+    cli_json("info", out, "--input-size", "64")
     assert load(out)(torch.randn(1, 3, 64, 64)).shape == (1, 4)
 
 
