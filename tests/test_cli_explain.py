@@ -6,16 +6,14 @@ from typer.testing import CliRunner
 
 from explainfix_cli.cli import app
 
-from conftest import FIXTURE_ARGS
+from conftest import FIXTURE_ARGS, cli_json
 
 FIXTURE = FIXTURE_ARGS
 
 
 def test_explain_with_saliency_writes_png_and_json(tmp_path):
     out = tmp_path / "spectra"
-    res = CliRunner().invoke(app, ["explain", *FIXTURE, "--data", "fixtures/digits/calib", "-o", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = cli_json("explain", *FIXTURE, "--data", "fixtures/digits/calib", "-o", out)
     assert doc["saliency"] is True and doc["num_batches"] == 4  # 100 images / 32
     assert len(doc["layers"]) == 7
     layer = doc["layers"][0]
@@ -31,9 +29,7 @@ def test_explain_without_data_and_on_a_pruned_dir(tmp_path):
     res = CliRunner().invoke(app, ["prune", *FIXTURE, "--pct", "80", "--data", "fixtures/digits/calib", "-o", str(pruned)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "spectra"
-    res = CliRunner().invoke(app, ["explain", str(pruned), "--trust-code", "-o", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = cli_json("explain", pruned, "--trust-code", "-o", out)
     assert doc["saliency"] is False and all(layer["with_saliency"] is None for layer in doc["layers"])
     # the pruned layers' kernels are counted as they are now (fewer channels, same 3×3 basis)
     assert all(len(layer["without_saliency"]["e_d"]) == 9 for layer in doc["layers"])

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from explainfix_cli import load
 from explainfix_cli.cli import app
 
-from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, run_cli
+from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, cli_json, run_cli
 
 EVAL = FIXTURES / "digits" / "eval"
 BASE = [*FIXTURE_ARGS, "--data", str(FIXTURE_CALIB)]
@@ -18,11 +18,8 @@ BASE = [*FIXTURE_ARGS, "--data", str(FIXTURE_CALIB)]
 
 def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
     out = tmp_path / "c"
-    res = CliRunner().invoke(app, ["compress", *BASE, "--pct", "70", "--eval-data", str(EVAL), "--finetune-epochs", "1",
-                                   "--max-accuracy-drop", "25", "--min-agreement", "0.7", "--bench-iters", "5",
-                                   "-o", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
+    report = cli_json("compress", *BASE, "--pct", "70", "--eval-data", EVAL, "--finetune-epochs", "1",
+                      "--max-accuracy-drop", "25", "--min-agreement", "0.7", "--bench-iters", "5", "-o", out)
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "model.onnx", "report.json", "summary.md", "arch"}
     assert report["passed"] and all(g["passed"] for g in report["gates"])
     assert [g["name"] for g in report["gates"]] == ["accuracy drop", "top-1 agreement", "ONNX verification"]

@@ -9,7 +9,7 @@ from explainfix_cli import load
 from explainfix_cli.io.codec import read_safetensors
 from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, tensor_batches
 
-from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, invoke
+from conftest import FIXTURES, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, cli_json, invoke
 
 EVAL = FIXTURES / "digits" / "eval"
 BASE = FIXTURE_ARGS
@@ -19,10 +19,8 @@ def test_finetune_keeps_fixed_filters_frozen(tmp_path):
     fixed = tmp_path / "fixed"
     assert invoke("fix", *BASE, "--init", "ghaar", "-o", fixed).exit_code == 0
     tuned = tmp_path / "tuned"
-    res = invoke("finetune", fixed, "--trust-code", "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--epochs", "1",
-                 "--batch-size", "25", "-o", tuned, "--json")
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
+    report = cli_json("finetune", fixed, "--trust-code", "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--epochs", "1",
+                      "--batch-size", "25", "-o", tuned)
     recipe = json.loads((tuned / "explainfix.json").read_text())
     frozen = recipe["frozen"]
     assert frozen and report["fixed_spatial"] and report["frozen_unchanged"]

@@ -12,16 +12,14 @@ from explainfix_cli.cli import app
 from explainfix_cli.explain.kernels import dct_basis_nd, fix_spatial_conv2d
 from explainfix_cli.core.model import iter_spatial_convs
 
-from conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT
+from conftest import FIXTURE_ARCH, FIXTURE_ARGS, FIXTURE_CALIB, FIXTURE_PT, cli_json
 
 BASE = FIXTURE_ARGS
 
 
 def fix(tmp_path, init, *extra):
     out = tmp_path / f"fixed-{init}"
-    res = CliRunner().invoke(app, ["fix", *BASE, "--init", init, "-o", str(out), "--json", *extra])
-    assert res.exit_code == 0, res.output
-    return out, json.loads(res.stdout)
+    return out, cli_json("fix", *BASE, "--init", init, "-o", out, *extra)
 
 
 def original():

@@ -225,3 +225,15 @@ def test_depthwise_classifier_and_segmentation_model(tmp_path):
     assert c["outputs"][0]["pixel_agreement"] == c["agreement"] >= 0.9 and c["outputs"][0]["shape"] == [3, 32, 32]
     left = {n["op_type"] for n in job.report["float_layers"]}
     assert "HardSigmoid" in left and "ReduceMean" in left  # hardswish (HardSigmoid·x) and the SE pooling stay float
+
+
+def test_same_seed_same_int8_file(fixture_int8, tmp_path):
+    """Deterministic for a seed: the calibration subset and order, hence every scale, repeat (in-process API)."""
+    import explainfix_cli as ef
+    from tests.conftest import sha256
+
+    runs = [ef.quantize(fixture_int8 / "model.onnx", FIXTURE_CALIB, out=tmp_path / f"o{k}", bench=False, calib_images=16,
+                        seed=seed) for k, seed in enumerate((3, 3, 4))]
+    digests = [sha256(tmp_path / f"o{k}" / "model.int8.onnx") for k in range(3)]
+    assert digests[0] == digests[1] != digests[2]
+    assert runs[0].report["settings"]["seed"] == 3

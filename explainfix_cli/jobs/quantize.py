@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import BadInput, CheckFailed
-from ..deploy.int8_check import Gate, check_gate_values, compare_onnx, int8_gates, measure_int8
+from ..deploy.int8_check import Gate, Int8Comparison, check_gate_values, compare_onnx, int8_gates, measure_int8
 from ..deploy.quantize import (
     MIN_CALIB_IMAGES,
     WEIGHTED_OPS,
     QuantizeOptions,
+    QuantizeResult,
     calibration_index,
     load_float_onnx,
     module_names,
@@ -33,7 +34,8 @@ from ..deploy.quantize import (
     quantize_onnx,
     resolve_settings,
 )
-from ..io.data import Preprocessing, load_calibration, parse_input_size, resolve_preprocessing
+from ..deploy.sensitivity import ControlResult
+from ..io.data import CalibrationSet, Preprocessing, load_calibration, parse_input_size, resolve_preprocessing
 from ..io.outdir import publish, staging
 from ..prune.pipeline import Progress
 from .common import DataSpec, ModelSpec, now, open_inputs, output_dir
@@ -97,7 +99,6 @@ def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = N
     if max_accuracy_drop is not None and not eval_set.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_set.source} is unlabeled",
                        hint="pass --eval-data with class subfolders, or gate with --min-agreement")
-    settings = resolve_settings(options)
     with staging(out) as work:
         tmp = work / ".quantize-work"
         tmp.mkdir()
@@ -111,41 +112,90 @@ def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = N
                                        seed=options.seed)
             if not check.passed:
                 raise CheckFailed(f"the FP32 ONNX differs from torch; nothing written. {check.summary_line()}")
-        stage("calibrate")
-        meta = {**onnx_metadata(fp32), "explainfix.command": "quantize"}
-        prep = pre_process(fp32, tmp)
-        int8 = work / "model.int8.onnx"
-        res = quantize_onnx(prep, int8, calib, options, work=tmp, settings=settings, metadata=meta)
-        stage("verify")
-        cmp = compare_onnx(fp32, int8, eval_set.batches(batch), threads=threads, source=eval_set.source)
-        gates = int8_gates(cmp, max_accuracy_drop, min_agreement)
-        plain = None  # the INT8 model with nothing kept in float but --keep-float, when control changed it
-        control, ranked = None, []
-        if not all(g.passed for g in gates) and max_float > 0:
-            control, ranked = _control(prep, fp32, res, calib, eval_set, options, settings, tmp, threads, gates,
-                                       max_accuracy_drop, min_agreement, max_float, progress)
-            if control.path is not None:
-                plain = tmp / "plain.int8.onnx"
-                shutil.copyfile(int8, plain)
-                why = {r["name"]: f"accuracy control, #{i + 1}"
-                       for i, r in enumerate(ranked)}
-                res = quantize_onnx(prep, int8, calib, options, work=tmp, settings=settings, exclude=control.kept_float,
-                                    why_excluded=why, metadata=meta)
-                cmp, gates = control.comparison, control.gates
-        timing = None
-        if bench and all(g.passed for g in gates):  # nothing is written otherwise: no time spent timing it
-            stage("bench")
-            timing = measure_int8(fp32, int8, plain, pre.shape, res.float_nodes,
-                                  _macs(prep), threads=threads, iters=bench_iters, rounds=bench_rounds, seed=options.seed)
-        report = _report(model, out, files, settings, res, cmp, gates, control, ranked, timing, notes, calib, eval_set,
-                         pre, max_float)
-        job = QuantizeJob(out, report, gates)
+        step = quantize_checked(fp32, work / "model.int8.onnx", calib, eval_set, options, work=tmp, shape=pre.shape,
+                                max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_float=max_float,
+                                bench=bench, threads=threads, bench_iters=bench_iters, bench_rounds=bench_rounds,
+                                progress=progress)
+        report = {"command": "quantize", "time": now(), "model": str(model.path), "out": str(out), "files": files,
+                  "notes": notes, "preprocessing": pre.to_dict(), **step.to_json()}
+        job = QuantizeJob(out, report, step.gates)
         (work / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         if job.passed:
             shutil.rmtree(tmp)
             publish(work, out, force)
             job.written = True
     return job
+
+
+@dataclass
+class Int8Step:
+    """What :func:`quantize_checked` did: the INT8 file's result, the check, the gates, the control, the timing."""
+
+    result: QuantizeResult
+    comparison: Int8Comparison
+    gates: list[Gate]
+    calib_source: dict
+    eval_source: dict
+    max_float: int
+    control: ControlResult | None = None
+    ranked: list[dict] = field(default_factory=list)
+    bench: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_json(self) -> dict:
+        """The quantization part of a report (``quantize``'s report.json; compress can nest it)."""
+        c = self.control
+        return {
+            "passed": self.passed, "gates": [asdict(g) for g in self.gates], "settings": self.result.settings,
+            "data": self.calib_source, "calib_samples": self.result.calib_samples, "eval_data": self.eval_source,
+            "comparison": self.comparison.to_json(), "quantized_nodes": self.result.quantized_nodes,
+            "weights_int8": self.result.weights_int8, "float_layers": self.result.float_nodes,
+            "accuracy_control": None if c is None else {
+                "passed": c.passed, "kept_float": c.kept_float, "max_float": self.max_float,
+                "sensitivity": self.ranked, "tried": c.tried,
+                "note": None if c.passed else
+                f"no set of up to {self.max_float} layers kept in float meets the gates; the best found is reported"},
+            "bench": self.bench,
+        }
+
+
+def quantize_checked(fp32: Path, int8: Path, calib: CalibrationSet, eval_set: CalibrationSet, options: QuantizeOptions,
+                     *, work: Path, shape: tuple[int, ...], max_accuracy_drop: float | None = None,
+                     min_agreement: float | None = None, max_float: int = 8, bench: bool = True, threads: int = 2,
+                     bench_iters: int = 50, bench_rounds: int = 5, progress: Progress | None = None) -> Int8Step:
+    """The quantize job's steps on an FP32 ONNX file, for any job that has one (compress composes this):
+    quantize → check against FP32 on ``eval_set`` → keep layers in float while a gate fails → time FP32 and
+    INT8 (only when the gates hold). Writes ``int8``; ``work`` holds scratch files."""
+    stage = (lambda name: progress(name, 0, 1)) if progress else (lambda name: None)
+    options = options.check()
+    settings = resolve_settings(options)
+    stage("calibrate")
+    meta = {**onnx_metadata(fp32), "explainfix.command": "quantize"}
+    prep = pre_process(fp32, work)
+    res = quantize_onnx(prep, int8, calib, options, work=work, settings=settings, metadata=meta)
+    stage("verify")
+    cmp = compare_onnx(fp32, int8, eval_set.batches(options.batch_size), threads=threads, source=eval_set.source)
+    gates = int8_gates(cmp, max_accuracy_drop, min_agreement)
+    plain, control, ranked = None, None, []  # plain: the INT8 model before control kept layers in float
+    if not all(g.passed for g in gates) and max_float > 0:
+        control, ranked = _control(prep, fp32, res, calib, eval_set, options, work, threads, max_accuracy_drop,
+                                   min_agreement, max_float, progress)
+        if control.path is not None:
+            plain = work / "plain.int8.onnx"
+            shutil.copyfile(int8, plain)
+            why = {r["name"]: f"accuracy control, #{i + 1}" for i, r in enumerate(ranked)}
+            res = quantize_onnx(prep, int8, calib, options, work=work, settings=settings, exclude=control.kept_float,
+                                why_excluded=why, metadata=meta)
+            cmp, gates = control.comparison, control.gates
+    timing = None
+    if bench and all(g.passed for g in gates):  # a model that failed is not written: no time spent timing it
+        stage("bench")
+        timing = measure_int8(fp32, int8, plain, shape, res.float_nodes, _macs(prep), threads=threads,
+                              iters=bench_iters, rounds=bench_rounds, seed=options.seed)
+    return Int8Step(res, cmp, gates, calib.describe(), eval_set.describe(), max_float, control, ranked, timing)
 
 
 def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | None = None, out: str | Path | None = None,
@@ -163,8 +213,7 @@ def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | Non
                         out=Path(out) if out is not None else None, **kwargs)
 
 
-def _control(prep, fp32, res, calib, eval_set, options, settings, tmp, threads, gates, max_drop, min_agree,
-             max_float, progress):
+def _control(prep, fp32, res, calib, eval_set, options, tmp, threads, max_drop, min_agree, max_float, progress):
     """Rank the weighted quantized layers by sensitivity, then keep the fewest in float that pass the gates."""
     import onnx
 
@@ -176,7 +225,7 @@ def _control(prep, fp32, res, calib, eval_set, options, settings, tmp, threads, 
     cand_path = tmp / "candidate.int8.onnx"
 
     def requantize(names: list[str]) -> Path:
-        quantize_onnx(prep, cand_path, calib, options, work=tmp, settings=settings, exclude=names)
+        quantize_onnx(prep, cand_path, calib, options, work=tmp, settings=res.settings, exclude=names)
         return cand_path
 
     index = calibration_index(calib, SENSITIVITY_SAMPLES, options.batch_size, options.seed)
@@ -238,23 +287,3 @@ def _macs(prep: Path) -> dict[str, int]:
     from ..deploy.sensitivity import node_macs
 
     return node_macs(onnx.load(str(prep), load_external_data=False))
-
-
-def _report(model, out, files, settings, res, cmp, gates, control, ranked, timing, notes, calib, eval_set, pre,
-            max_float) -> dict:
-    from dataclasses import asdict
-
-    return {
-        "command": "quantize", "time": now(), "model": str(model.path), "out": str(out), "files": files,
-        "notes": notes, "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
-        "settings": settings, "preprocessing": pre.to_dict(),
-        "data": calib.describe(), "calib_samples": res.calib_samples, "eval_data": eval_set.describe(),
-        "comparison": cmp.to_json(), "quantized_nodes": res.quantized_nodes, "weights_int8": res.weights_int8,
-        "float_layers": res.float_nodes,
-        "accuracy_control": None if control is None else {
-            "passed": control.passed, "kept_float": control.kept_float, "max_float": max_float,
-            "sensitivity": ranked, "tried": control.tried,
-            "note": None if control.passed else
-            f"no set of up to {max_float} layers kept in float meets the gates; the best found is reported"},
-        "bench": timing,
-    }
