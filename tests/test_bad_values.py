@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT, run_cli, write_image_folder
+from conftest import FIXTURE_ARCH, FIXTURE_CALIB, FIXTURE_PT, cli_json, run_cli, write_image_folder
 
 MLP_SOURCE = '''import torch.nn as nn
 
@@ -83,9 +83,7 @@ def test_npz_mlp_records_its_sample_shape_for_info_and_export(tmp_path):
     assert recipe["preprocessing"]["sample_shape"] == [128]
 
     # info without --data: the MACs of one (128,) input of the pruned model, not of a 3×224² image
-    info = run_cli("info", out, "--trust-code", "--json")
-    assert info.returncode == 0, info.stderr
-    doc = json.loads(info.stdout)
+    doc = cli_json("info", out, "--trust-code", spawn=True)
     from explainfix_cli import load
 
     model = load(out, trust_code=True).eval()  # the pruned width, read back from the written model
@@ -108,9 +106,8 @@ def test_npz_mlp_records_its_sample_shape_for_info_and_export(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
     # bench without --input-size: timed on (N, 128) inputs too
-    b = run_cli("bench", out, "--trust-code", "--iters", "3", "--warmup", "1", "--rounds", "1", "--json")
-    assert b.returncode == 0, b.stderr
-    assert json.loads(b.stdout)["rows"][0]["macs"] == 128 * k + k * 10
+    bench = cli_json("bench", out, "--trust-code", "--iters", "3", "--warmup", "1", "--rounds", "1", spawn=True)
+    assert bench["rows"][0]["macs"] == 128 * k + k * 10
 
 
 def test_a_recorded_shape_over_the_bound_is_refused(tmp_path):
@@ -200,9 +197,7 @@ def test_an_empty_class_folder_keeps_every_label_and_is_named(tmp_path):
     calib = load_calibration(data, Preprocessing(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,)))
     assert calib.classes == ["a", "b", "c"] and calib.labels == [0, 0, 2, 2] and calib.empty_classes == ["b"]
     out = tmp_path / "out"
-    r = run_cli(*fixture_prune("--data", data, "--json", "-o", out))
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = cli_json(*fixture_prune("--data", data, "-o", out), spawn=True)
     assert any("b hold no images" in n and "index" in n for n in report["load_notes"]), report["load_notes"]
     assert run_cli("info", out, "--trust-code").returncode == 0
 

@@ -11,6 +11,7 @@ from explainfix_cli.io.arch import sha256_file
 from explainfix_cli.cli import app
 from explainfix_cli.core.errors import UnsupportedOp
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
+from tests.conftest import cli_json
 from explainfix_cli.prune.pipeline import prune_model
 
 FIXTURE = "fixtures/digits_resnet.pt"
@@ -26,10 +27,7 @@ def outputs(model, x):
 def test_cli_prune_fixture_end_to_end(tmp_path):
     out = tmp_path / "pruned"
     before = sha256_file(FIXTURE)
-    res = CliRunner().invoke(app, ["prune", FIXTURE, "--arch", ARCH, "--pct", "90", "--data", CALIB,
-                                   "--input-size", "32", "-o", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
+    report = cli_json("prune", FIXTURE, "--arch", ARCH, "--pct", "90", "--data", CALIB, "--input-size", "32", "-o", out)
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "explainfix.json", "report.json", "arch"}
     assert (out / "arch" / "digits_resnet.py").is_file()  # the file architecture travels with the model
     assert report["params_after"] < report["params_before"]
@@ -43,9 +41,7 @@ def test_cli_prune_fixture_end_to_end(tmp_path):
     assert recipe["source"]["sha256"] == before and recipe["edits"][0]["op"] == "prune"
     assert sha256_file(FIXTURE) == before  # input untouched
     # the reloaded directory is usable by every command (its arch/ file runs with --trust-code)
-    res = CliRunner().invoke(app, ["info", str(out), "--trust-code", "--json"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["params"] == report["params_after"]
+    assert cli_json("info", out, "--trust-code")["params"] == report["params_after"]
 
 
 def _checkpoint(tmp_path, name, **kwargs):

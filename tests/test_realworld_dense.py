@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import invoke, write_image_folder, zero_smallest_kernels
+from conftest import cli_json, invoke, write_image_folder, zero_smallest_kernels
 
 from explainfix_cli.core.model import output_tensors
 from explainfix_cli.deploy.onnx import export_onnx
@@ -93,10 +93,8 @@ def test_smp_through_the_cli_from_an_unlabelled_folder(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet.safetensors")
     data = write_image_folder(tmp_path / "imgs", 8, size=64, labelled=False)
     out = tmp_path / "p"
-    r = invoke("prune", tmp_path / "unet.safetensors", "--arch", "smp:Unet", "--arch-kwargs", json.dumps(MODELS["smp:Unet"]),
-               "--data", data, "--input-size", "64", "--target-macs", "2x", "-o", out, "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json("prune", tmp_path / "unet.safetensors", "--arch", "smp:Unet", "--arch-kwargs", json.dumps(MODELS["smp:Unet"]),
+                   "--data", data, "--input-size", "64", "--target-macs", "2x", "-o", out)
     assert doc["check"]["status"] == "passed" and doc["criterion"] == "channel" and doc["budget"]["within_tolerance"]
     r = invoke("export", out, "-o", tmp_path / "x")  # the directory rebuilds (smp is allow-listed), ONNX checked
     assert r.exit_code == 0, r.output
@@ -120,16 +118,12 @@ def test_yolo_training_checkpoint_prunes_and_exports(tmp_path):
     _yolo_checkpoint(tmp_path / "best.pt")
     data = write_image_folder(tmp_path / "imgs", 8, size=64, labelled=False)
     out = tmp_path / "p"
-    r = invoke("prune", tmp_path / "best.pt", "--trust-pickle", "--data", data, "--input-size", "64",
-               "--target-macs", "2x", "-o", out, "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)  # stdout is the one document although ultralytics logs to stdout
+    doc = cli_json("prune", tmp_path / "best.pt", "--trust-pickle", "--data", data, "--input-size", "64",
+                   "--target-macs", "2x", "-o", out)  # stdout is the one document although ultralytics logs to stdout
     assert "using the module under 'ema' of the checkpoint" in doc["load_notes"] and doc["weights_dtype"] == "float16"
     assert doc["check"]["status"] == "passed" and doc["budget"]["within_tolerance"] and doc["channels_removed"] > 0
     assert not doc["opaque"]  # the Detect head is analysed too (its anchor cache is not left in the model)
-    r = invoke("export", out, "--trust-pickle", "-o", tmp_path / "x", "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json("export", out, "--trust-pickle", "-o", tmp_path / "x")
     assert doc["export"]["dynamic_batch"] and doc["export"]["path"] == str(tmp_path / "x" / "model.onnx")
 
 
@@ -173,9 +167,7 @@ def test_yolo_compress_with_distillation(tmp_path):
             "--target-macs", "2x", "--no-bench"]
     r = invoke(*args, "--min-agreement", "0.9", "-o", tmp_path / "bad")
     assert r.exit_code == 2 and "not (N, classes) logits" in r.output and not (tmp_path / "bad").exists()
-    r = invoke(*args, "--distill", "--finetune-epochs", "1", "-o", tmp_path / "c", "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json(*args, "--distill", "--finetune-epochs", "1", "-o", tmp_path / "c")
     assert doc["passed"] and [g["name"] for g in doc["gates"]] == ["ONNX verification"]
     assert doc["finetune"]["options"]["objective"] == "distillation" and doc["finetune"]["epochs"][0]["loss"] > 0
     assert doc["compressed"]["agreement"] is None and (tmp_path / "c" / "model.onnx").is_file()

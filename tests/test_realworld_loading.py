@@ -9,7 +9,7 @@ import torchvision as tv
 from explainfix_cli.io.arch import arch_spec, build_arch
 from explainfix_cli.io.checkpoint import load_model
 
-from conftest import FIXTURE_ARGS, FIXTURE_CALIB, invoke
+from conftest import FIXTURE_ARGS, FIXTURE_CALIB, cli_json, invoke
 
 
 def test_state_dict_metadata_is_kept_mnasnet(tmp_path):
@@ -117,10 +117,8 @@ def _half_resnet(tmp_path, dtype, bn_fp32=False):
 def test_half_checkpoint_is_written_in_its_dtype(tmp_path, dtype):
     src, sd = _half_resnet(tmp_path, dtype)
     out = tmp_path / "p"
-    r = invoke("prune", src, "--arch", "torchvision:resnet18", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "32",
-               "--pct", "70", "--criterion", "magnitude", "-o", out, "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json("prune", src, "--arch", "torchvision:resnet18", "--arch-kwargs", '{"num_classes": 10}', "--input-size", "32",
+                   "--pct", "70", "--criterion", "magnitude", "-o", out)
     name = str(dtype).removeprefix("torch.")
     assert doc["weights_dtype"] == name and doc["check"]["status"] == "passed"
     assert any(f"stored as {name}" in n and f"writes them as {name}" in n for n in doc["load_notes"])
@@ -158,10 +156,8 @@ def test_training_checkpoint_holding_a_half_module(tmp_path):
     out = tmp_path / "p"
     r = invoke("prune", tmp_path / "best.pt", "--input-size", "32", "--pct", "60", "--criterion", "magnitude", "-o", out, "--json")
     assert r.exit_code == 2 and "--trust-pickle" in r.output  # a pickle: refused unless trusted
-    r = invoke("prune", tmp_path / "best.pt", "--trust-pickle", "--input-size", "32", "--target-macs", "2x", "--criterion",
-               "magnitude", "-o", out, "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json("prune", tmp_path / "best.pt", "--trust-pickle", "--input-size", "32", "--target-macs", "2x", "--criterion",
+                   "magnitude", "-o", out)
     assert "using the module under 'model' of the checkpoint" in doc["load_notes"] and doc["weights_dtype"] == "float16"
     assert doc["check"]["status"] == "passed" and doc["params_after"] < doc["params_before"]
     again = load_model(out, trust_pickle=True)  # the directory rebuilds from the same checkpoint file
@@ -190,9 +186,7 @@ def test_timm_save_pretrained_directory(tmp_path):
     assert loaded.source_format == "pretrained" and "timm: resnet18d" in loaded.notes[0]
     assert loaded.preprocessing["input_size"] == [224, 224] and loaded.preprocessing["channels"] == 1
     out = tmp_path / "p"
-    r = invoke("prune", d, "--input-size", "64", "--target-macs", "2x", "--criterion", "magnitude", "-o", out, "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = cli_json("prune", d, "--input-size", "64", "--target-macs", "2x", "--criterion", "magnitude", "-o", out)
     assert doc["check"]["status"] == "passed" and doc["budget"]["achieved"] <= 0.51
     recipe = json.loads((out / "explainfix.json").read_text())
     assert recipe["arch"]["kwargs"]["model_name"] == "resnet18d" and recipe["arch"]["kwargs"]["in_chans"] == 1
