@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from explainfix_cli.prune.options import PruneOptions
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 MODELS = ["squeezenet1_1", "mobilenet_v3_small", "densenet121", "mobilenet_v2", "resnet18"]
 

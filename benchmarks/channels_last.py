@@ -16,7 +16,7 @@ import torch
 
 from explainfix_cli.core.layout import ENV
 from explainfix_cli.prune.options import PruneOptions
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 
 def main() -> None:

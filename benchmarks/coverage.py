@@ -7,7 +7,7 @@ Every model of ``torchvision.models.list_models(module=torchvision.models)`` is 
 (seed 0, eval mode) and a small input (64×64; 96 for inception_v3, 224 where the architecture fixes it),
 then, each in its own subprocess:
 
-* ours: ``prune_model(model, pct, criterion="magnitude", check_inputs=x)`` on 2 random inputs. Result:
+* ours: ``prune_model(model, PruneOptions(pct=pct, criterion="magnitude"), check_inputs=x)`` on 2 random inputs. Result:
   ``pruned`` (self-check passed: pruned ≡ masked equivalent, channels removed), ``unchanged`` (self-check
   passed, no channel removable: frozen, or no kernel row entirely zeroed), ``refused`` (exit 3, with the
   reason), or ``CRASH`` (any other exception — must never happen).
@@ -113,12 +113,13 @@ def build(name: str):
 
 def run_ours(name: str, pct: float) -> dict:
     from explainfix_cli.core.errors import CannotProcess
-    from explainfix_cli.prune.pipeline import prune_model
+    from explainfix_cli.prune.options import PruneOptions
+    from explainfix_cli.prune.pruner import prune_model
 
     model, x = build(name)
     t0 = time.perf_counter()
     try:
-        r = prune_model(model, pct, example=x[:1], criterion="magnitude", check_inputs=x)
+        r = prune_model(model, PruneOptions(pct=pct, criterion="magnitude"), example=x[:1], check_inputs=x)
     except CannotProcess as e:
         return {"status": "refused", "reason": e.message, "seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001 - this is what the matrix must show

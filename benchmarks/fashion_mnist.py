@@ -44,7 +44,7 @@ from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
 from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
 from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
 from explainfix_cli.prune.options import PruneOptions  # noqa: E402
-from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 from explainfix_cli.train.batches import tensor_batches  # noqa: E402
 from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, recalibrate_batchnorm  # noqa: E402
 from explainfix_cli.train.objectives import Distillation  # noqa: E402

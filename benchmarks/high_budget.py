@@ -34,7 +34,7 @@ import fashion_mnist as F  # noqa: E402
 from explainfix_cli.core.model import count_macs  # noqa: E402
 from explainfix_cli.prune import select  # noqa: E402
 from explainfix_cli.prune.options import PruneOptions  # noqa: E402
-from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 from explainfix_cli.train.finetune import TrainOptions  # noqa: E402
 
 

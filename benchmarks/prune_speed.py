@@ -94,8 +94,8 @@ def main() -> None:
             job = prune_job(
                 ModelSpec(ckpt, f"torchvision.models:{args.arch}", '{"num_classes": 10}'),
                 DataSpec(data, input_size=str(args.size), batch_size=args.batch_size),
-                None if args.target_macs else args.pct, out=tmp / f"pruned{r}", device="cpu",
-                options=PruneOptions(target_macs=args.target_macs) if args.target_macs else None,
+                PruneOptions(target_macs=args.target_macs) if args.target_macs else PruneOptions(pct=args.pct),
+                out=tmp / f"pruned{r}", device="cpu",
             )
             total = time.perf_counter() - t0
             rounds.append((total / sum(base.values()), base, job, total, total / sum(full.values())))

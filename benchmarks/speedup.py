@@ -22,6 +22,7 @@ import torch
 import torchvision
 
 from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench
+from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.deploy.onnx import export_onnx
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
 
@@ -68,8 +69,7 @@ def main() -> None:
             variants = []
             for pct, rt in [(p, r) for p in args.pcts for r in args.round_to]:
                 out = tmp / f"{arch}-{pct:g}-{rt}"
-                job = prune_job(spec, DataSpec(data, input_size=str(args.size), batch_size=16), pct, out=out,
-                                device="cpu", round_to=rt if rt > 1 else None)
+                job = prune_job(spec, DataSpec(data, input_size=str(args.size), batch_size=16), PruneOptions(pct=pct, round_to=rt if rt > 1 else None), out=out, device="cpu")
                 export_onnx(job.model, torch.randn(2, *shape), out / "model.onnx")
                 variants.append((pct, rt, job.result.macs_after / job.result.macs_before, out / "model.onnx"))
             for b in args.batches:

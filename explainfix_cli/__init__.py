@@ -33,7 +33,8 @@ _API = {
     "explain_model": "explain.spectra", "explainsteer_layerwise_with_saliency": "explain.spectra",
     "explainsteer_layerwise_without_saliency": "explain.spectra",
     "load_model": "io.checkpoint", "load": "io.model_dir", "save_model_dir": "io.model_dir",
-    "channelprune": "prune.pipeline", "fill_zero_initialization": "prune.pipeline", "prune_model": "prune.pipeline",
+    "channelprune": "prune.pruner", "fill_zero_initialization": "prune.pipeline", "prune_model": "prune.pruner",
+    "Pruner": "prune.pruner", "PruneOptions": "prune.options",
     "get_spatial_filter_magnitude": "prune.saliency", "get_spatial_filter_saliency": "prune.saliency",
     "zero_least_salient_spatial_filters": "prune.saliency",
     "quantize": "jobs.quantize",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "__version__", "load", "load_model", "save_model_dir", "channelprune", "prune_model",
+    "__version__", "load", "load_model", "save_model_dir", "channelprune", "prune_model", "Pruner", "PruneOptions",
     "fill_zero_initialization", "get_spatial_filter_saliency", "get_spatial_filter_magnitude",
     "zero_least_salient_spatial_filters", "ExplainFixError", "BadInput", "CannotProcess", "CheckFailed",
     "UnsupportedOp", "explain_model", "explainsteer_layerwise_with_saliency",

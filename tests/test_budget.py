@@ -13,7 +13,7 @@ from explainfix_cli.core.model import count_macs, iter_spatial_convs
 from explainfix_cli.io.checkpoint import load_model
 from explainfix_cli.io.data import load_calibration, resolve_preprocessing
 from explainfix_cli.prune.options import PruneOptions, parse_target
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 tv = pytest.importorskip("torchvision")
 

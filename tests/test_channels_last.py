@@ -6,7 +6,7 @@ from torch import nn
 from explainfix_cli.channels import graph as graph_mod
 from explainfix_cli.core.layout import channels_last
 from explainfix_cli.prune.options import PruneOptions
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 from explainfix_cli.prune.scoring import score_model
 
 

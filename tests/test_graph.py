@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainfix_cli.channels.graph import build_graph
+from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.core.errors import UnsupportedOp
 from explainfix_cli.io.edits import apply_edit
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 
 def prune(model, x, zero=(), allow_inexact=False):
@@ -23,7 +24,7 @@ def prune(model, x, zero=(), allow_inexact=False):
             if getattr(mod, "bias", None) is not None:
                 mod.bias[rows] = 0.0
     fresh = copy.deepcopy(model)
-    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x, allow_inexact_folds=allow_inexact)
+    r = prune_model(model, PruneOptions(pct=1, criterion="magnitude", allow_inexact_folds=allow_inexact), example=x[:1], check_inputs=x)
     assert (r.check.passed or allow_inexact) and r.check.pruned_vs_masked_rel <= 1e-4
     apply_edit(fresh, r.edit)
     a, b = fresh.state_dict(), model.state_dict()
@@ -261,7 +262,7 @@ def test_several_inputs_and_outputs():
     with torch.no_grad():
         m.a.weight[1] = 0.0
         m.b.weight[1] = 0.0
-    r = prune_model(m.eval(), 1, example=(x[:1], z[:1]), criterion="magnitude", check_inputs=(x, z))
+    r = prune_model(m.eval(), PruneOptions(pct=1, criterion="magnitude"), example=(x[:1], z[:1]), check_inputs=(x, z))
     assert r.check.passed and m.a.out_channels == 4  # h is an output: frozen
 
 
@@ -339,7 +340,7 @@ def test_branch_on_a_channel_count_is_refused_after_surgery():
     m = Decoder(branch_on_channels=True).zero_some_rows().eval()
     x = torch.randn(2, 3, 16, 16)
     with pytest.raises(CannotProcess, match="control flow depends on a channel count at Decoder .*models_for_tests"):
-        prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+        prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
 
 
 def test_unsupported_op_behind_frozen_channels_is_run_as_it_is():
@@ -395,7 +396,7 @@ def test_shared_modules_merge_their_call_sites():
         m.head.weight[:, [2, 6]] = 0.0
     fresh = copy.deepcopy(m)
     x, y = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
-    r = prune_model(m, 1, example=(x[:1], y[:1]), criterion="magnitude", check_inputs=(x, y))
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=(x[:1], y[:1]), check_inputs=(x, y))
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
     assert (m.enc[0].out_channels, m.enc[1].num_features, m.enc[3].in_channels) == (4, 4, 4)
     assert m.enc[3].out_channels == 3 and m.head.in_features == 6
@@ -477,7 +478,7 @@ def test_report_says_why_removable_channels_stay():
     m = Net().eval()
     with torch.no_grad():
         m.c1.weight[2], m.c1.bias[2] = 0, 0  # dead: c2 reads a constant 0 from it
-    r = prune_model(m, 1, example=torch.randn(1, 3, 8, 8), criterion="magnitude", check_inputs=torch.randn(2, 3, 8, 8))
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=torch.randn(1, 3, 8, 8), check_inputs=torch.randn(2, 3, 8, 8))
     assert r.channels_removed == 0 and m.c1.out_channels == 6
     assert list(r.kept.values()) == [1] and next(iter(r.kept)).startswith("frozen: ")
     assert r.to_json()["nothing_removed"].startswith("1 channels could go but stay (frozen: ")

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
+from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.io.edits import apply_edit
 
 KINDS = ("conv", "add", "cat", "split", "group", "se", "prelu", "up", "shared")
@@ -107,7 +108,7 @@ def test_pruned_equals_masked_and_zeroed(spec, seed, pct, dead):
                 m.weight[:, torch.rand(m.weight.shape[1], generator=g) < dead] = 0.0
     fresh = copy.deepcopy(net)
     x = torch.randn(3, 3, 10, 10, generator=g)  # 4 unpadded 3×3 convs leave 2×2
-    r = prune_model(net, pct, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(net, PruneOptions(pct=pct, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
     if r.nonzero_folds == 0:
         assert r.check.masked_vs_zeroed_rel <= 1e-4

@@ -7,12 +7,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from explainfix_cli import load
+from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.io.arch import sha256_file
 from explainfix_cli.cli import app
 from explainfix_cli.core.errors import UnsupportedOp
 from explainfix_cli.jobs import DataSpec, ModelSpec, prune_job
 from tests.conftest import cli_json
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 FIXTURE = "fixtures/digits_resnet.pt"
 ARCH = "fixtures/digits_resnet.py:DigitsResNet"
@@ -65,11 +66,7 @@ ZOO = [
 @pytest.mark.parametrize("name,size,pct", ZOO, ids=[z[0] for z in ZOO])
 def test_prune_torchvision_zoo(tmp_path, name, size, pct):
     ckpt = _checkpoint(tmp_path, name, num_classes=10)
-    job = prune_job(
-        ModelSpec(ckpt, f"torchvision.models:{name}", '{"num_classes": 10}'),
-        DataSpec(CALIB, input_size=str(size), batch_size=16, batches=2),
-        pct, out=tmp_path / "out", device="cpu",
-    )
+    job = prune_job(ModelSpec(ckpt, f"torchvision.models:{name}", '{"num_classes": 10}'), DataSpec(CALIB, input_size=str(size), batch_size=16, batches=2), PruneOptions(pct=pct), out=tmp_path / "out", device="cpu")
     r = job.result
     assert r.params_after < r.params_before and r.channels_removed > 0
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
@@ -111,7 +108,7 @@ def _foldnet(padding):
 def test_constant_channels_fold_exactly_without_padding():
     m = _foldnet(0)
     x = torch.randn(4, 3, 8, 8)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.nonzero_folds > 0 and r.inexact_folds == 0
     assert m.c1.out_channels < 6 and m.c2.in_channels == m.c1.out_channels
     assert r.check.masked_vs_zeroed_rel <= 1e-5  # exact: pruned ≡ zeroed
@@ -120,13 +117,13 @@ def test_constant_channels_fold_exactly_without_padding():
 def test_inexact_fold_into_zero_padded_conv_is_refused_by_default_and_reported_when_allowed():
     x = torch.randn(4, 3, 8, 8)
     m = _foldnet(1)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.inexact_folds == 0 and r.inexact_kept == 2  # the two constant channels stay
     assert m.c1.out_channels == 6
     assert r.check.passed and r.check.status == "passed" and r.check.masked_vs_zeroed_rel <= 1e-4
 
     m = _foldnet(1)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x, allow_inexact_folds=True)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude", allow_inexact_folds=True), example=x[:1], check_inputs=x)
     assert r.inexact_folds > 0 and m.c1.out_channels == 4
     assert not r.check.passed and r.check.status == "inexact"  # never "passed" for it
     assert r.check.pruned_vs_masked_rel <= 1e-4  # still ≡ masked equivalent (no index error)
@@ -140,7 +137,7 @@ def test_flatten_into_linear_removes_feature_blocks():
         m.c2.bias[2] = 0.0
     x = torch.randn(4, 3, 8, 8)
     ref = outputs(m, x)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert m.c2.out_channels == 4 and m.fc.in_features == 4 * 16
     assert r.check.passed
     assert r.check.masked_vs_zeroed_rel <= 1e-5
@@ -159,7 +156,7 @@ def test_unknown_op_is_refused_naming_op_and_module():
 
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(UnsupportedOp) as e:
-        prune_model(Odd().eval(), 50, example=x[:1], criterion="magnitude")
+        prune_model(Odd().eval(), PruneOptions(pct=50, criterion="magnitude"), example=x[:1])
     assert "cumsum" in e.value.message and "node" in e.value.message
     res = CliRunner().invoke(app, ["info", "--help"])
     assert res.exit_code == 0
@@ -171,24 +168,20 @@ def test_model_outputs_and_inputs_are_never_pruned():
     with torch.no_grad():
         m[2].weight[3] = 0.0
     x = torch.randn(2, 3, 8, 8)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert m[2].out_channels == 6 and r.check.passed
 
 
 def test_magnitude_with_data_still_reports_agreement_and_accuracy(tmp_path):
-    job = prune_job(
-        ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 90, out=tmp_path / "o",
-        criterion="magnitude", device="cpu",
-    )
+    job = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), PruneOptions(pct=90, criterion="magnitude"), out=tmp_path / "o", device="cpu")
     r = job.result
     assert r.criterion == "magnitude" and r.eval_samples == 100
     assert r.accuracy_before == 1.0 and 0.0 <= r.accuracy_after <= 1.0 and r.agreement is not None
 
 
 def test_round_to_keeps_channel_counts_multiples_and_stays_exact(tmp_path):
-    plain = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 80, out=tmp_path / "a", device="cpu")
-    job = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), 80, out=tmp_path / "b", device="cpu",
-                    round_to=8)
+    plain = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), PruneOptions(pct=80), out=tmp_path / "a", device="cpu")
+    job = prune_job(ModelSpec(FIXTURE, ARCH), DataSpec(CALIB, input_size="32"), PruneOptions(pct=80, round_to=8), out=tmp_path / "b", device="cpu")
     assert job.result.check.passed
     changed = [row for row in job.result.layers if row.out_after != row.out_before]
     assert changed and all(row.out_after % 8 == 0 for row in changed)

@@ -5,7 +5,7 @@ from conftest import seeded_batches, small_resnet18
 from torch import nn
 
 from explainfix_cli.prune.options import PruneOptions
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 
 def _kept(model, before):

@@ -21,7 +21,7 @@ from conftest import zero_smallest_kernels  # noqa: E402
 from explainfix_cli.core.errors import UnsupportedOp  # noqa: E402
 from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
 from explainfix_cli.prune.options import PruneOptions  # noqa: E402
-from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 
 # name → expected outcome (pruned | refused); pruned includes "checked, no channel removable"
 TIMM = {
@@ -63,7 +63,7 @@ def test_timm_prunes_exactly_or_is_refused(name, tmp_path):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     original = copy.deepcopy(model)
     try:
-        r = prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+        r = prune_model(model, PruneOptions(pct=70, criterion="magnitude"), example=x[:1], check_inputs=x)
     except UnsupportedOp as e:
         assert TIMM[name] == "refused", f"{name}: {e.message}"
         assert e.op and e.where and "cannot prune through op" in e.message
@@ -87,7 +87,7 @@ def test_timm_prunes_exactly_or_is_refused(name, tmp_path):
 def test_weight_standardised_convs_are_not_reported_zeroed():
     model = timm.create_model("nf_resnet26", pretrained=False, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
-    r = prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=70, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.filters_zeroed == 0 and r.filters_total == 0
     assert any("weight standardisation" in why for why in r.opaque.values())
 
@@ -143,7 +143,7 @@ def test_same_padded_conv_is_sliced_and_its_border_respected():
         m.bn.bias[2], m.bn.bias[5] = 0.7, -3.0  # channel 2: relu(0.7) folds inexactly; channel 5: relu(-3) = 0
     x = torch.randn(4, 3, 15, 16)
     zeroed = copy.deepcopy(m)
-    r = prune_model(m, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(m, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
     assert m.c1.out_channels == 7 and m.c2.in_channels == 7  # 5 removed (exact), 2 kept (inexact fold)
     with torch.no_grad():

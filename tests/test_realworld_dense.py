@@ -15,7 +15,7 @@ from explainfix_cli.core.model import output_tensors
 from explainfix_cli.deploy.onnx import export_onnx
 from explainfix_cli.io.arch import arch_spec, build_arch
 from explainfix_cli.prune.options import PruneOptions
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.pruner import prune_model
 
 MODELS = {  # --arch as a user types it, --arch-kwargs
     "smp:Unet": {"encoder_name": "resnet18", "classes": 3},
@@ -53,7 +53,7 @@ def test_dense_model_prunes_exactly(arch, tmp_path):
     model = _build(arch)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     original = copy.deepcopy(model)
-    r = prune_model(model, 90, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=90, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and r.channels_removed > 0, (arch, r.nothing_removed)
     zeroed = copy.deepcopy(original)
     zero_smallest_kernels(zeroed, r.filters_zeroed)
@@ -191,6 +191,6 @@ def test_torchvision_detectors_are_refused_naming_the_place(name, where, why):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 128, 128)
     with pytest.raises(UnsupportedOp) as e:
-        prune_model(model, 70, example=x[:1], criterion="magnitude", check_inputs=x)
+        prune_model(model, PruneOptions(pct=70, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert e.value.where == where and re.search(why, e.value.message), e.value.message
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from explainfix_cli.core.gradients import normalise_output, onehot_targets
+from explainfix_cli.prune.options import PruneOptions
 from explainfix_cli.core.model import iter_spatial_convs
 from explainfix_cli.prune.saliency import get_spatial_filter_magnitude, get_spatial_filter_saliency, global_lowest
-from explainfix_cli.prune.pipeline import fill_zero_initialization, prune_model
+from explainfix_cli.prune.pipeline import fill_zero_initialization
+from explainfix_cli.prune.pruner import prune_model
 
 
 def tiny_net(seed=0):
@@ -112,7 +114,7 @@ def test_fill_modes(fill):
     original = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(6, 3, 8, 8)
     y = torch.tensor([0, 1, 2, 3, 0, 1])
-    r = prune_model(model, 60, example=x[:1], batches=lambda: [(x, y)], fill=fill, check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=60, fill=fill), example=x[:1], batches=lambda: [(x, y)], check_inputs=x)
     assert r.check.passed
     kept_zero = sum(int((m.weight.flatten(2).abs().sum(2) == 0).sum()) for _, m in iter_spatial_convs(model))
     if fill == "none":

@@ -13,7 +13,8 @@ from torch import nn
 
 import explainfix_cli
 from explainfix_cli.channels.graph import build_graph
-from explainfix_cli.prune.pipeline import prune_model
+from explainfix_cli.prune.options import PruneOptions
+from explainfix_cli.prune.pruner import prune_model
 
 ARCH = str(Path(__file__).parent / "models_for_tests.py")
 
@@ -66,7 +67,7 @@ def test_train_only_branch_keeps_the_channels_it_reads():
         model.aux_conv.weight[:, 1] = 0
     stats = model.bn1.running_mean.clone()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and r.check.training == "passed"
     assert (model.mid.out_channels, model.bn2.num_features, model.aux_conv.in_channels, model.head.in_channels) == (23, 23, 23, 23)
     assert not model.training and torch.equal(model.bn1.running_mean, stats)  # the check left no trace
@@ -145,7 +146,7 @@ def test_scalar_affine_keeps_channel_identity():
             conv.bias[[2, 7]] = 0
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     want = model(x)
-    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and model.stem.out_channels == 14 and model.fc.in_features == 14
     assert r.nonzero_folds > 0  # channel c is the constant b there, folded into fc's bias
     assert torch.allclose(model(x), want, atol=1e-5)
@@ -174,7 +175,7 @@ def test_autocast_block_traces_and_prunes():
         model.a.weight[3] = 0
         model.a.bias[3] = 0
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    r = prune_model(model, 1, example=x[:1], criterion="magnitude", check_inputs=x)
+    r = prune_model(model, PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert r.check.passed and model.a.out_channels == 7 and not r.opaque
 
 

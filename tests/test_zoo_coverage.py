@@ -12,7 +12,8 @@ import torch
 tv = pytest.importorskip("torchvision")
 
 from explainfix_cli.core.errors import CannotProcess, UnsupportedOp  # noqa: E402
-from explainfix_cli.prune.pipeline import prune_model  # noqa: E402
+from explainfix_cli.prune.options import PruneOptions
+from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 
 ALL = tv.models.list_models(module=tv.models)
 # model → expected outcome in CI (pruned / refused)
@@ -47,7 +48,7 @@ def test_zoo_model_prunes_or_is_refused(name):
     s = _size(name)
     x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))
     try:
-        r = prune_model(model, 90, example=x[:1], criterion="magnitude", check_inputs=x)
+        r = prune_model(model, PruneOptions(pct=90, criterion="magnitude"), example=x[:1], check_inputs=x)
     except UnsupportedOp as e:
         assert e.op and e.where and "cannot prune through op" in e.message
         outcome = "refused"

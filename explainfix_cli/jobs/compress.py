@@ -5,7 +5,7 @@ model and prunes toward the geometric schedule ``budget^(k/K)`` of the original,
 at the budget itself, so the run ends at the budget (within its tolerance). ``distill`` fine-tunes from
 the original model's outputs (labels optional).
 
-    job = compress_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), pct=70,
+    job = compress_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), PruneOptions(pct=70),
                        eval_data=Path("eval"), max_accuracy_drop=1.0, min_agreement=0.95)
     job.passed, [g.name for g in job.gates if not g.passed]
 
@@ -27,10 +27,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..channels import graph as graph_mod
 from ..core import dist
 from ..core.errors import BadInput
 from ..core.model import count_params
@@ -39,14 +37,16 @@ from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.outdir import staging
-from ..prune.options import BUDGET_TOLERANCE, PruneOptions
-from ..prune.select import check_budget
+from ..prune.budget import met
+from ..prune.options import PruneOptions
+from ..prune.pipeline import PruneResult
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .export import export_verified, provenance_metadata
-from .finetune import check_recovery_data, finetune_opened, recovery_options
-from .prune import prune_opened
+from .finetune import check_recovery_data, recovery_options
+from .prune import pruner_for
+from .rounds import Recovery, Round, run_round
 from .summary import summary_markdown
 
 
@@ -82,14 +82,11 @@ class CompressJob:
 def compress_job(
     model: ModelSpec,
     data: DataSpec,
-    pct: float | None = None,
+    options: PruneOptions,
     *,
     eval_data: Path | None = None,
     finetune_epochs: int = 0,
     train: TrainOptions | None = None,
-    criterion: str | None = None,
-    fill: str = "none",
-    round_to: int | None = None,
     max_accuracy_drop: float | None = None,
     min_agreement: float | None = None,
     atol: float = 1e-4,
@@ -104,14 +101,12 @@ def compress_job(
     force: bool = False,
     progress: Progress | None = None,
     on_step: Any = None,
-    options: PruneOptions | None = None,
     steps: int = 1,
     distill: Any = None,
 ) -> CompressJob:
-    """``options`` (budgets: ``PruneOptions(target_macs="4x")``) replaces ``pct``/``criterion``/``fill``/``round_to``;
-    ``distill`` is a ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step."""
+    """``options``: how much to prune (``PruneOptions(target_macs="4x")``, ``PruneOptions(pct=70)``); ``distill`` is a
+    ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol)
-    options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
     resolved = options.resolved(has_data=data.path is not None)
     if not (isinstance(steps, int) and 1 <= steps <= 20):
         raise BadInput(f"--steps must be an integer in [1, 20], got {steps}")
@@ -123,10 +118,11 @@ def compress_job(
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     out = output_dir(out, "compressed", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
-    if resolved.budget is not None:  # an unreachable (final) budget: refused before any data is read
-        example = opened.example(1).to(opened.device)
-        check_budget(opened.model, graph_mod.trace(opened.model.to(opened.device).eval(), example), resolved, example,
-                     opened.macs)
+    costs = {"macs": opened.macs, "params": count_params(opened.model)}
+    first = pruner_for(opened, data, _step_options(resolved, 1, steps, costs, costs), seed, progress)
+    if steps > 1:  # an unreachable final budget: refused before any data is read (round 1 checks its own below)
+        pruner_for(opened, data, resolved, seed).check()
+    first.check()
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     if max_accuracy_drop is not None and not eval_calib.labeled:
         raise BadInput(f"--max-accuracy-drop needs labeled evaluation data; {eval_calib.source} is unlabeled",
@@ -140,23 +136,21 @@ def compress_job(
     if not len(before["preds"]) and (max_accuracy_drop is not None or min_agreement is not None):
         raise BadInput("--max-accuracy-drop and --min-agreement compare top-1 classes; this model's output is not "
                        "(N, classes) logits", hint="gate on the ONNX verification (always on) and the self-check")
-    rounds, recipe = [], None
-    costs = {"macs": opened.macs, "params": count_params(original)}
+    rounds: list[Round] = []
+    recipe = None
     for k in range(1, steps + 1):
         current = {"macs": opened.macs, "params": count_params(opened.model)}
         step_options = _step_options(resolved, k, steps, current, costs)
-        result, recipe = prune_opened(opened, data, step_options, seed=seed, progress=progress, recipe=recipe)
-        pruned_eval = evaluate_on(opened.model, eval_calib, bs, opened.device)
-        tuned = None
-        if train is not None:
-            tuned, recipe = finetune_opened(opened, data, train, None, None, seed + k - 1, on_step, recipe=recipe,
-                                            teacher=original if distill is not None else None, distill=distill)
-            original.to("cpu")
-        rounds.append((result, pruned_eval, tuned))
-    first = rounds[0][0]
-    result = _overall(rounds, resolved)
+        recovery = Recovery(train, distill, original if distill is not None else None, on_step)
+        rnd = run_round(opened, data, step_options, recovery, eval_calib, seed=seed, train_seed=seed + k - 1,
+                        recipe=recipe, progress=progress, pruner=first if k == 1 else None)
+        rounds.append(rnd)
+        recipe = rnd.recipe
+    first_result = rounds[0].result
+    result = _overall([r.result for r in rounds], resolved)
+    tuned = rounds[-1].tuned
     final = opened.model.to("cpu").eval()
-    after = evaluate_on(final, eval_calib, bs, torch.device("cpu"))
+    after = rounds[-1].final  # the last round measured the final model
 
     entry = {"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget, "criterion": result.criterion,
              "finetune_epochs": finetune_epochs, "steps": steps, "distill": asdict(distill) if distill else None}
@@ -181,12 +175,12 @@ def compress_job(
         "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
-        "original": {"params": first.params_before, "macs": first.macs_before, "accuracy": acc_b},
+        "original": {"params": first_result.params_before, "macs": first_result.macs_before, "accuracy": acc_b},
         "compressed": {"params": result.params_after, "macs": result.macs_after, "accuracy": acc_a,
-                       "accuracy_after_prune": pruned_eval["accuracy"], "agreement": agree,
-                       "agreement_after_prune": agreement(before["preds"], pruned_eval["preds"])},
+                       "accuracy_after_prune": rounds[-1].pruned["accuracy"], "agreement": agree,
+                       "agreement_after_prune": agreement(before["preds"], rounds[-1].pruned["preds"])},
         "eval_samples": after["samples"], "steps": steps, "distill": asdict(distill) if distill else None,
-        "rounds": [_round_json(i, r, p, t, {**before, **costs}) for i, (r, p, t) in enumerate(rounds, start=1)] if steps > 1 else None,
+        "rounds": [_round_json(i, r, {**before, **costs}) for i, r in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
         "export": {**exported.to_json(), "path": str(Path(out) / "model.onnx")}, "verify": check.to_json(), "verify_summary": check.summary_line(),
         "bench": bench_rows, "seed": seed,
@@ -210,27 +204,28 @@ def _step_options(opts: PruneOptions, k: int, steps: int, current: dict, origina
     return replace(opts, **{"target_macs" if metric == "macs" else "target_params": want})
 
 
-def _overall(rounds: list, opts: PruneOptions):
+def _overall(rounds: list[PruneResult], opts: PruneOptions) -> PruneResult:
     """The prune result the report shows: the last round's, with the original's costs and the whole budget."""
-    first, last = rounds[0][0], rounds[-1][0]
+    first, last = rounds[0], rounds[-1]
     if len(rounds) == 1:
         return first
     out = copy.copy(last)
     out.params_before, out.macs_before = first.params_before, first.macs_before
     out.channels_before = first.channels_before
-    out.channels_removed = sum(r.channels_removed for r, _, _ in rounds)
+    out.channels_removed = sum(r.channels_removed for r in rounds)
     if opts.budget is not None and last.budget is not None:
         metric, frac = opts.budget
         achieved = (out.macs_after / out.macs_before) if metric == "macs" else (out.params_after / out.params_before)
-        within = abs(achieved - frac) <= BUDGET_TOLERANCE * frac
+        within = met(achieved, frac)
         note = "" if within else (f"after {len(rounds)} rounds {achieved:.3f} is kept (asked {frac:.3f}); in the last round "
                                   + last.budget["note"].replace("closest plan", "the closest plan"))
         out.budget = {**last.budget, "requested": frac, "achieved": achieved, "within_tolerance": within, "note": note,
-                      "evaluations": sum(r.budget["evaluations"] for r, _, _ in rounds)}
+                      "evaluations": sum(r.budget["evaluations"] for r in rounds)}
     return out
 
 
-def _round_json(i: int, result: Any, pruned_eval: dict, tuned: Any, before: dict) -> dict:
+def _round_json(i: int, rnd: Round, before: dict) -> dict:
+    result, pruned_eval, tuned = rnd.result, rnd.pruned, rnd.tuned
     return {"round": i, "macs_after": result.macs_after, "params_after": result.params_after,
             "macs_kept": result.macs_after / before["macs"], "params_kept": result.params_after / before["params"],
             "accuracy_after_prune": pruned_eval["accuracy"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +14,8 @@ from ..core.progress import Progress, with_total
 from ..io.model_dir import save_model_dir
 from ..io.recipe import Recipe
 from ..prune.options import PruneOptions
-from ..prune.pipeline import PruneResult, prune_model
+from ..prune.pipeline import PruneResult
+from ..prune.pruner import Pruner
 from ..train.finetune import recalibrate_batchnorm
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example
 
@@ -31,21 +31,17 @@ class PruneJob:
 def prune_job(
     model: ModelSpec,
     data: DataSpec,
-    pct: float | None = None,
+    options: PruneOptions,
+    *,
     out: Path | None = None,
-    criterion: str | None = None,
-    fill: str = "none",
     device: str = "auto",
     seed: int = 0,
     force: bool = False,
     check_samples: int = 8,
-    round_to: int | str | None = None,
     progress: Progress | None = None,
-    options: PruneOptions | None = None,
 ) -> PruneJob:
-    """``options`` (budgets, rank, …) replaces ``pct``/``criterion``/``fill``/``round_to``."""
-    options = options or PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to)
-    options.resolved(has_data=data.path is not None)  # bad values fail before anything is opened
+    """``explainfix prune``: ``options`` says how much (``PruneOptions(target_macs="4x")``, ``PruneOptions(pct=70)``)."""
+    options = options.resolved(has_data=data.path is not None)  # bad values fail before anything is opened
     out = output_dir(out, "pruned", model, force, data.path)
     opened = open_inputs(model, data, device)
     result, recipe = prune_opened(opened, data, options, seed=seed, check_samples=check_samples, progress=progress)
@@ -70,28 +66,22 @@ def prune_opened(
     check_samples: int = 8,
     progress: Progress | None = None,
     recipe: Recipe | None = None,
-    scored: Any = None,
+    pruner: Pruner | None = None,
 ) -> tuple[PruneResult, Recipe]:
     """Prune ``opened.model`` in place (then re-estimate BatchNorm statistics on the calibration data when
     the options say so); return the result and the updated recipe (nothing is written). ``recipe``
     defaults to the loaded model's (pass the current one when chaining in memory); ``opened.macs`` is
-    updated to the pruned model's; ``scored`` (prune/scoring.py) reuses scores of an identical model."""
+    updated to the pruned model's. ``pruner`` (:func:`pruner_for` of a model identical to ``opened.model``, as a
+    sweep makes once) reuses its scores; by default the model gets its own."""
     opts = options.resolved(has_data=opened.calib is not None)
     torch.manual_seed(seed)
-    calib = opened.calib
-    batches = None
-    total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
-    if calib is not None:  # a seeded random order: batches mix classes (io/data.py CalibrationSet.batches)
-        batches = lambda: calib.batches(data.batch_size, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731
+    batches = calibration_batches(opened, data, seed)
     check_x = opened.example(check_samples)
-    if progress and calib is not None:
-        progress("saliency", 0, total)
-    result = prune_model(
-        opened.model, example=check_x[:1], batches=batches, num_batches=data.batches, device=opened.device,
-        target_fn=grad.onehot_targets, check_inputs=check_x, seed=seed, macs_before=opened.macs,
-        progress=with_total(progress, total), options=opts, scored=scored, amp=opened.amp,
-        measure_quality=not opts.recalibrate_bn,  # measured once, after the BatchNorm re-estimation below
-    )
+    if pruner is None:
+        pruner = pruner_for(opened, data, opts, seed, progress)
+    result = pruner.to(budget_of(opts), model=opened.model, check_inputs=check_x, seed=seed,
+                       measure_quality=not opts.recalibrate_bn)  # measured once, after the BatchNorm re-estimation below
+    calib = opened.calib
     recipe = opened.loaded.recipe if recipe is None else recipe
     opened.macs = result.macs_after
     edits = [result.edit]
@@ -114,3 +104,29 @@ def prune_opened(
         "data": calib.describe() if calib else None, "budget": result.budget,
     }
     return result, recipe.record(provenance, edits=edits, preprocessing=opened.pre.to_dict())
+
+
+def calibration_batches(opened: Opened, data: DataSpec, seed: int):
+    """``batches()`` of the calibration data in one seeded random order, so batches mix classes (io/data.py
+    CalibrationSet.batches); under torchrun, this rank's share. None without data."""
+    calib = opened.calib
+    if calib is None:
+        return None
+    return lambda: calib.batches(data.batch_size, data.batches or float("inf"), shuffle_seed=seed, shard=True)
+
+
+def pruner_for(opened: Opened, data: DataSpec, options: PruneOptions, seed: int = 0,
+               progress: Progress | None = None) -> Pruner:
+    """The :class:`Pruner` of ``opened.model`` as it is now, on the job's calibration data."""
+    calib = opened.calib
+    total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
+    if progress and calib is not None:
+        progress("saliency", 0, total)
+    return Pruner(opened.model, options, opened.example(1), calibration_batches(opened, data, seed),
+                  device=opened.device, num_batches=data.batches, target_fn=grad.onehot_targets,
+                  progress=with_total(progress, total), amp=opened.amp, macs_before=opened.macs)
+
+
+def budget_of(options: PruneOptions) -> float:
+    """What :meth:`Pruner.to` takes: the fraction kept of a budget, or the pct."""
+    return options.budget[1] if options.budget is not None else options.pct

@@ -18,25 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..channels import graph as graph_mod
 from ..core import dist
-from ..core import gradients as grad
 from ..core.errors import BadInput
 from ..core.fmt import pct
-from ..core.layout import channels_last
 from ..core.model import count_params
-from ..core.progress import Progress, with_total
+from ..core.progress import Progress
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files, read_back
 from ..io.outdir import write_output_dir
-from ..prune.options import MAGNITUDE_RANKS, PruneOptions, parse_target
-from ..prune.scoring import score_model
-from ..prune.select import check_budget
+from ..prune.options import PruneOptions, parse_target
 from ..train.finetune import TrainOptions, agreement
 from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
-from .finetune import check_recovery_data, finetune_opened, recovery_options
-from .prune import prune_opened
+from .finetune import check_recovery_data, recovery_options
+from .prune import pruner_for
+from .rounds import Recovery, run_round
 
 MAX_POINTS = 12
 
@@ -100,24 +96,16 @@ def sweep_job(
     train = recovery_options(finetune_epochs, train, distill)
     out = output_dir(out, "sweep", model, force, data.path, eval_data)
     opened = open_inputs(model, data, device)
-    example = opened.example(1).to(opened.device)
-    gm = graph_mod.trace(opened.model.to(opened.device).eval(), example)
     smallest = min(per_point, key=lambda o: o.budget[1])
-    _, analysed = check_budget(opened.model, gm, smallest, example, opened.macs)  # unreachable: refused before any data is read
+    pruner = pruner_for(opened, data, smallest, seed, progress)  # one scoring pass, on the original, for every point
+    pruner.check()  # an unreachable budget is refused before any data is read
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
     original = opened.model.to(opened.device).eval()
     macs0, params0 = opened.macs, count_params(original)
     before = evaluate_on(original, eval_calib, bs, opened.device)
-
     calib = opened.calib
-    batches = lambda: calib.batches(bs, data.batches or float("inf"), shuffle_seed=seed, shard=True)  # noqa: E731 (as prune_opened)
-    total = calib.num_batches(bs, data.batches or float("inf"))
-    with channels_last(original, example):  # as prune_model's own scoring pass
-        scored = score_model(original, gm, per_point[0].criterion, batches, device=opened.device, num_batches=data.batches,
-                             target_fn=grad.onehot_targets, progress=with_total(progress, total),
-                             magnitude=per_point[0].rank in MAGNITUDE_RANKS, channel_graph=analysed)
 
     rows, models, files = [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):
@@ -125,14 +113,9 @@ def sweep_job(
             progress(f"budget {label}", k - 1, len(points))
         work = copy.deepcopy(original)
         point = dataclasses.replace(opened, loaded=dataclasses.replace(opened.loaded, model=work), macs=macs0)
-        result, recipe = prune_opened(point, data, opts, seed=seed, scored=scored)
-        pruned_eval = evaluate_on(work, eval_calib, bs, opened.device)
-        tuned = None
-        if train is not None:
-            tuned, recipe = finetune_opened(point, data, train, None, None, seed, on_step, recipe=recipe,
-                                            teacher=copy.deepcopy(original) if distill is not None else None,
-                                            distill=distill)
-        final = evaluate_on(work, eval_calib, bs, opened.device)
+        recovery = Recovery(train, distill, copy.deepcopy(original) if distill is not None else None, on_step)
+        rnd = run_round(point, data, opts, recovery, eval_calib, seed=seed, pruner=pruner)
+        result, pruned_eval, tuned, final, recipe = rnd.result, rnd.pruned, rnd.tuned, rnd.final, rnd.recipe
         rows.append({
             "target": label, "requested": frac, "macs": result.macs_after, "params": result.params_after,
             "macs_kept": result.macs_after / macs0, "params_kept": result.params_after / params0,

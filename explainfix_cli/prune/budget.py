@@ -15,6 +15,11 @@ from ..core.errors import BadInput
 from .options import BUDGET_TOLERANCE
 
 
+def met(achieved: float, target: float) -> bool:
+    """Did a plan meet a budget: the fraction kept within :data:`BUDGET_TOLERANCE` of the one asked for."""
+    return abs(achieved - target) <= BUDGET_TOLERANCE * target
+
+
 @dataclass
 class BudgetOutcome:
     metric: str  # macs | params
@@ -86,7 +91,7 @@ def search(evaluate: Callable[[float], float], lo: float, hi: float, target: flo
         ok = {x: f for x, f in seen.items() if f == least}
     knob = min(ok, key=lambda x: (abs(ok[x] - target), ok[x] > target, x))
     achieved = ok[knob]
-    within = abs(achieved - target) <= BUDGET_TOLERANCE * target
+    within = met(achieved, target)
     note = "" if within else (
         f"closest plan keeps {achieved:.3f} (asked {target:.3f}): the smallest this ranking reaches{why_floor}"
         if achieved > target else

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..core.errors import BadInput
 
@@ -65,6 +65,9 @@ class PruneOptions:
     allow_inexact_folds: bool = False
     floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
     recalibrate_bn: bool | None = None  # None: on with a budget and data
+    resolved_for: bool | None = field(default=None, repr=False, compare=False)  # set by resolved(): has_data
+
+    # validated once: resolved() returns an already resolved instance as it is
 
     @property
     def budget(self) -> tuple[str, float] | None:
@@ -76,7 +79,10 @@ class PruneOptions:
         return None
 
     def resolved(self, has_data: bool) -> PruneOptions:
-        """Validated, with every default filled in (raises BadInput with one line)."""
+        """Validated, with every default filled in (raises BadInput with one line); once: a resolved instance
+        (for the same ``has_data``) is returned as it is."""
+        if self.resolved_for is has_data:
+            return self
         macs = parse_target(self.target_macs, "--target-macs")
         params = parse_target(self.target_params, "--target-params")
         targets = sum(v is not None for v in (self.pct, macs, params))
@@ -110,7 +116,7 @@ class PruneOptions:
         if recal and not has_data:
             raise BadInput("--recalibrate-bn needs calibration data", hint="pass --data PATH")
         return replace(self, target_macs=macs, target_params=params, criterion=criterion, fill=fill,
-                       round_to=round_to, recalibrate_bn=bool(recal))
+                       round_to=round_to, recalibrate_bn=bool(recal), resolved_for=has_data)
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "resolved_for"}

@@ -1,9 +1,10 @@
 """The ChannelPrune pipeline: score → zero → plan → surgery → self-check.
 
->>> result = prune_model(model, pct=90, batches=lambda: calib.batches(32), example=x[:1])
+>>> result = prune_model(model, PruneOptions(pct=90), batches=lambda: calib.batches(32), example=x[:1])
 >>> result.check.passed, result.params_after / result.params_before
 
-``model`` is changed in place into the pruned model (the reference's ``channelprune`` semantics). The
+(``prune_model`` and the :class:`~.pruner.Pruner` it uses live in prune/pruner.py; this module holds what
+follows the scoring pass, :func:`prune_scored`, and the result types.) ``model`` is changed in place into the pruned model (the reference's ``channelprune`` semantics). The
 self-check runs every time: the pruned model must match the *masked equivalent* (same shapes, removed
 channels' consumer weights zeroed, their constants folded into biases) to float tolerance — that
 catches every index error — and its distance to the zeroed model measures the folding alone.
@@ -11,9 +12,8 @@ catches every index error — and its distance to the zeroed model measures the 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from ..channels import graph as graph_mod
-from ..core import gradients as grad
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.layout import channels_last
-from ..core.progress import Progress
+from ..core.progress import Progress  # noqa: F401 (re-exported: jobs and users import it from here)
 from ..core.model import (
     count_macs,
     count_params,
@@ -37,9 +36,9 @@ from ..io.edits import apply_edit
 from .channel import output_sizes, scored_modules
 from .check import SelfCheck, check_training_mode, masked_train_outputs, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
-from .options import MAGNITUDE_RANKS, PruneOptions
-from .scoring import Scored, empty_quality, random_agreement, score_model
-from .select import check_budget, select_channels, select_filters
+from .options import PruneOptions
+from .scoring import Scored, empty_quality, random_agreement
+from .select import select_channels, select_filters
 from .surgery import mask_and_fold
 
 STANDARDISED = "its forward transforms the kernel (weight standardisation): zeroing the raw kernel would not zero it, so it is not ranked or zeroed"
@@ -162,39 +161,24 @@ def layer_table(before: dict[str, tuple[str, int, int, int]], model: nn.Module,
     return rows
 
 
-def prune_model(
+def prune_scored(
     model: nn.Module,
-    pct: float | None = None,
+    gm: Any,
+    channel_graph: Any,
+    scored: Scored,
+    opts: PruneOptions,
     *,
     example: Any,
-    batches: Callable[[], Iterable] | None = None,
-    num_batches: int | None = None,
-    criterion: str | None = None,
-    fill: str = "none",
-    device: str | torch.device = "cpu",
-    grad_cost_fn: Callable = grad.default_grad_cost,
-    target_fn: Callable | None = grad.onehot_targets,
-    check_inputs: Any = None,
-    seed: int = 0,
-    round_to: int | str | None = None,
-    progress: Progress | None = None,
-    macs_before: int | None = None,
-    allow_inexact_folds: bool = False,
-    options: PruneOptions | None = None,
-    scored: Scored | None = None,
-    amp: bool = False,
+    check_inputs: Any,
+    batches: Callable[[], Iterable] | None,
+    device: str | torch.device,
+    seed: int,
+    macs_before: int,
     measure_quality: bool = True,
 ) -> PruneResult:
-    """Prune ``model`` in place. ``batches()`` yields (x, y) calibration batches (y = -1: unlabeled);
-    ``example`` is one input batch used to trace the model and count MACs (``macs_before``: already
-    counted by the caller for one input of the same size). ``options`` (a :class:`PruneOptions`, e.g.
-    with ``target_macs="4x"``) replaces ``pct``, ``criterion``, ``fill``, ``round_to`` and
-    ``allow_inexact_folds``. ``scored`` (:func:`scoring.score_model` of this model, or of an identical copy)
-    skips the calibration pass: a sweep scores once and prunes copies to every budget."""
-    if options is None:
-        options = PruneOptions(pct=pct, criterion=criterion, fill=fill, round_to=round_to,
-                               allow_inexact_folds=allow_inexact_folds)
-    opts = options.resolved(has_data=batches is not None)
+    """Steps 2–5 of a prune, in place, given the scores (prune/pruner.py ``Pruner`` runs step 1 once and calls
+    this for every budget): ``gm`` is ``model``'s trace, ``channel_graph`` its channel analysis (channel
+    criterion), ``opts`` resolved."""
     t: dict[str, float] = {}
     tick = time.perf_counter()
 
@@ -204,34 +188,11 @@ def prune_model(
         t[name] = t.get(name, 0.0) + now - tick
         tick = now
 
-    model.eval().to(device)
-    example = to_device(example, device)
+    if scored.criterion != opts.criterion:
+        raise BadInput(f"the scores were computed for the {scored.criterion} criterion, not {opts.criterion}")
     params_before = count_params(model)
-    if macs_before is None:
-        macs_before = count_macs(model, example)
-    gm = graph_mod.trace(model, example)  # fail fast, before the expensive pass
-    lap("trace")
-    analysed = None  # the channel analysis, when the budget check made it
-    if opts.budget is not None:  # an unreachable budget is refused before any data is read
-        _, analysed = check_budget(model, gm, opts, example, macs_before)
-        lap("budget-check")
-
-    # 1. score (one pass over the calibration data), recording the original model's predictions
-    if scored is None:
-        with channels_last(model, example), grad.autocast(device, amp):  # the layout probe in float32
-            scored = score_model(model, gm, opts.criterion, batches, device=device, num_batches=num_batches,
-                                 grad_cost_fn=grad_cost_fn, target_fn=target_fn, progress=progress,
-                                 magnitude=opts.rank in MAGNITUDE_RANKS, channel_graph=analysed)
-        channel_graph = scored.graph
-    else:  # scores of an identical model: the analysis must be of this model's own trace
-        if scored.criterion != opts.criterion:
-            raise BadInput(f"the scores were computed for the {scored.criterion} criterion, not {opts.criterion}")
-        channel_graph = None if opts.criterion != "channel" else (analysed if analysed is not None else graph_mod.analyse(gm))
     scores, record = scored.scores, scored.record
-    lap("saliency")
 
-    if check_inputs is None:
-        check_inputs = example
     check_inputs = to_device(check_inputs, device)
     out_original = run_outputs(model, check_inputs) if batches is None else None
     originals = {n: m.weight.detach().clone() for n, m in iter_spatial_convs(model)} if opts.fill == "restore" else {}
@@ -300,35 +261,4 @@ def prune_model(
                                  **{name: STANDARDISED for name in effective_kernel_convs(model)}}, timings=t,
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
-    )
-
-
-def _batches_from_loader(loader: Iterable) -> Callable[[], Iterator]:
-    return lambda: iter(loader)
-
-
-def channelprune(
-    model: nn.Module,
-    pct: float,
-    grad_cost_fn: Callable = grad.default_grad_cost,
-    loader: Iterable | None = None,
-    device: str = "cpu",
-    num_minibatches: float = math.inf,
-    zero_fill_method: str = "none",
-    example: Any = None,
-) -> PruneResult:
-    """The seed library's ``channelprune``, in place, on a loader of (X, y) with y passed to
-    ``grad_cost_fn(ŷ, y)`` as is. ``zero_fill_method``: 'none' | 'fillzero' (also 'FillZero') | 'reset'.
-    Returns the :class:`PruneResult` (the seed returned None)."""
-    fill = {"FillZero": "fillzero"}.get(zero_fill_method, zero_fill_method)
-    if example is None:
-        if loader is None:
-            raise BadInput("channelprune needs a loader (or an example input)")
-        first = next(iter(loader))[0]
-        example = first[:1] if isinstance(first, torch.Tensor) else type(first)(t[:1] for t in first)
-    return prune_model(
-        model, pct, example=example, batches=None if loader is None else _batches_from_loader(loader),
-        num_batches=None if num_minibatches == math.inf else int(num_minibatches),
-        criterion="saliency" if loader is not None else "magnitude", fill=fill, device=device,
-        grad_cost_fn=grad_cost_fn, target_fn=None,
     )

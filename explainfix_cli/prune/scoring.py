@@ -1,7 +1,7 @@
 """Step 1 of a prune: score the model once over the calibration data, recording its own predictions.
 
 >>> scored = score_model(model, gm, "channel", lambda: calib.batches(32))
->>> prune_model(copy.deepcopy(model), options=PruneOptions(target_macs="4x"), example=x, batches=…, scored=scored)
+>>> Pruner(model, PruneOptions(target_macs="4x"), example=x, batches=…).to(model=copy.deepcopy(model))  # prune/pruner.py
 
 The channel criterion needs Σ|w·∂C/∂w| of every weight of the modules a removal touches; the saliency
 criterion needs the per-kernel ExplainFix saliency; magnitude needs no data. Without data the scores are
@@ -33,6 +33,7 @@ class Scored:
     scores: Any  # channel: {module: {param: |w·g| tensor}}; filter criteria: per-layer kernel scores
     record: "Recorder"
     graph: Any = None  # the channel analysis (channel criterion)
+    gm: Any = None  # the trace of the model as scored (prune/pruner.py: spent once that model is pruned)
 
 
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
