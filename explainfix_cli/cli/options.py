@@ -110,7 +110,6 @@ Seed = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, rich_help_pane
 Amp = Annotated[bool, typer.Option("--amp", rich_help_panel=RUN, help="bf16 autocast for the saliency pass and fine-tuning on CUDA (scores and "
                 "weights stay float32; the self-check runs in float32). Ignored on CPU, with a note.")]
 Debug = Annotated[bool, typer.Option("--debug", rich_help_panel=RUN, help="Show full tracebacks (also EXPLAINFIX_DEBUG=1).")]
-RoundToOpt = RoundTo  # the name cli/prune.py exported before the aliases lived here
 
 
 # ------------------------------------------------------------------------------------------- groups
