@@ -74,8 +74,8 @@ def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = N
     if data is None or data.path is None:
         raise BadInput("quantize needs --data PATH: calibration images (a few hundred, like those the model will see)",
                        hint="e.g. --data calib/ (class subfolders or a flat folder)")
-    if threads < 1 or max_float < 0:
-        raise BadInput(f"--threads must be ≥ 1 and --max-float ≥ 0, got {threads} and {max_float}")
+    if threads < 1 or max_float < 0 or bench_iters < 1 or bench_rounds < 1:
+        raise BadInput(f"--threads and --bench-iters must be ≥ 1 and --max-float ≥ 0; got {threads}, {bench_iters} and {max_float}")
     out = output_dir(out, "int8", model, force, data.path, eval_data)
     notes: list[str] = []
     stage = (lambda name: progress(name, 0, 1)) if progress else (lambda name: None)
