@@ -117,8 +117,8 @@ class TopGate(nn.Module):
 
 
 class FailsOnBatches(nn.Module):
-    """Runs on one input (the loader's probe) but raises an exception no layer of explainfix expects on a
-    batch: what an internal error looks like from the CLI (exit 4)."""
+    """Runs on one or two inputs (the loader's probes, eval and train mode) but raises an exception no layer of
+    explainfix expects on a real batch: what an internal error looks like from the CLI (exit 4)."""
 
     def __init__(self):
         super().__init__()
@@ -126,7 +126,7 @@ class FailsOnBatches(nn.Module):
         self.fc = nn.Linear(4, 10)
 
     def forward(self, x):
-        if x.shape[0] > 1:
+        if x.shape[0] > 2:
             raise ArithmeticError("a batch")
         return self.fc(self.conv(x).mean((2, 3)))
 

@@ -411,15 +411,22 @@ def test_write_output_dir_refuses_existing_without_force(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
     assert no_temp_siblings(out) == []
 
-    # a failed forced write keeps the old content
-    with pytest.raises(TypeError):
-        write_output_dir(out, {"a.txt": "new", "b.json": {"bad": object()}}, force=True)
+    # --force does not replace a directory holding a user's own files
+    with pytest.raises(BadInput, match="did not write"):
+        write_output_dir(out, {"a.txt": "new"}, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    assert no_temp_siblings(out) == []
 
-    write_output_dir(out, {"a.txt": "new"}, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
-    assert no_temp_siblings(out) == []
+    # a failed forced write over an explainfix output keeps the old content
+    old = tmp_path / "old"
+    write_output_dir(old, {"report.json": {"v": 1}})
+    with pytest.raises(TypeError):
+        write_output_dir(old, {"report.json": "new", "summary.md": {"bad": object()}}, force=True)
+    assert sorted(p.name for p in old.iterdir()) == ["report.json"] and '"v": 1' in (old / "report.json").read_text()
+    assert no_temp_siblings(old) == []
+
+    write_output_dir(old, {"report.json": "new"}, force=True)
+    assert sorted(p.name for p in old.iterdir()) == ["report.json"] and (old / "report.json").read_text() == "new"
+    assert no_temp_siblings(old) == []
 
 
 def test_write_output_dir_existing_file_and_empty_dir(tmp_path):
