@@ -325,8 +325,14 @@ def trace_training(model: nn.Module, example_args: tuple, eval_traced: Traced,
 
 
 def _signature(graph: fx.Graph) -> list[tuple]:
-    return [(n.op, n.target if isinstance(n.target, str) else id(n.target), tuple(a.name for a in n.all_input_nodes))
-            for n in graph.nodes]
+    """Which ops run on which values (names of fx's numbered tensor constants left out: each trace counts on)."""
+    names = {n: f"{n.op}{i}" for i, n in enumerate(graph.nodes)}
+
+    def target(n: fx.Node) -> Any:
+        if n.op == "get_attr" and str(n.target).startswith("_tensor_constant"):
+            return "_tensor_constant"
+        return n.target if isinstance(n.target, str) else id(n.target)
+    return [(n.op, target(n), tuple(names[a] for a in n.all_input_nodes)) for n in graph.nodes]
 
 
 def check_guards(model: nn.Module, example_args: tuple, traced: Traced, training: bool = False) -> None:
