@@ -187,3 +187,20 @@ def test_timm_efficientvit_attention_is_traced_not_kept_whole():
 
     assert not opaque_modules(gm)
     assert sum(s.size for s in g.spaces if s.prunable) > 0
+
+
+def test_training_check_draws_no_per_channel_randomness():
+    """Dropout2d on prunable channels: the masked and the pruned model would draw different channel masks
+    from one seed; the training-mode check turns dropout off, so the two agree exactly."""
+    from explainfix_cli import prune_model as api
+    from explainfix_cli.prune.options import PruneOptions
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.5), nn.Conv2d(8, 4, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with torch.no_grad():
+        model[0].weight[2] = 0
+        model[0].bias[2] = 0
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    r = api(model, options=PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
+    assert model[0].out_channels == 7 and r.check.training == "passed" and r.check.training_rel <= 1e-6

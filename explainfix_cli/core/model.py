@@ -201,25 +201,35 @@ def in_training_mode(model: nn.Module) -> Iterator[None]:
             m.training = f
 
 
-_DROPOUT_FNS = None
+_DROPOUT_FNS = _RRELU_FNS = None
 
 
 class _NoDropout(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
         if func in _DROPOUT_FNS:  # type: ignore[operator]
             return args[0] if args else kwargs["input"]
-        return func(*args, **(kwargs or {}))
+        if func in _RRELU_FNS:  # random slopes per element: its eval form, the mean slope
+            import torch.nn.functional as F
+
+            x = args[0] if args else kwargs["input"]
+            lower = args[1] if len(args) > 1 else kwargs.get("lower", 1.0 / 8)
+            upper = args[2] if len(args) > 2 else kwargs.get("upper", 1.0 / 3)
+            return F.leaky_relu(x, (lower + upper) / 2)
+        return func(*args, **kwargs)
 
 
 @contextmanager
 def without_dropout() -> Iterator[None]:
-    """Dropout (module or functional, any kind) is the identity inside: two models whose channels differ draw
-    different dropout masks from the same seed, so a training-mode comparison must not draw any. Per-sample
-    random ops (stochastic depth) still run and draw the same numbers from the same seed."""
-    global _DROPOUT_FNS
+    """Dropout (module or functional, any kind) is the identity inside, and RReLU its eval form: two models
+    whose channels differ draw different per-element masks from the same seed, so a training-mode
+    comparison must not draw any. Per-sample random ops (stochastic depth) still run and draw the same
+    numbers from the same seed."""
+    global _DROPOUT_FNS, _RRELU_FNS
     if _DROPOUT_FNS is None:
         import torch.nn.functional as F
 
+        _RRELU_FNS = {F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_}
         _DROPOUT_FNS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
                         torch.dropout, torch.dropout_, torch.feature_dropout, torch.feature_dropout_,
                         torch.alpha_dropout, torch.alpha_dropout_, torch.feature_alpha_dropout,
