@@ -57,7 +57,10 @@ def error_document(message: str, hint: str | None, code: int) -> dict:
 
 
 def command(fn: Callable) -> Callable:
-    """Map the domain exceptions to exit codes in one place. ``--debug`` (or EXPLAINFIX_DEBUG=1) prints
+    """The one place where a command's outcome becomes output and an exit code. The command returns its job's
+    result (jobs/result.py ``JobResult``): under ``--json`` its ``to_json()`` is the one document on stdout, and
+    ``passed`` False is exit 1 with its ``failure_message()`` as the error line. The domain exceptions map to
+    their exit codes (an error document on stdout under ``--json``). ``--debug`` (or EXPLAINFIX_DEBUG=1) prints
     the full traceback first; the exit code stays the documented one."""
 
     @wraps(fn)
@@ -69,17 +72,19 @@ def command(fn: Callable) -> Callable:
 
             console.quiet = True  # reports, tables and progress: rank 0 only (docs/CLI.md, "Running on many GPUs")
         try:
-            if not kwargs.get("json_out"):
-                return fn(*args, **kwargs)
-            # --json: stdout carries the one document; what libraries print on it meanwhile (ultralytics
-            # logs to stdout) goes to stderr
-            global _json_stream
-            _json_stream = sys.stdout
-            try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return fn(*args, **kwargs)
-            finally:
-                _json_stream = None
+            if not as_json:
+                result = fn(*args, **kwargs)
+            else:
+                # --json: stdout carries the one document; what libraries print on it meanwhile (ultralytics
+                # logs to stdout) goes to stderr
+                global _json_stream
+                _json_stream = sys.stdout
+                try:
+                    with contextlib.redirect_stdout(sys.stderr):
+                        result = fn(*args, **kwargs)
+                finally:
+                    _json_stream = None
+            _finish(result, as_json)
         except typer.Exit:
             raise
         except ExplainFixError as e:
@@ -104,6 +109,16 @@ def command(fn: Callable) -> Callable:
 
 
 _json_stream: Any = None  # the real stdout while a --json command runs (see command)
+
+
+def _finish(result: Any, as_json: bool) -> None:
+    """A job's result as the ``--json`` document and the exit code (0, or 1 when a check failed)."""
+    if result is None:
+        return
+    if as_json:
+        emit_json(result.to_json())
+    if not result.passed:  # the document (under --json) already says why: no error document besides it
+        _fail(1, result.failure_message(), result.failure_hint())
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 

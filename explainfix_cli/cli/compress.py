@@ -1,11 +1,13 @@
 """`explainfix compress`: the CI step."""
 from __future__ import annotations
 
+from typing import Any
+
 from typing import Annotated
 
 import typer
 
-from .base import app, command, emit_json
+from .base import app, command
 from .options import RECOVERY, Budget, Device, Gates, Json, ModelArg, Opset, Ranking, Recovery, Seed, Source, Timing, Tuning
 from .options import Weights, grouped
 
@@ -20,7 +22,7 @@ def compress(
     model: ModelArg, *, budget: Budget, ranking: Ranking, inputs: Tuning, recovery: Recovery, steps: Steps = 1,
     gates: Gates, timing: Timing, source: Source, output: Weights, opset: Opset = 18, device: Device = "auto",
     seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """Prune → (fine-tune) → export ONNX → verify → quality gates, in one command for CI.
 
     Writes OUT/ with model.safetensors, explainfix.json, model.onnx, report.json and summary.md (also when a gate
@@ -31,7 +33,6 @@ def compress(
     Example (unlabeled calibration images, 3 rounds): explainfix compress model.pt --arch m.py:Net --target-macs 4x --steps 3
     --finetune-epochs 1 --distill --data unlabeled/ --eval-data val/ -o out/
     """
-    from ..core.errors import CheckFailed
     from ..jobs.compress import compress_job
     from .render import render_compress, work_progress
 
@@ -45,7 +46,4 @@ def compress(
             distill=recovery.options(),
         )
     render_compress(job)
-    if json_out:
-        emit_json(job.report)
-    if not job.passed:
-        raise CheckFailed(job.failure_message())
+    return job  # a failed gate: exit 1 naming it (cli/base.py)

@@ -1,13 +1,14 @@
 """`explainfix export`, `verify` and `bench`: ONNX out, checked and timed."""
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import (
     DATA,
     OUTPUT,
@@ -39,7 +40,7 @@ def export(
     tolerance: Tolerance,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime check.")] = False,
     inputs: CheckImages, source: Source, output: Output, seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """Export to ONNX (dynamic batch, provenance in metadata) and/or safetensors, verified in onnxruntime.
 
     Default OUT: the MODEL directory when it is an explainfix directory, else <model-stem>-export/.
@@ -57,8 +58,7 @@ def export(
         atol=tolerance.atol, rtol=tolerance.rtol, verify=not no_verify, force=output.force, seed=seed,
     )
     render_export(job)
-    if json_out:
-        emit_json(job.doc)
+    return job  # a mismatch: exit 1, nothing written (cli/base.py)
 
 
 @app.command()
@@ -69,7 +69,7 @@ def verify(
     *,
     reference: Annotated[Path, typer.Option("--reference", help="The torch MODEL it must match (any loadable model).", show_default=False)],
     tolerance: Tolerance, inputs: CheckImages, source: Source, seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """Run an ONNX file in onnxruntime and compare every output with a torch model.
 
     Per output: max/mean/median/p99 of abs and rel error, NaN/Inf check, top-1 agreement; then one
@@ -80,13 +80,9 @@ def verify(
     from ..jobs.verify import verify_job
     from .render import render_verify
 
-    result = verify_job(onnx_file, source.spec(reference), inputs.spec(), atol=tolerance.atol, rtol=tolerance.rtol, seed=seed)
-    render_verify(result)
-    if json_out:
-        emit_json({"command": "verify", "onnx": str(onnx_file), "reference": str(reference), **result.to_json(),
-                   "summary": result.summary_line()})
-    if not result.passed:
-        raise typer.Exit(1)
+    job = verify_job(onnx_file, source.spec(reference), inputs.spec(), atol=tolerance.atol, rtol=tolerance.rtol, seed=seed)
+    render_verify(job.result)
+    return job
 
 
 @app.command()
@@ -104,7 +100,7 @@ def bench(
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: each runs every model in turn; latency ratios are medians of same-round ratios, so machine drift cancels.")] = 5,
     seed: Seed = 0,
     json_out: Json = False,
-) -> None:
+) -> Any:
     """onnxruntime latency (p50/p90 after warm-up, fixed threads) and MACs/params side by side, with ratios.
 
     Models are timed interleaved (--rounds), so their ratios hold even on a busy machine.
@@ -114,9 +110,7 @@ def bench(
     from ..jobs.bench import bench_job
     from .render import render_bench
 
-    rows = bench_job(models, source.arch, source.arch_kwargs, source.trust_pickle, source.trust_code, input_size, batch_size,
-                     threads, warmup, iters, seed, rounds=rounds)
-    render_bench(rows, batch_size, threads)
-    if json_out:
-        emit_json({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rounds": rounds,
-                   "rows": rows})
+    job = bench_job(models, source.arch, source.arch_kwargs, source.trust_pickle, source.trust_code, input_size, batch_size,
+                    threads, warmup, iters, seed, rounds=rounds)
+    render_bench(job.report["rows"], batch_size, threads)
+    return job

@@ -1,29 +1,30 @@
 """`explainfix info` and `explainfix explain`: look at a model without changing it."""
 from __future__ import annotations
 
+from typing import Any
+
 from typing import Annotated
 
 import typer
 
 from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import Calibration, Device, InputSize, Json, ModelArg, Output, Source, grouped
 
 
 @app.command()
 @command
 @grouped
-def info(model: ModelArg, *, source: Source, input_size: InputSize = None, json_out: Json = False) -> None:
+def info(model: ModelArg, *, source: Source, input_size: InputSize = None, json_out: Json = False) -> Any:
     """Params, MACs for one input, spatial conv layers and filter counts, prunable channel groups.
 
     Example: explainfix info model-pruned/
     """
     from .render import render_info
 
-    doc = jobs.info_job(source.spec(model), jobs.DataSpec(input_size=input_size))
-    render_info(doc)
-    if json_out:
-        emit_json(doc)
+    job = jobs.info_job(source.spec(model), jobs.DataSpec(input_size=input_size))
+    render_info(job.report)
+    return job
 
 
 @app.command()
@@ -34,7 +35,7 @@ def explain(
     *,
     loglog: Annotated[bool, typer.Option("--loglog", help="Log-scale the heatmap colours.")] = False,
     inputs: Calibration, source: Source, output: Output, device: Device = "auto", json_out: Json = False,
-) -> None:
+) -> Any:
     """ExplainSteer: which DCT-II frequencies each spatial conv layer uses (spectra e^d, e^1, e^0).
 
     Writes OUT/spectra.png (per-layer e^d heatmap with marginal bars; with and without saliency side by
@@ -48,5 +49,4 @@ def explain(
         job = jobs.explain_job(source.spec(model), inputs.spec(), out=output.out, device=device, force=output.force,
                                loglog=loglog, progress=bar)
     render_explain(job)
-    if json_out:
-        emit_json(job.doc)
+    return job

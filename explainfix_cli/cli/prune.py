@@ -1,8 +1,10 @@
 """`explainfix prune`."""
 from __future__ import annotations
 
+from typing import Any
+
 from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import Budget, Device, Json, ModelArg, Ranking, Scoring, Seed, Source, Weights, grouped
 
 __all__ = ["prune"]
@@ -12,7 +14,7 @@ __all__ = ["prune"]
 @command
 @grouped
 def prune(model: ModelArg, *, budget: Budget, ranking: Ranking, inputs: Scoring, source: Source, output: Weights,
-          device: Device = "auto", seed: Seed = 0, json_out: Json = False) -> None:
+          device: Device = "auto", seed: Seed = 0, json_out: Json = False) -> Any:
     """Prune to a budget (or zero a percentage of spatial filters), remove every dead channel, check, and save.
 
     Example: explainfix prune model.pt --arch torchvision.models:resnet18 --target-macs 4x --data calib/
@@ -25,5 +27,4 @@ def prune(model: ModelArg, *, budget: Budget, ranking: Ranking, inputs: Scoring,
             force=output.force, progress=bar, options=ranking.options(budget),
         )
     render_prune(job)
-    if json_out:
-        emit_json(job.report)
+    return job

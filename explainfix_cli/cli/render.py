@@ -149,7 +149,7 @@ def _bands(shares: dict) -> str:
 
 
 def render_explain(job: Any) -> None:
-    doc = job.doc
+    doc = job.report
     sal = doc["saliency"]
     table = Table(title="ExplainSteer · % of spectral energy per layer", title_justify="left")
     table.add_column("layer", overflow="fold")
@@ -321,7 +321,8 @@ def render_export(job: Any) -> None:
                       f"inputs {e.input_names}, outputs {e.output_names}, {human(e.file_bytes, 'B')}")
     if job.verify is not None:
         render_verify(job.verify)
-    console.print(f"wrote {', '.join(str(job.out / f) for f in job.files)}")
+    if job.passed:
+        console.print(f"wrote {', '.join(str(job.out / f) for f in job.files)}")
 
 
 def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:

@@ -1,13 +1,15 @@
 """`explainfix sweep`: one model, several budgets, one saliency pass; a table and tradeoff.png."""
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
 
 from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import OUTPUT, BenchIters, Device, Json, ModelArg, Output, Ranking, Recovery, Seed, Source, Timing, Tuning
 from .options import WeightDtype, grouped
 
@@ -34,7 +36,7 @@ def sweep(
     metric: Annotated[str, typer.Option("--metric", help="What the budgets count: macs | params.")] = "macs",
     ranking: Ranking, inputs: Tuning, recovery: Recovery, timing: SweepTiming, source: Source, output: SweepOutput,
     device: Device = "auto", seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """See the trade-off: prune to every budget of --targets from one saliency pass, measure each, draw tradeoff.png.
 
     Writes OUT/ with sweep.md (the table), sweep.json and tradeoff.png (accuracy against MACs kept and against
@@ -53,8 +55,7 @@ def sweep(
             on_step=bar.step if bar else None,
         )
     render_sweep(job, console)
-    if json_out:
-        emit_json(job.report)
+    return job
 
 
 def render_sweep(job, console) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import (
     DATA,
     RECOVERY,
@@ -58,7 +58,7 @@ def fix(
                                       "ghaar: random steering of horizontal/vertical/diagonal components, frequency U(0, 2(k-1)); "
                                       "dct: DCT-II basis filters; keep: the current values, only frozen.")] = "ghaar",
     inputs: LabeledImages, source: Source, output: Weights, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """Fixed spatial filters: replace every spatial kernel by GHaar or DCT filters (or keep it) and freeze it.
 
     The frozen tensors are listed in the recipe, so finetune (and every later command) leaves them alone.
@@ -70,8 +70,7 @@ def fix(
     job = jobs.fix_job(source.spec(model, output.dtype), init, inputs.spec(), out=output.out, device=device, seed=seed,
                        force=output.force)
     render_fix(job)
-    if json_out:
-        emit_json(job.report)
+    return job
 
 
 @app.command()
@@ -90,7 +89,7 @@ def finetune(
     fixed_spatial: Annotated[Optional[bool], typer.Option("--fixed-spatial/--no-fixed-spatial", rich_help_panel=RECOVERY, show_default=False,
                              help="Keep spatial filters frozen. Default: on when the recipe has frozen filters (a fixed model), off otherwise.")] = None,
     inputs: TrainingData, source: Source, output: Weights, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
-) -> None:
+) -> Any:
     """Short training to recover accuracy after pruning: cross-entropy, or --distill from the original model; frozen spatial filters stay frozen.
 
     Labels are the sorted class-subfolder index. No augmentation. Writes a new explainfix dir that keeps the recipe chain.
@@ -110,5 +109,4 @@ def finetune(
             on_step=bar.step if bar else None, distill=distillation.options(), teacher=teacher,
         )
     render_finetune(job)
-    if json_out:
-        emit_json(job.report)
+    return job

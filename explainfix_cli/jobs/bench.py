@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -9,6 +10,7 @@ from torch import nn
 from ..core.errors import BadInput
 from ..io.arch import parse_arch_kwargs
 from ..io.checkpoint import load_model
+from .result import JobResult
 from ..io.data import (
     Preprocessing,
     parse_input_size,
@@ -17,9 +19,14 @@ from ..io.data import (
 )
 
 
+@dataclass
+class BenchJob(JobResult):
+    report: dict  # "rows": one per model, ratios to the first
+
+
 def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | None = None, trust_pickle: bool = False,
               trust_code: bool = False, input_size: str | None = None, batch_size: int = 1, threads: int = 2, warmup: int = 10,
-              iters: int = 50, seed: int = 0, opset: int = 18, rounds: int = 5) -> list[dict]:
+              iters: int = 50, seed: int = 0, opset: int = 18, rounds: int = 5) -> BenchJob:
     """onnxruntime latency of each model side by side with MACs/params and ratios to the first, timed
     interleaved over ``rounds`` rounds (bench.py).
 
@@ -51,8 +58,10 @@ def bench_job(models: list[Path], arch: str | None = None, arch_kwargs: str | No
             pre = resolve_preprocessing(loaded.model, None if recorded and not input_size else size, None, None,
                                         loaded.preprocessing)
             targets.append(model_target(loaded.model, pre, Path(tmp) / f"m{k}", str(path), seed, opset))
-        return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
+        rows = compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
                                                iters=iters, rounds=rounds, seed=seed))
+    return BenchJob({"command": "bench", "batch_size": batch_size, "threads": threads, "iters": iters, "rounds": rounds,
+                     "rows": rows})
 
 
 def model_target(model: nn.Module, pre: Preprocessing, folder: Path, label: str, seed: int = 0, opset: int = 18):

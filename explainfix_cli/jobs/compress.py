@@ -47,6 +47,7 @@ from .export import export_verified, provenance_metadata
 from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
 from .rounds import Recovery, Round, run_round
+from .result import JobResult
 from .summary import summary_markdown
 
 
@@ -64,7 +65,7 @@ class Gate:
 
 
 @dataclass
-class CompressJob:
+class CompressJob(JobResult):
     out: Path
     report: dict
     gates: list[Gate]

@@ -8,14 +8,15 @@ from typing import Any
 from ..core import gradients as grad
 from ..core.progress import Progress, with_total
 from ..io.outdir import staging
+from .result import JobResult
 from .common import DataSpec, ModelSpec, open_inputs, output_dir
 
 
 @dataclass
-class ExplainJob:
-    report: Any  # explain.ExplainReport
+class ExplainJob(JobResult):
+    spectra: Any  # explain.ExplainReport
     out: Path
-    doc: dict
+    report: dict
 
 
 def explain_job(

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..core.errors import BadInput, CheckFailed
+from ..core.errors import BadInput
 from ..deploy.verify import check_tolerances
 from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
@@ -17,6 +17,7 @@ from ..io.codec import safetensors_bytes
 from ..io.model_dir import dir_files, read_back
 from ..io.outdir import publish, staging, write_file
 from ..io.recipe import RECIPE_NAME, WEIGHTS_NAME, Recipe
+from .result import JobResult
 from .common import DataSpec, ModelSpec, open_inputs, output_dir, read_back_example
 
 VERIFY_SAMPLES = 64  # real inputs checked against onnxruntime (all of them when the data set is smaller)
@@ -77,12 +78,22 @@ def export_verified(model: torch.nn.Module, path: Path, meta: dict[str, str], ca
 
 
 @dataclass
-class ExportJob:
+class ExportJob(JobResult):
     out: Path
     files: list[str]
     export: Any = None  # export.OnnxExportResult
     verify: Any = None  # verify.VerifyResult
-    doc: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verify is None or self.verify.passed
+
+    def failure_message(self) -> str:
+        return f"ONNX output differs from torch; nothing written. {self.verify.summary_line()}"
+
+    def failure_hint(self) -> str | None:
+        return "loosen --atol/--rtol only if the difference is expected (e.g. fp16)"
 
 
 def export_job(
@@ -100,7 +111,7 @@ def export_job(
     seed: int = 0,
 ) -> ExportJob:
     """Export, verify against onnxruntime, then move the files into ``out`` (default: the explainfix
-    directory itself, else ``<stem>-export/``). Raises CheckFailed (exit 1) on a mismatch."""
+    directory itself, else ``<stem>-export/``). On a mismatch nothing is written and ``passed`` is False (exit 1)."""
     check_tolerances(atol, rtol)
     in_place = out is None and _is_explainfix_dir(model.path)
     if in_place and safetensors:
@@ -118,34 +129,40 @@ def export_job(
     torch.manual_seed(seed)
     meta = provenance_metadata(opened.loaded.recipe, opened.pre, opened.loaded.source_sha256)
     job = ExportJob(out, names)
-    with staging(out / "model.onnx" if in_place else out) as work:  # next to -o; removed whatever happens
-        if onnx:
-            job.export, job.verify = export_verified(opened.model, work / "model.onnx", meta, opened.calib, opened.pre,
-                                                     opset=opset, atol=atol, rtol=rtol, verify=verify,
-                                                     batch_size=data.batch_size, seed=seed)
-            job.export = replace(job.export, path=str(out / "model.onnx"))  # where it lands, not the staging dir
-        if safetensors:  # the recipe beside the weights makes the folder loadable without flags
-            weights = safetensors_bytes(opened.model, meta, opened.out_dtypes)
-            files = dir_files(replace(opened.loaded.recipe, preprocessing=opened.pre.to_dict()), weights)
-            for rel, content in files.items():
-                write_file(work / rel, content, shown=out / rel)
-            names += [rel for rel in files if rel != WEIGHTS_NAME]
-            read_back(work, read_back_example(opened), opened.model)
-        job.doc = {
-            "command": "export", "model": str(model.path), "out": str(out), "files": names,
-            "export": job.export.to_json() if job.export else None,
-            "verify": job.verify.to_json() if job.verify else None,
-            "summary": job.verify.summary_line() if job.verify else None,
-        }
-        if job.verify is not None and not job.verify.passed:
-            raise CheckFailed(f"ONNX output differs from torch; nothing written. {job.verify.summary_line()}",
-                              hint="loosen --atol/--rtol only if the difference is expected (e.g. fp16)")
-        if in_place:  # the ONNX file (and its external data) joins the explainfix directory
-            for p in sorted(work.iterdir()):
-                os.replace(p, out / p.name)
-        else:
-            publish(work, out, force)
+    try:
+        with staging(out / "model.onnx" if in_place else out) as work:  # next to -o; removed whatever happens
+            if onnx:
+                job.export, job.verify = export_verified(opened.model, work / "model.onnx", meta, opened.calib, opened.pre,
+                                                         opset=opset, atol=atol, rtol=rtol, verify=verify,
+                                                         batch_size=data.batch_size, seed=seed)
+                job.export = replace(job.export, path=str(out / "model.onnx"))  # where it lands, not the staging dir
+            if safetensors:  # the recipe beside the weights makes the folder loadable without flags
+                weights = safetensors_bytes(opened.model, meta, opened.out_dtypes)
+                files = dir_files(replace(opened.loaded.recipe, preprocessing=opened.pre.to_dict()), weights)
+                for rel, content in files.items():
+                    write_file(work / rel, content, shown=out / rel)
+                names += [rel for rel in files if rel != WEIGHTS_NAME]
+                read_back(work, read_back_example(opened), opened.model)
+            job.report = {
+                "command": "export", "model": str(model.path), "out": str(out), "files": names,
+                "export": job.export.to_json() if job.export else None,
+                "verify": job.verify.to_json() if job.verify else None,
+                "summary": job.verify.summary_line() if job.verify else None,
+            }
+            if not job.passed:
+                raise _NothingWritten
+            if in_place:  # the ONNX file (and its external data) joins the explainfix directory
+                for p in sorted(work.iterdir()):
+                    os.replace(p, out / p.name)
+            else:
+                publish(work, out, force)
+    except _NothingWritten:  # a failed check (exit 1): the staging directory and the parents it made are gone
+        pass
     return job
+
+
+class _NothingWritten(Exception):
+    """Leaves the staging block of a failed export the way a failure does (io/outdir.py staging)."""
 
 
 def _is_explainfix_dir(path: Path) -> bool:

@@ -13,11 +13,12 @@ from ..core.model import count_params
 from ..io.data import CalibrationSet, load_calibration
 from ..io.model_dir import save_model_dir
 from ..io.recipe import Recipe
+from .result import JobResult
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example
 
 
 @dataclass
-class FinetuneJob:
+class FinetuneJob(JobResult):
     out: Path
     report: dict
     result: Any  # finetune.FinetuneResult

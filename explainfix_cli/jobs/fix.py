@@ -9,6 +9,7 @@ from torch import nn
 from ..core.errors import BadInput
 from ..core.model import count_params, iter_spatial_convs
 from ..io.model_dir import save_model_dir
+from .result import JobResult
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 
 FIX_INITS = {"ghaar": "ghaar", "dct": "dct", "keep": "unchanged", "haar": "haar", "ghaar4": "ghaar4",
@@ -16,7 +17,7 @@ FIX_INITS = {"ghaar": "ghaar", "dct": "dct", "keep": "unchanged", "haar": "haar"
 
 
 @dataclass
-class FixJob:
+class FixJob(JobResult):
     out: Path
     report: dict
     model: nn.Module

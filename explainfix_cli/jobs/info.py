@@ -1,15 +1,22 @@
 """``explainfix info``: size, cost, spatial layers and prunable channel groups of any loadable model."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..channels import graph as graph_mod
 from ..core.errors import ExplainFixError
 from ..core.model import count_params, iter_spatial_convs
+from .result import JobResult
 from .common import DataSpec, ModelSpec, open_inputs
 
 
-def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
+@dataclass
+class InfoJob(JobResult):
+    report: dict
+
+
+def info_job(model: ModelSpec, data: DataSpec | None = None) -> InfoJob:
     opened = open_inputs(model, data, "cpu", purpose="analyse")
     m = opened.model
     x = opened.example(1)
@@ -32,8 +39,8 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
         }
     except ExplainFixError as e:
         groups = {"traced": False, "reason": e.message}
-    return {
-        "model": str(model.path),
+    return InfoJob({
+        "command": "info", "model": str(model.path),
         "source_format": opened.loaded.source_format,
         "arch": opened.loaded.recipe.arch,
         "params": count_params(m),
@@ -47,6 +54,6 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> dict:
         "channel_groups": groups,
         "edits": len(opened.loaded.recipe.edits),
         "frozen_params": len(opened.loaded.recipe.frozen),
-    }
+    })
 
 

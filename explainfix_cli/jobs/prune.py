@@ -17,11 +17,12 @@ from ..prune.options import PruneOptions
 from ..prune.pipeline import PruneResult
 from ..prune.pruner import Pruner
 from ..train.finetune import recalibrate_batchnorm
+from .result import JobResult
 from .common import DataSpec, ModelSpec, Opened, now, open_inputs, output_dir, read_back_example
 
 
 @dataclass
-class PruneJob:
+class PruneJob(JobResult):
     result: PruneResult
     out: Path
     report: dict

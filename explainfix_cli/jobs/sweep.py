@@ -32,13 +32,14 @@ from .bench import bench_models
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
+from .result import JobResult
 from .rounds import Recovery, run_round
 
 MAX_POINTS = 12
 
 
 @dataclass
-class SweepJob:
+class SweepJob(JobResult):
     out: Path
     report: dict
     figure: Path
