@@ -130,7 +130,6 @@ def test_batchnorm_reestimation_is_skipped_on_a_model_without_batchnorm(tmp_path
     explainfix_cli.load(out, trust_code=True)(torch.randn(1, 3, 16, 16))
 
 
-@pytest.mark.xfail(reason="needs the jobs/common.py _probe change handed to the lead (H2's function)", strict=False)
 def test_a_model_with_two_inputs_is_refused_as_such(tmp_path):
     p, out = prune(tmp_path, "TwoInputs", "--target-macs", "2x")
     assert p.returncode == 2 and not out.exists()

@@ -172,6 +172,12 @@ def _probe(opened: Opened) -> int:
     try:
         macs = count_macs(opened.model, x)
     except Exception as e:  # noqa: BLE001 - whatever the model's forward raises
+        needed = _required_inputs(opened.model)
+        if len(needed) > 1:
+            raise BadInput(f"the model's forward takes {len(needed)} inputs ({', '.join(needed)}): several inputs are "
+                           "not supported, explainfix feeds a model one tensor",
+                           hint="wrap it in a module whose forward(x) takes one tensor and builds the others, "
+                                "and name that with --arch") from None
         raise BadInput(f"the model does not run on {shape}: {type(e).__name__}: {first_line(e, 200)}",
                        hint="check --input-size (and --arch / --arch-kwargs) against what the model expects") from None
     # training mode (BatchNorm re-estimation, fine-tuning, the self-check) may run branches eval mode skips
@@ -186,10 +192,19 @@ def _probe(opened: Opened) -> int:
     return macs
 
 
+def _required_inputs(model: nn.Module) -> list[str]:
+    """Names of the forward's positional parameters without a default (what a call must pass)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
 
 
 def evaluate_on(model: nn.Module, calib: CalibrationSet | None, batch_size: int, device: torch.device) -> dict | None:
