@@ -31,15 +31,33 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from ..core.version import __version__
+
+        sys.stdout.write(f"explainfix {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_version,
+                                        help="Print the version and exit.")) -> None:
+    """ExplainFix for real checkpoints: prune spatial filters and dead channels, explain spectra, fix filters,
+    export and verify ONNX."""
+
+
 def _print_error(message: str, hint: str | None = None) -> None:
     from .render import console
 
     if _rank():  # other ranks print nothing but their errors, marked with the rank
         sys.stderr.write(f"error (rank {_rank()}): {' '.join(message.split())}\n")
         return
-    console.print(f"[bold red]error:[/] {' '.join(message.split())}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    # the message is text, not markup: `pip install explainfix-cli[timm]` keeps its brackets
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True, markup=True, highlight=False)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+        console.print(f"[dim]hint:[/] {escape(hint)}", soft_wrap=True)
 
 
 def _fail(code: int, message: str, hint: str | None = None, json_out: bool = False) -> None:

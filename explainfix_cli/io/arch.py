@@ -84,6 +84,21 @@ def _ultralytics_spec(name: str, kwargs: dict) -> dict:
             "kwargs": {"cfg": f"{stem}.yaml", "verbose": False, **kwargs}}
 
 
+#: the model libraries of the shorthands → the extra that installs them (pyproject.toml)
+EXTRAS = {"timm": "timm", "segmentation_models_pytorch": "smp", "ultralytics": "yolo", "torchvision": "vision"}
+
+
+def missing_library(module: str, error: ImportError) -> BadInput:
+    """One line for an architecture whose library is not installed: the extra to install, for a shorthand's
+    library (``pip install explainfix-cli[timm]``); else the import error."""
+    root = module.split(".")[0]
+    missing = getattr(error, "name", None) or ""
+    if root in EXTRAS and missing.split(".")[0] == root:
+        return BadInput(f"{root} is not installed: pip install explainfix-cli[{EXTRAS[root]}] "
+                        "(or explainfix-cli[all]: timm, segmentation-models-pytorch and ultralytics)")
+    return BadInput(f"cannot import {module}: {error}", hint="install the package that defines the architecture")
+
+
 def arch_label(spec: dict) -> str:
     if spec["kind"] == "file":
         return f"{spec['path']}:{spec['name']}"
@@ -103,7 +118,7 @@ def build_arch(spec: dict, trusted: bool = True) -> nn.Module:
         try:
             module = importlib.import_module(spec["module"])
         except ImportError as e:
-            raise BadInput(f"cannot import {spec['module']}: {e}", hint="install the package that defines the architecture") from None
+            raise missing_library(spec["module"], e) from None
     elif kind == "file":
         if not trusted:
             raise refuse_file_arch(spec["path"], spec["name"])
