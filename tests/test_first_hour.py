@@ -56,3 +56,64 @@ def test_a_missing_library_names_the_extra_to_install(tmp_path, arch, library, e
     assert len(lines) == 1, p.stderr
     assert lines[0] == (f"error: {library} is not installed: pip install explainfix-cli[{extra}] "
                         "(or explainfix-cli[all]: timm, segmentation-models-pytorch and ultralytics)")
+
+
+# ----------------------------------------------------------------------- 1, 2: say what to do next
+CALIB = REPO / "fixtures" / "digits" / "calib"
+
+
+@pytest.fixture(scope="module")
+def pruned_far(tmp_path_factory):
+    """The fixture pruned to 8x fewer MACs: agreement falls far and layers reach the floor (one CLI run)."""
+    import json
+
+    out = tmp_path_factory.mktemp("far") / "p8"
+    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "8x", "--data", CALIB, "-o", out, "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr, out
+
+
+def test_prune_says_what_next_when_quality_falls_far(pruned_far):
+    report, stderr, out = pruned_far
+    assert report["agreement"] < 0.9
+    assert report["quality_fell"].startswith(f"top-1 agreement with the original is {100 * report['agreement']:.1f}%")
+    text = " ".join(stderr.split())
+    assert f"quality fell: top-1 agreement with the original is {100 * report['agreement']:.1f}%" in text
+    assert "calibration images" in text and "calibration data" not in text
+    assert f"explainfix finetune {out} --distill" in text
+    assert "explainfix compress" in text and "--target-macs 8x --finetune-epochs 3 --distill" in text
+    assert "or ask for less: --target-macs 4.5x" in text
+    from explainfix_cli import load
+
+    load(out, trust_code=True)  # what the prune wrote reloads
+
+
+def test_prune_flags_layers_cut_to_the_floor(pruned_far):
+    report, stderr, _ = pruned_far
+    floor = report["floor_layers"]
+    assert floor, "at 8x some layers keep only --floor of their channels"
+    rows = {row["name"]: row for row in report["layers"]}
+    for name in floor:  # each keeps at most the floor plus one rounding step
+        assert rows[name]["out_after"] < rows[name]["out_before"]
+        assert rows[name]["out_after"] <= max(1, -(-rows[name]["out_before"] // 10)) + 7
+    assert f"at the floor: {len(floor)} layers cut to --floor (10% of their channels): {floor[0]}" in " ".join(stderr.split())
+
+
+def test_prune_without_a_far_fall_gives_no_advice(tmp_path):
+    import json
+
+    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "1.2x", "--data", CALIB, "-o", tmp_path / "p", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["agreement"] >= 0.9 and report["quality_fell"] is None and "quality fell" not in p.stderr
+
+
+def test_compress_without_a_gate_says_no_quality_gate_was_set(tmp_path):
+    out = tmp_path / "c"
+    p = run_cli("compress", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "--no-bench", "-o", out)
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stderr.split())
+    assert "checks run: ONNX verification (--atol/--rtol); no quality gate was set" in text
+    summary = (out / "summary.md").read_text()
+    assert "✅ PASSED" not in summary and "✅ ONNX check passed · no quality gate set" in summary.splitlines()[0]
+    assert "no quality gate was set" in summary

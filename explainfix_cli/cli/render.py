@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..core.fmt import human, pct, pruned_how, ratio
+from ..jobs.summary import checks_ran
 
 console = Console(stderr=True, highlight=False)
 
@@ -82,6 +83,12 @@ def render_prune(job: Any) -> None:
     console.print(totals)
     if r.budget and r.budget.get("note"):
         console.print(f"[yellow]budget[/]: {r.budget['note']}")
+    if r.floor_layers:
+        names = ", ".join(r.floor_layers[:6]) + (f" … +{len(r.floor_layers) - 6}" if len(r.floor_layers) > 6 else "")
+        console.print(f"[yellow]at the floor[/]: {_n(len(r.floor_layers), 'layer')} cut to --floor "
+                      f"({r.options.get('floor', 0.1):.0%} of their channels): {names}", soft_wrap=True)
+    if r.quality_fell:
+        _next_steps(r, job)
     if r.recalibrated and r.recalibrated.get("skipped"):
         console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
     elif r.recalibrated:
@@ -111,6 +118,32 @@ def render_prune(job: Any) -> None:
             f"self-check [bold green]passed[/]: pruned ≡ {reference} (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
             f"{folds}) on {c.samples} inputs")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
+
+
+def _budget_flags(options: dict, smaller: bool = False) -> str:
+    """The budget of resolved prune options as flags (``smaller``: half the reduction: 2x → 1.5x, --pct 70 → 35)."""
+    for key, flag in (("target_macs", "--target-macs"), ("target_params", "--target-params")):
+        if options.get(key) is not None:
+            factor = 1 / float(options[key])
+            return f"{flag} {(1 + (factor - 1) / 2) if smaller else factor:.3g}x"
+    return f"--pct {options['pct'] / 2 if smaller else options['pct']:g}"
+
+
+def _next_steps(r: Any, job: Any) -> None:
+    """Quality fell far: the measured numbers and the three ways on, as commands."""
+    data = (job.report.get("data") or {}).get("source") or "DATA"
+    model = job.report.get("model", "MODEL")
+    from pathlib import Path
+
+    if not Path(model).is_dir():
+        model += " --arch … (as in this run)"
+    console.print(f"[bold yellow]quality fell[/]: {r.quality_fell} (on {r.eval_samples} {_source(r.eval_source, job.report)}). "
+                  "Next, one of:", soft_wrap=True)
+    console.print(f"  recover it: explainfix finetune {job.out} --distill --data {data} --epochs 3 -o {job.out}-tuned",
+                  soft_wrap=True, markup=False)
+    console.print(f"  prune and recover in one go: explainfix compress {model} {_budget_flags(r.options)} "
+                  f"--finetune-epochs 3 --distill --data {data}", soft_wrap=True, markup=False)
+    console.print(f"  or ask for less: {_budget_flags(r.options, smaller=True)}", soft_wrap=True, markup=False)
 
 
 def render_info(info: dict) -> None:
@@ -288,6 +321,7 @@ def render_compress(job: Any) -> None:
     for gate in job.gates:
         g.add_row(gate.name, gate.threshold, gate.value, "[green]pass[/]" if gate.passed else "[bold red]FAIL[/]")
     console.print(g)
+    console.print(checks_ran(r["gates"]), soft_wrap=True)
     console.print(r["verify_summary"], soft_wrap=True)
     console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, model.onnx, report.json, summary.md)")
 

@@ -10,10 +10,24 @@ def _pct2(x: float | None) -> str:
     return pct(x, digits=2)
 
 
+QUALITY_FLAGS = ("--max-accuracy-drop", "--min-agreement")
+
+
+def checks_ran(gates: list[dict]) -> str:
+    """Which checks a compress ran, in words, and whether a quality gate was set: "passed" with only the ONNX
+    check is not a statement about accuracy."""
+    ran = "checks run: " + ", ".join(f"{g['name']} ({g['flag']})" for g in gates)
+    if not any(g["flag"] in QUALITY_FLAGS for g in gates):
+        ran += "; no quality gate was set (--max-accuracy-drop PTS, --min-agreement F): accuracy was measured, not checked"
+    return ran
+
+
 def summary_markdown(report: dict) -> str:
     """A GitHub-flavoured markdown summary (for ``$GITHUB_STEP_SUMMARY``) of a compress report."""
     o, c = report["original"], report["compressed"]
     status = "✅ PASSED" if report["passed"] else "❌ FAILED"
+    if report["passed"] and not any(g["flag"] in QUALITY_FLAGS for g in report["gates"]):
+        status = "✅ ONNX check passed · no quality gate set"
     lines = [
         f"### explainfix compress · `{Path(report['model']).name}` · {pruned_how(report['pct'], report['criterion'], report['budget'], report.get('rank'))} — {status}",
         "",
@@ -48,5 +62,5 @@ def summary_markdown(report: dict) -> str:
         opt = ft["options"]
         notes.append(f"fine-tuned {opt['epochs']} epoch(s), {opt['optimizer']} lr {opt['lr']:g}")
     notes.append(f"accuracy after pruning only: {_pct2(c['accuracy_after_prune'])}")
-    lines += ["", "; ".join(notes) + ".", "", f"`{report['verify_summary']}`", ""]
+    lines += ["", "; ".join(notes) + ".", "", checks_ran(report["gates"]) + ".", "", f"`{report['verify_summary']}`", ""]
     return "\n".join(lines)

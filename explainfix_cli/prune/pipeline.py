@@ -12,6 +12,7 @@ catches every index error — and its distance to the zeroed model measures the 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ..channels import graph as graph_mod
+from ..channels.plan import auto_multiple
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..core.layout import channels_last
 from ..core.progress import Progress  # noqa: F401 (re-exported: jobs and users import it from here)
@@ -90,6 +92,7 @@ class PruneResult:
     recalibrated: dict | None = None  # BatchNorm re-estimated after pruning: batches, quality before it
     record: Any = field(default=None, repr=False)  # scoring.Recorder: the original's top-1 on the calibration data
     kept: dict[str, int] = field(default_factory=dict)  # channels removable by their weights that stay, by reason
+    floor_layers: list[str] = field(default_factory=list)  # channel criterion: layers cut to --floor (no more could go)
 
     @property
     def nothing_removed(self) -> str | None:
@@ -107,12 +110,44 @@ class PruneResult:
         return ("a channel goes only when every kernel reading it is zeroed; the zeroed kernels are spread over "
                 "channels (raise --pct, or use --target-macs with the channel criterion)")
 
+    @property
+    def quality_fell(self) -> str | None:
+        """The measured drop, in words, when top-1 agreement or accuracy fell far (below :data:`FAR_AGREEMENT`,
+        or more than :data:`FAR_ACCURACY_DROP` points); None otherwise (or when nothing was measured on data)."""
+        if self.agreement is None or self.eval_source == "seeded random inputs":
+            return None
+        drop = None if self.accuracy_before is None else self.accuracy_before - self.accuracy_after
+        if self.agreement >= FAR_AGREEMENT and (drop is None or drop <= FAR_ACCURACY_DROP):
+            return None
+        words = f"top-1 agreement with the original is {100 * self.agreement:.1f}%"
+        if drop is not None:
+            words += f", accuracy {100 * self.accuracy_before:.1f}% → {100 * self.accuracy_after:.1f}%"
+        return words
+
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("edit")
         d.pop("record")
         d["nothing_removed"] = self.nothing_removed
+        d["quality_fell"] = self.quality_fell
         return d
+
+
+FAR_AGREEMENT, FAR_ACCURACY_DROP = 0.9, 0.05  # below 90 % agreement, or 5 points of accuracy lost: say what next
+
+
+def at_floor(rows: list[LayerRow], opts: PruneOptions) -> list[str]:
+    """Layers the channel criterion cut to ``--floor``: they keep fewer than ``max(1, ⌈floor·out⌉)`` plus one
+    rounding step of channels, so the ranking could take nothing more from them."""
+    out = []
+    for row in rows:
+        if row.out_after >= row.out_before or row.kind == "linear":
+            continue
+        least = max(1, math.ceil(opts.floor * row.out_before))
+        step = auto_multiple(row.out_before) if opts.round_to == "auto" else int(opts.round_to or 1)
+        if row.out_after < least + step:
+            out.append(row.name)
+    return out
 
 
 _TABLE_KINDS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -261,4 +296,5 @@ def prune_scored(
                                  **{name: STANDARDISED for name in effective_kernel_convs(model)}}, timings=t,
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
+        floor_layers=at_floor(rows, opts) if opts.criterion == "channel" else [],
     )
