@@ -117,3 +117,33 @@ def test_compress_without_a_gate_says_no_quality_gate_was_set(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "✅ PASSED" not in summary and "✅ ONNX check passed · no quality gate set" in summary.splitlines()[0]
     assert "no quality gate was set" in summary
+
+
+# ------------------------------------------------------------------------------ 6: the fine-tune table
+def test_compress_finetune_table_shows_the_rate_used_and_eval_accuracy_per_epoch(tmp_path):
+    import json
+
+    p = run_cli("compress", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "--eval-data", REPO / "fixtures" / "digits" / "eval",
+                "--finetune-epochs", "2", "--no-bench", "-o", tmp_path / "c", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    epochs = report["finetune"]["epochs"]
+    assert [e["lr_used"][0] for e in epochs] == pytest.approx([0.01, 0.005])  # cosine over 2 epochs: what trained them
+    assert epochs[-1]["lr_used"][1] > 0 and epochs[-1]["lr"] == pytest.approx(0)  # the end-of-epoch rate is not one used
+    assert all(e["eval_accuracy"] is not None for e in epochs)
+    assert epochs[-1]["eval_accuracy"] == pytest.approx(report["compressed"]["accuracy"])
+    rows = [line for line in p.stderr.splitlines() if re.match(r"^│\s+[12] │", line)]
+    assert len(rows) == 2 and "0.01→" in rows[0] and "0.005→" in rows[1], p.stderr
+    assert "—" not in "".join(rows)  # eval acc measured every epoch
+
+
+# ------------------------------------------------------------ 4, 5: the words of the README, budget tables
+def test_budget_run_speaks_of_the_masked_model_and_images(tmp_path):
+    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "-o", tmp_path / "p")
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stderr.split())
+    assert "pruned ≡ model with the removed channels masked" in text and "zeroed model" not in text
+    assert "on 100 calibration images" in text and "calibration data" not in text
+    assert "1 unchanged layer not shown" in text
+    header = next(line for line in p.stderr.splitlines() if "layer" in line and "kind" in line)
+    assert "weights kept" in header and "filters zeroed" not in header  # the budget mode zeroes no filters

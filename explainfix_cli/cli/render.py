@@ -271,7 +271,10 @@ def _epochs_table(res: Any) -> Table:
     for col in ("epoch", "loss", "train acc", "eval acc", "lr", "time"):
         t.add_column(col, justify="right")
     for e in res.epochs:
-        t.add_row(str(e.epoch), f"{e.loss:.4f}", pct(e.accuracy), pct(e.eval_accuracy), f"{e.lr:.2g}", f"{e.seconds:.1f}s")
+        used = getattr(e, "lr_used", None)  # the rates its steps used (the end-of-epoch rate is the next one's)
+        lr = f"{e.lr:.2g}" if not used else (f"{used[0]:.2g}" if f"{used[0]:.2g}" == f"{used[1]:.2g}" else f"{used[0]:.2g}→{used[1]:.2g}")
+        t.add_row(str(e.epoch), f"{e.loss:.4f}", pct(e.accuracy), pct(e.eval_accuracy), lr, f"{e.seconds:.1f}s")
+    t.caption = "lr: the rates of the epoch's first → last step (cosine)"
     return t
 
 

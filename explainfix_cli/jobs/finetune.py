@@ -57,6 +57,7 @@ def finetune_opened(
     recipe: Recipe | None = None,
     teacher: nn.Module | None = None,
     distill: Any = None,
+    evaluate_last: bool = True,
 ) -> tuple[Any, Recipe]:
     """Fine-tune ``opened.model`` in place on ``opened.calib``; return the FinetuneResult and the new recipe.
 
@@ -91,7 +92,7 @@ def finetune_opened(
         evaluate = lambda m: accuracy(*predict(m, eval_calib.batches(data.batch_size), opened.device))  # noqa: E731
     result = finetune(opened.model, batches, replace(options, amp=options.amp or opened.amp), steps_per_epoch=steps, device=opened.device,
                       evaluate=evaluate, on_step=on_step, seed=seed, objective=objective,
-                      example=opened.example())
+                      example=opened.example(), evaluate_last=evaluate_last)
     opt = result.options
     provenance = {
         "command": "finetune", "time": now(), "objective": opt["objective"], "epochs": opt["epochs"], "optimizer": opt["optimizer"], "lr": opt["lr"],

@@ -49,10 +49,14 @@ def run_round(opened: Opened, data: DataSpec, options: PruneOptions, recovery: R
     pruned = evaluate_on(opened.model, eval_calib, data.batch_size, opened.device)
     rnd = Round(result, recipe, pruned, final=pruned)
     if recovery.train is not None:
-        rnd.tuned, rnd.recipe = finetune_opened(opened, data, recovery.train, None, None,
+        per_epoch = eval_calib if eval_calib is not None and eval_calib.labeled else None  # eval acc per epoch
+        rnd.tuned, rnd.recipe = finetune_opened(opened, data, recovery.train, None, per_epoch,
                                                 seed if train_seed is None else train_seed, recovery.on_step,
-                                                recipe=recipe, teacher=recovery.teacher, distill=recovery.distill)
+                                                recipe=recipe, teacher=recovery.teacher, distill=recovery.distill,
+                                                evaluate_last=False)
         if recovery.teacher is not None:
             recovery.teacher.to("cpu")
         rnd.final = evaluate_on(opened.model, eval_calib, data.batch_size, opened.device)
+        if per_epoch is not None:  # the last epoch's eval accuracy is the round's final measurement
+            rnd.tuned.epochs[-1].eval_accuracy = rnd.tuned.eval_accuracy_after = rnd.final["accuracy"]
     return rnd

@@ -82,9 +82,10 @@ class EpochStats:
     loss: float
     accuracy: float | None
     samples: int
-    lr: float  # at the end of the epoch
+    lr: float  # at the end of the epoch (what the next step would use; 0 after the last step of a cosine schedule)
     seconds: float
     eval_accuracy: float | None = None
+    lr_used: tuple[float, float] | None = None  # the rate of the epoch's first and last step (what trained it)
 
 
 @dataclass
@@ -150,12 +151,14 @@ def finetune(
     seed: int = 0,
     objective: Any = None,
     example: Any = None,
+    evaluate_last: bool = True,
 ) -> FinetuneResult:
     """Train ``model`` in place; parameters with ``requires_grad=False`` stay as they are.
 
     ``batches(epoch)`` yields (x, y) (y = -1 where unlabeled); ``objective`` (train/objectives.py) is
     cross-entropy by default, or ``Distillation(teacher)``; ``evaluate(model)`` (optional) returns an
-    accuracy after each epoch. ``example`` (one input) lets the passes run channels-last where that
+    accuracy after each epoch (``evaluate_last`` False: not after the last one, which the caller measures
+    itself and fills in; one pass over the evaluation data saved). ``example`` (one input) lets the passes run channels-last where that
     computes the same (core/layout.py). Leaves the model in eval mode."""
     opt = options.resolved()
     torch.manual_seed(seed)
@@ -182,6 +185,7 @@ def finetune(
             model.train()
             t0 = time.perf_counter()
             loss_sum, correct, seen, counted = 0.0, 0, 0, 0
+            first_lr = last_lr = optimizer.param_groups[0]["lr"]
             for step, (x, y) in enumerate(batches(epoch), start=1):
                 if step > limit:
                     break
@@ -193,6 +197,7 @@ def finetune(
                                         hint="lower --lr; nothing was written")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                last_lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
@@ -211,9 +216,9 @@ def finetune(
                 seen, counted = int(seen), int(counted)
             if opt.recalibrate_bn and epoch == opt.epochs:
                 recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
-            eval_acc = evaluate(model) if evaluate else None
+            eval_acc = evaluate(model) if evaluate and (evaluate_last or epoch < opt.epochs) else None
             history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
-                                      time.perf_counter() - t0, eval_acc))
+                                      time.perf_counter() - t0, eval_acc, (first_lr, last_lr)))
     model.eval()
     named = dict(model.named_parameters())
     unchanged = all(torch.equal(named[n].detach(), v) for n, v in frozen.items())
