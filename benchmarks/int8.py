@@ -161,11 +161,12 @@ def network(a, name: str, arch: str, x, y, tx, ty, gate: float, work: Path) -> d
         secs = train(model, x[: a.train_samples], y[: a.train_samples], a.epochs)
         torch.save(model.state_dict(), base)
         print(f"{name}: trained in {secs:.0f}s", file=sys.stderr)
-    calib_npz, test_npz = work / "calib.npz", work / "test.npz"
+    test_npz = work / "test.npz"
     rows, files = [], {}
     for seed in a.seeds:
         rng = np.random.default_rng(seed)
         calib = x[rng.permutation(len(x))[: a.calib]]
+        calib_npz = work / f"calib-s{seed}.npz"
         np.savez(calib_npz, x=calib)
         np.savez(test_npz, x=tx, y=ty)
         q = work / f"{name}-s{seed}"
@@ -182,6 +183,7 @@ def network(a, name: str, arch: str, x, y, tx, ty, gate: float, work: Path) -> d
                          "control": rep["accuracy_control"] is not None})
         else:
             rows.append({"seed": seed, "failed": r.stderr.strip().splitlines()[-1]})
+    calib_npz = work / f"calib-s{a.seeds[0]}.npz"  # the control run and the prune use seed 0's images
     control = None
     if a.control_agreement:  # a gate plain INT8 misses: accuracy control keeps layers in float (in-process API)
         import explainfix_cli as ef
