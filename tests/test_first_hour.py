@@ -138,12 +138,53 @@ def test_compress_finetune_table_shows_the_rate_used_and_eval_accuracy_per_epoch
 
 
 # ------------------------------------------------------------ 4, 5: the words of the README, budget tables
-def test_budget_run_speaks_of_the_masked_model_and_images(tmp_path):
-    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "-o", tmp_path / "p")
+@pytest.fixture(scope="module")
+def pruned_2x(tmp_path_factory):
+    """The fixture at 2x fewer MACs (the README's first prune): (report, stderr, out)."""
+    import json
+
+    out = tmp_path_factory.mktemp("half") / "p2"
+    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "-o", out, "--json")
     assert p.returncode == 0, p.stderr
-    text = " ".join(p.stderr.split())
+    return json.loads(p.stdout), p.stderr, out
+
+
+def test_budget_run_speaks_of_the_masked_model_and_images(pruned_2x):
+    _, stderr, _ = pruned_2x
+    text = " ".join(stderr.split())
     assert "pruned ≡ model with the removed channels masked" in text and "zeroed model" not in text
     assert "on 100 calibration images" in text and "calibration data" not in text
     assert "1 unchanged layer not shown" in text
-    header = next(line for line in p.stderr.splitlines() if "layer" in line and "kind" in line)
+    header = next(line for line in stderr.splitlines() if "layer" in line and "kind" in line)
     assert "weights kept" in header and "filters zeroed" not in header  # the budget mode zeroes no filters
+
+
+# ------------------------------------------------------------------------- 3: rounding, channel counts
+def test_rounding_names_the_layers_and_its_cost_in_macs(pruned_2x):
+    report, stderr, out = pruned_2x
+    ro = report["rounding"]
+    kept = report["kept"]["rounded: the layer keeps a multiple of --round-to"]
+    assert ro["round_to"] == "auto" and sum(ro["layers"].values()) == kept  # the same channels, layer by layer
+    rows = {row["name"]: row for row in report["layers"]}
+    for name in ro["layers"]:  # rounding acts on layers of >= 64 channels only (auto), which now keep multiples of 8
+        assert rows[name]["out_before"] >= 64 and rows[name]["out_after"] % 8 == 0
+    assert 0 < ro["macs"] < report["macs_after"]
+    text = " ".join(stderr.split())
+    layer, n = max(ro["layers"].items(), key=lambda kv: kv[1])
+    assert f"kept {kept} channels to keep channel counts multiples of 8" in text and f"{layer} +{n}" in text
+    assert f"({100 * ro['macs'] / report['macs_before']:.1f}% of the original)" in text
+    from explainfix_cli import load
+
+    load(out, trust_code=True)
+
+
+def test_info_and_prune_count_channels_alike(pruned_2x):
+    import json
+
+    report, _, _ = pruned_2x
+    p = run_cli("info", *FIXTURE_ARGS, "--json")
+    assert p.returncode == 0, p.stderr
+    groups = json.loads(p.stdout)["channel_groups"]
+    assert groups["channels"] == report["channels_before"]  # one total in both commands
+    frozen = groups["channels"] - groups["prunable_channels"]
+    assert f"{groups['channels']} ({groups['prunable_channels']} prunable, {frozen} frozen)" in p.stderr

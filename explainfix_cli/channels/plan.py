@@ -36,6 +36,7 @@ class Plan:
     inexact_kept: int = 0  # channels that stay because removing them needs an inexact fold
     nonzero_folds: int = 0
     kept: dict[str, int] = field(default_factory=dict)  # why removable-by-zeros channels stay → channel count
+    rounded: dict[str, int] = field(default_factory=dict)  # layer → channels it keeps to stay a multiple of --round-to
 
     @property
     def modules(self) -> dict[str, dict]:
@@ -171,6 +172,11 @@ def plan_removal(gm: fx.GraphModule, graph: ChannelGraph, round_to: int | str | 
     before_rounding = set(removable)
     if round_to == "auto" or (round_to and round_to > 1):
         round_removal(graph, removable, graph.producers, round_to)
+        given_back = before_rounding - removable
+        for p in graph.producers:
+            n = sum(1 for r in graph.roots(p.labels) if r in given_back)
+            if n:
+                plan.rounded[p.module] = n
     plan.kept = _kept_reasons(graph, candidates, removable, before_rounding, frozen, exact_only if remove is None else set())
 
     def removed(labels: torch.Tensor) -> list[int]:

@@ -74,7 +74,7 @@ def render_prune(job: Any) -> None:
     totals.add_row("MACs", human(r.macs_before), human(r.macs_after), ratio(r.macs_after, r.macs_before))
     if r.filters_total:  # the channel criterion (a budget) zeroes no single kernels
         totals.add_row("spatial filters", str(r.filters_total), f"{r.filters_total - r.filters_zeroed} kept", "")
-    totals.add_row("channels", str(r.channels_before), str(r.channels_before - r.channels_removed),
+    totals.add_row("channels (all layers)", str(r.channels_before), str(r.channels_before - r.channels_removed),
                    ratio(r.channels_before - r.channels_removed, r.channels_before))
     if r.agreement is not None:
         totals.add_row("top-1 agreement", "100.0%", pct(r.agreement), f"on {r.eval_samples} {_source(r.eval_source, job.report)}")
@@ -105,7 +105,9 @@ def render_prune(job: Any) -> None:
     if r.channels_removed == 0:
         console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
     for why, n in list(r.kept.items())[:3]:
-        if not why.startswith("its removal needs an inexact"):  # said above
+        if why.startswith("rounded") and r.rounding:  # which layers, and what it cost
+            _rounding(n, r)
+        elif not why.startswith("its removal needs an inexact"):  # said above
             console.print(f"[yellow]kept[/] {_n(n, 'channel')}: {why}")
     if c.status == "inexact":
         console.print(
@@ -118,6 +120,17 @@ def render_prune(job: Any) -> None:
             f"self-check [bold green]passed[/]: pruned ≡ {reference} (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
             f"{folds}) on {c.samples} inputs")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
+
+
+def _rounding(n: int, r: Any) -> None:
+    """``kept N channels`` for --round-to: in which layers, and the MACs that kept."""
+    ro = r.rounding
+    step = "multiples of 8 in layers of ≥ 64 channels (--round-to auto)" if ro["round_to"] == "auto" else f"multiples of {ro['round_to']} (--round-to)"
+    layers = sorted(ro["layers"].items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{name} +{k}" for name, k in layers[:5]) + (f" … +{len(layers) - 5} layers" if len(layers) > 5 else "")
+    cost = f"; cost {human(ro['macs'])} MACs ({100 * ro['macs'] / r.macs_before:.1f}% of the original)" if ro["macs"] else ""
+    console.print(f"[yellow]kept[/] {_n(n, 'channel')} to keep channel counts {step}: {named}{cost}; "
+                  "--round-to 1 removes them", soft_wrap=True)
 
 
 def _budget_flags(options: dict, smaller: bool = False) -> str:
@@ -157,7 +170,9 @@ def render_info(info: dict) -> None:
     summary.add_row("spatial filters", f"{info['spatial_filters']} ({info['zero_spatial_filters']} all-zero)")
     g = info["channel_groups"]
     if g.get("traced"):
-        summary.add_row("prunable channel groups", f"{g['prunable']} of {g['spaces']} ({g['prunable_channels']} channels)")
+        summary.add_row("prunable channel groups", f"{g['prunable']} of {g['spaces']}")
+        summary.add_row("channels (prune's total)", f"{g['channels']} ({g['prunable_channels']} prunable, "
+                        f"{g['channels'] - g['prunable_channels']} frozen)")
         if g.get("opaque"):
             kept = list(g["opaque"])
             summary.add_row("kept whole (not seen through)", ", ".join(kept[:5]) + (f" … +{len(kept) - 5}" if len(kept) > 5 else ""))

@@ -34,6 +34,7 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> InfoJob:
         groups = {
             "traced": True, "spaces": len(g.spaces), "prunable": len(prunable),
             "prunable_channels": sum(s.size for s in prunable),
+            "channels": g.channels_total,  # every producer's output channels: prune's "channels" total
             "frozen": sorted({r for s in g.spaces for r in s.frozen})[:10],
             "opaque": {**graph_mod.opaque_modules(gm), **g.passed},
         }

@@ -93,6 +93,7 @@ class PruneResult:
     record: Any = field(default=None, repr=False)  # scoring.Recorder: the original's top-1 on the calibration data
     kept: dict[str, int] = field(default_factory=dict)  # channels removable by their weights that stay, by reason
     floor_layers: list[str] = field(default_factory=list)  # channel criterion: layers cut to --floor (no more could go)
+    rounding: dict | None = None  # --round-to gave channels back: {"layers": {layer: channels kept}, "macs": MACs kept}
 
     @property
     def nothing_removed(self) -> str | None:
@@ -297,4 +298,5 @@ def prune_scored(
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
         floor_layers=at_floor(rows, opts) if opts.criterion == "channel" else [],
+        rounding={"round_to": opts.round_to, "layers": plan.rounded, "macs": chosen.rounding_macs} if plan.rounded else None,
     )

@@ -34,6 +34,7 @@ class Selection:
     pct: float | None = None
     groups_removed: int = 0
     budget: BudgetOutcome | None = None
+    rounding_macs: int = 0  # MACs the plan keeps (one input) so that channel counts stay multiples of --round-to
 
 
 class Costs:
@@ -142,7 +143,9 @@ def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tens
         outcome = search(kept, 0.0, MAX_PCT, target, metric, integer=False, why_floor=FILTER_FLOOR)
         pct = outcome.knob
     masks, graph, plan = zero_and_plan(pct)
-    return Selection(plan, graph, {n: mk for (n, _), mk in zip(convs, masks)}, pct, 0, outcome)
+    cost = rounding_macs(model, example, plan,
+                         lambda: plan_removal(gm, graph, 1, allow_inexact=opts.allow_inexact_folds))
+    return Selection(plan, graph, {n: mk for (n, _), mk in zip(convs, masks)}, pct, 0, outcome, cost)
 
 
 def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
@@ -167,4 +170,15 @@ def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
         k = int(outcome.knob)
     else:
         k = round(opts.pct / 100 * len(order))
-    return Selection(plan_for(k), graph, {}, None, k, outcome)
+    plan = plan_for(k)
+    cost = rounding_macs(model, example, plan, lambda: plan_removal(gm, graph, 1, remove=set(order[:k])))
+    return Selection(plan, graph, {}, None, k, outcome, cost)
+
+
+def rounding_macs(model: nn.Module, example: Any, plan: Plan, unrounded: Any) -> int:
+    """What rounding cost: MACs of ``plan`` minus those of the same plan without rounding (``unrounded()``
+    makes it); 0 when no layer gave channels back."""
+    if not plan.rounded:
+        return 0
+    costs = Costs(model, example, "macs")
+    return max(0, costs(plan) - costs(unrounded()))
