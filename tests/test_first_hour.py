@@ -188,3 +188,27 @@ def test_info_and_prune_count_channels_alike(pruned_2x):
     assert groups["channels"] == report["channels_before"]  # one total in both commands
     frozen = groups["channels"] - groups["prunable_channels"]
     assert f"{groups['channels']} ({groups['prunable_channels']} prunable, {frozen} frozen)" in p.stderr
+
+
+# ---------------------------------------------------------------------------- 12: bench at 80 columns
+def test_bench_table_fits_80_columns_with_short_paths(pruned_2x):
+    import json
+
+    _, _, pruned = pruned_2x
+    p = run_cli("bench", *FIXTURE_ARGS, pruned, "--trust-code", "--iters", "5", "--warmup", "1", "--rounds", "2", "--json",
+                env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert rows[0]["label"] == str(FIXTURE_PT) and rows[1]["label"] == str(pruned)  # --json keeps the full paths
+    lines = p.stderr.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    body = [line for line in lines if line.startswith(("digits_resnet.pt ", f"{pruned.name} "))]
+    assert len(body) == 2, p.stderr  # one line per model, named by its last path component
+    assert f"×{rows[1]['macs_ratio']:.2f}" in body[1]  # the MACs ratio beside the MACs
+
+
+def test_short_labels_keep_paths_apart():
+    from explainfix_cli.cli.render import short_labels
+
+    assert short_labels(["/a/x/model.pt", "/b/y/model.pt", "/tmp/half/"]) == ["x/model.pt", "y/model.pt", "half"]
+    assert short_labels(["fixtures/digits_resnet.pt", "/tmp/h7/half"]) == ["digits_resnet.pt", "half"]

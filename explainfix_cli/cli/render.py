@@ -377,17 +377,36 @@ def render_export(job: Any) -> None:
         console.print(f"wrote {', '.join(str(job.out / f) for f in job.files)}")
 
 
+def short_labels(labels: list[str]) -> list[str]:
+    """Paths as a table shows them: the last component, with as many parents as it takes to tell them apart
+    (the full path stays in --json)."""
+    from pathlib import PurePath
+
+    parts = [PurePath(label.rstrip("/")).parts or (label,) for label in labels]
+    depth = [1] * len(labels)
+    for _ in range(max((len(p) for p in parts), default=1)):
+        shown = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = {x for x in shown if shown.count(x) > 1}
+        if not clash:
+            return shown
+        depth = [d + 1 if x in clash and d < len(p) else d for x, p, d in zip(shown, parts, depth)]
+    return labels
+
+
 def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:
-    table = Table(title=f"onnxruntime latency · batch {batch_size} · {threads} threads", title_justify="left")
-    for col in ("model", "p50 ms", "p90 ms", "MACs", "params", "latency ×", "MACs ×", "params ×"):
-        table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
-    for r in rows:
-        def x(v):
-            return "—" if v is None else f"{v:.3f}"
-        lat = x(r.get("latency_ratio"))
+    from rich import box
+
+    table = Table(title=f"onnxruntime latency · batch {batch_size} · {threads} threads", title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, show_edge=False)
+    for col in ("model", "p50 ms", "p90 ms", "latency ×", "MACs", "params"):  # one line per model at 80 columns
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True, overflow="ellipsis")
+    for r, label in zip(rows, short_labels([r["label"] for r in rows])):
+        def with_ratio(v, x):
+            return human(v) if r is rows[0] or x is None else f"{human(v)} ×{x:.2f}"
+        lat = "1" if r is rows[0] else ("—" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}")
         if r.get("latency_ratio_min") is not None and r is not rows[0]:
             lat += f" ({r['latency_ratio_min']:.2f}–{r['latency_ratio_max']:.2f})"
-        table.add_row(r["label"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", human(r.get("macs")), human(r.get("params")),
-                      lat, x(r.get("macs_ratio")), x(r.get("params_ratio")))
-    table.caption = "ratios are to the first model; latency × is the median of same-round ratios (range)"
+        table.add_row(label, f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", lat, with_ratio(r.get("macs"), r.get("macs_ratio")),
+                      with_ratio(r.get("params"), r.get("params_ratio")))
+    table.caption = "× is the ratio to the first model; latency × is the median of same-round ratios (range); full paths: --json"
     console.print(table)
