@@ -1,62 +1,74 @@
 """`explainfix quantize`: static INT8 with onnxruntime, verified against FP32, accuracy-controlled, timed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import jobs
-from .base import app, command, emit_json
+from .base import app, command
 from .options import (
-    Arch,
-    ArchKwargs,
+    BENCH,
+    DATA,
+    GATES,
+    REQUIRED,
     BatchSize,
-    Debug,
-    Force,
-    InputSize,
-    Json,
-    Mean,
-    Out,
+    BenchIters,
+    Images,
+    Output,
     Seed,
-    Std,
-    TrustCode,
-    TrustPickle,
+    Source,
+    grouped,
 )
+
+
+@dataclass
+class QuantizeImages(Images):
+    """``--data`` required (calibration), ``--eval-data`` for the check; batches of 16."""
+
+    data: Annotated[Path, typer.Option("--data", rich_help_panel=DATA, show_default=False,
+                                       help="Calibration images (class subfolders, a flat folder or an .npz), like those the model will see.")] = REQUIRED
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel=DATA,
+                                                      help="Held-out images for INT8 vs FP32 (default: --data, with a note).")] = None
+    batch_size: BatchSize = 16
+
+
+@dataclass
+class Int8Gates:
+    """INT8 against its FP32 model, and how far accuracy control may go to meet that."""
+
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel=GATES,
+                                 help="Gate: INT8 accuracy at most PTS percentage points below FP32 (labeled --eval-data).")] = None
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", rich_help_panel=GATES,
+                             help="Gate: top-1 (dense models: per-pixel) agreement of INT8 with FP32 ≥ F.")] = None
+    max_float: Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
+                         help="Accuracy control: keep at most N layers in float to meet the gates (0: off).")] = 8
+
+
+@dataclass
+class Int8Timing:
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH,
+                                        help="Time FP32 and INT8 interleaved at batch 1 and 8.")] = True
+    threads: Annotated[int, typer.Option("--threads", rich_help_panel=BENCH,
+                                         help="onnxruntime intra-op threads, for the check and the timing alike.")] = 2
+    bench_iters: BenchIters = 50
 
 
 @app.command()
 @command
+@grouped
 def quantize(
     model: Annotated[Path, typer.Argument(help="An explainfix directory, a checkpoint (with --arch) or an FP32 .onnx file.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Calibration images (class subfolders or a flat folder), like those the model will see.", show_default=False)],
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out images for INT8 vs FP32 (default: --data, with a warning).")] = None,
+    *,
     type_: Annotated[str, typer.Option("--type", help="Quantized type: int8 (the only one).")] = "int8",
     calibrate: Annotated[str, typer.Option("--calibrate", help="Activation ranges: minmax | entropy | percentile (onnxruntime's calibrators).")] = "minmax",
     calib_images: Annotated[int, typer.Option("--calib-images", help="Calibration samples (seeded random subset of --data; streamed).")] = 300,
     activations: Annotated[str, typer.Option("--activations", help="auto (what onnxruntime prescribes for this CPU) | uint8 (asymmetric) | int8 (symmetric).")] = "auto",
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per output channel.")] = False,
     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Keep this node (ONNX node name or torch module name, e.g. layer1.0.conv1) in float; repeat the flag.")] = None,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: INT8 accuracy may be at most PTS percentage points below FP32 (labeled --eval-data).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Gate: top-1 (or per-pixel) agreement of INT8 with FP32 ≥ F.")] = None,
-    max_float: Annotated[int, typer.Option("--max-float", help="Accuracy control: keep at most N layers in float to meet the gates (0: off).")] = 8,
-    threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads, for the check and the timing alike.")] = 2,
-    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Time FP32 and INT8 interleaved at batch 1 and 8.")] = True,
-    bench_iters: Annotated[int, typer.Option("--bench-iters", help="Timed runs per model and batch size.")] = 50,
-    arch: Arch = None,
-    arch_kwargs: ArchKwargs = None,
-    trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False,
-    batch_size: BatchSize = 16,
-    input_size: InputSize = None,
-    mean: Mean = None,
-    std: Std = None,
-    out: Out = None,
-    force: Force = False,
-    seed: Seed = 0,
-    json_out: Json = False,
-    debug: Debug = False,
-) -> None:
+    gates: Int8Gates, timing: Int8Timing, inputs: QuantizeImages, source: Source, output: Output, seed: Seed = 0,
+) -> Any:
     """Static INT8 (onnxruntime QDQ: int8 per-channel weights, 8-bit activations), checked against FP32.
 
     Writes OUT/ (default <model-stem>-int8/) with model.int8.onnx, model.onnx (the FP32 model, when MODEL is
@@ -65,23 +77,20 @@ def quantize(
 
     Example: explainfix quantize model-pruned/ --data calib/ --eval-data val/ --max-accuracy-drop 1 -o model-int8
     """
-    from ..core.errors import CheckFailed
     from ..deploy.quantize import QuantizeOptions
     from ..jobs.quantize import quantize_job
     from .render import work_progress
 
     options = QuantizeOptions(type=type_, calibrate=calibrate, calib_images=calib_images, per_channel=not per_tensor,
-                              activations=activations, keep_float=tuple(keep_float or ()), batch_size=batch_size, seed=seed)
+                              activations=activations, keep_float=tuple(keep_float or ()), batch_size=inputs.batch_size,
+                              seed=seed)
     with work_progress() as bar:
-        job = quantize_job(jobs.ModelSpec(model, arch, arch_kwargs, trust_pickle, trust_code),
-                           jobs.DataSpec(data, input_size, mean, std, batch_size), eval_data=eval_data, options=options,
-                           out=out, force=force, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
-                           max_float=max_float, bench=bench, threads=threads, bench_iters=bench_iters, progress=bar)
+        job = quantize_job(source.spec(model), inputs.spec(), eval_data=inputs.eval_data, options=options,
+                           out=output.out, force=output.force, max_accuracy_drop=gates.max_accuracy_drop,
+                           min_agreement=gates.min_agreement, max_float=gates.max_float, bench=timing.bench,
+                           threads=timing.threads, bench_iters=timing.bench_iters, progress=bar)
     render_quantize(job)
-    if not job.passed:
-        raise CheckFailed(job.failure_message())
-    if json_out:
-        emit_json(job.report)
+    return job  # a failed gate: exit 1 with the numbers, nothing written (cli/base.py)
 
 
 def _pct(v: float | None) -> str:

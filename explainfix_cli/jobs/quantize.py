@@ -40,12 +40,13 @@ from ..io.outdir import publish, staging
 from ..prune.pipeline import Progress
 from .common import DataSpec, ModelSpec, now, open_inputs, output_dir
 from .export import export_verified, provenance_metadata
+from .result import JobResult
 
 SENSITIVITY_SAMPLES = 32  # calibration samples the per-layer sensitivity is measured on (all activations are held)
 
 
 @dataclass
-class QuantizeJob:
+class QuantizeJob(JobResult):
     out: Path
     report: dict
     gates: list[Gate] = field(default_factory=list)
@@ -58,8 +59,12 @@ class QuantizeJob:
     def failure_message(self) -> str:
         return "gate failed: " + "; ".join(g.failure_line() for g in self.gates if not g.passed) + "; nothing written"
 
-    def to_json(self) -> dict:
-        return self.report
+    def failure_hint(self) -> str | None:
+        ac = self.report.get("accuracy_control")
+        if ac is None:
+            return "--max-float N lets accuracy control keep up to N layers in float"
+        return f"keeping up to {ac['max_float']} layers in float did not meet it (report: accuracy_control); " \
+               "try --calibrate entropy or percentile, more --calib-images, or deploy the FP32 model"
 
 
 def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = None,
