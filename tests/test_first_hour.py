@@ -212,3 +212,67 @@ def test_short_labels_keep_paths_apart():
 
     assert short_labels(["/a/x/model.pt", "/b/y/model.pt", "/tmp/half/"]) == ["x/model.pt", "y/model.pt", "half"]
     assert short_labels(["fixtures/digits_resnet.pt", "/tmp/h7/half"]) == ["digits_resnet.pt", "half"]
+
+
+# --------------------------------------------------------------------------- 7, 8: figures people read
+def test_spectra_figure_names_layers_labels_the_colour_bar_and_says_what_the_spectra_are():
+    import torch
+    import torchvision
+
+    from explainfix_cli.explain.figures import SPECTRA_LEGEND, spectra_figure
+    from explainfix_cli.explain.spectra import explain_model
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    report = explain_model(model)
+    fig = spectra_figure(report)
+    heatmaps = [ax for ax in fig.get_axes() if ax.get_xlabel() == "Spatial layer"]
+    names = [layer.name for layer in report.without_saliency.layers]
+    shown = [t.get_text() for ax in heatmaps for t in ax.get_xticklabels()]
+    assert heatmaps and set(shown) <= set(names) and "layer1.0.conv1" in shown  # names, not indices 0–N
+    colour_bars = [child for ax in fig.get_axes() for child in ax.child_axes]  # inset in the corner
+    bars = [ax.get_xlabel() for ax in colour_bars]
+    assert bars and all(label == "share of the layer's e^d" for label in bars)  # the colour bar says what it shows
+    texts = [t.get_text() for t in fig.texts]
+    assert SPECTRA_LEGEND in texts and all(s in SPECTRA_LEGEND for s in ("e^d:", "e^1:", "e^0:"))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep of the fixture (2 budgets, timed): its sweep.json."""
+    import json
+
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    p = run_cli("sweep", *FIXTURE_ARGS, "--data", CALIB, "--eval-data", REPO / "fixtures" / "digits" / "eval",
+                "--targets", "3x,2x", "--bench-iters", "5", "-o", out)
+    assert p.returncode == 0, p.stderr
+    return json.loads((out / "sweep.json").read_text())
+
+
+def test_tradeoff_latency_panel_is_ordered_by_its_axis_with_the_measured_range(swept):
+    from matplotlib.container import ErrorbarContainer
+
+    from explainfix_cli.explain.figures import tradeoff_figure
+
+    assert all(p["latency_p10_ms"] <= p["latency_ms"] <= p["latency_p90_ms"] for p in swept["points"])
+    fig = tradeoff_figure(swept)
+    macs_ax, lat_ax = fig.get_axes()[:2]
+    for ax in (macs_ax, lat_ax):
+        line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "-")
+        xs = list(line.get_xdata())
+        assert xs == sorted(xs)  # joined along the x axis, not in budget order
+    assert sorted(line.get_xdata()) == sorted(p["latency_ms"] for p in swept["points"])
+    bars = [c for c in lat_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert bars and bars[0].has_xerr  # the measured p10–p90 range
+    assert "p10–p90" in lat_ax.get_xlabel()
+    title = fig._suptitle.get_text()
+    assert "digits_resnet.pt" in title and "eval (300 images)" in title and "one-shot" in title
+
+
+def test_tradeoff_title_says_fine_tuned_or_distilled(swept):
+    from explainfix_cli.explain.figures import tradeoff_figure
+
+    tuned = {**swept, "finetune_epochs": 2, "distill": None}
+    assert "fine-tuned 2 epochs per point" in tradeoff_figure(tuned)._suptitle.get_text()
+    distilled = {**swept, "finetune_epochs": 1, "distill": {"temperature": 4.0, "alpha": 0.9}}
+    assert "distilled 1 epoch per point" in tradeoff_figure(distilled)._suptitle.get_text()

@@ -52,6 +52,7 @@ class BenchResult:
     params: int | None = None
     macs: int | None = None
     round_p50_ms: list[float] = field(default_factory=list)  # p50 of each interleaved round
+    p10_ms: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -149,7 +150,7 @@ def bench_interleaved(
             threads=threads, warmup=warmup, iters=len(ms), p50_ms=float(np.percentile(ms, 50)),
             p90_ms=float(np.percentile(ms, 90)), mean_ms=float(ms.mean()), min_ms=float(ms.min()),
             params=t.cost.params if t.cost else None, macs=t.cost.macs if t.cost else None,
-            round_p50_ms=[float(np.percentile(x, 50)) for x in rounds_ms],
+            round_p50_ms=[float(np.percentile(x, 50)) for x in rounds_ms], p10_ms=float(np.percentile(ms, 10)),
         ))
     return results
 
@@ -167,7 +168,7 @@ def compare_bench(results: Sequence[BenchResult]) -> list[dict]:
         paired = [a / b for a, b in zip(r.round_p50_ms, first.round_p50_ms) if b] \
             if len(r.round_p50_ms) == len(first.round_p50_ms) > 1 else []
         rows.append({
-            "label": r.label, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "mean_ms": r.mean_ms,
+            "label": r.label, "p10_ms": r.p10_ms, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "mean_ms": r.mean_ms,
             "params": r.params, "macs": r.macs,
             "latency_ratio": float(np.median(paired)) if paired else _ratio(r.p50_ms, first.p50_ms),
             "latency_ratio_min": min(paired) if paired else None,

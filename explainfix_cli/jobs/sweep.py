@@ -139,7 +139,8 @@ def sweep_job(
         latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,
                                seed=seed)
         for row, timed in zip(rows, latency[1:]):
-            row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
+            row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"],
+                       latency_p10_ms=timed.get("p10_ms"), latency_p90_ms=timed.get("p90_ms"))  # tradeoff.png's range
     report = {
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
@@ -147,7 +148,9 @@ def sweep_job(
         "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
         "distill": dataclasses.asdict(distill) if distill else None, "seed": seed,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
-                     "latency_ms": latency[0]["p50_ms"] if latency else None},
+                     "latency_ms": latency[0]["p50_ms"] if latency else None,
+                     "latency_p10_ms": latency[0].get("p10_ms") if latency else None,
+                     "latency_p90_ms": latency[0].get("p90_ms") if latency else None},
         "bench": {"threads": threads, "iters": bench_iters, "batch_size": 1} if bench else None,
         "points": rows,
     }
