@@ -208,7 +208,7 @@ def test_bench_table_fits_80_columns_with_short_paths(pruned_2x):
 
 
 def test_short_labels_keep_paths_apart():
-    from explainfix_cli.cli.render import short_labels
+    from explainfix_cli.cli.next_steps import short_labels
 
     assert short_labels(["/a/x/model.pt", "/b/y/model.pt", "/tmp/half/"]) == ["x/model.pt", "y/model.pt", "half"]
     assert short_labels(["fixtures/digits_resnet.pt", "/tmp/h7/half"]) == ["digits_resnet.pt", "half"]

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..core.fmt import human, pct, pruned_how, ratio
 from ..jobs.summary import checks_ran
+from .next_steps import next_steps, rounding_line, short_labels
 
 console = Console(stderr=True, highlight=False)
 
@@ -88,7 +89,10 @@ def render_prune(job: Any) -> None:
         console.print(f"[yellow]at the floor[/]: {_n(len(r.floor_layers), 'layer')} cut to --floor "
                       f"({r.options.get('floor', 0.1):.0%} of their channels): {names}", soft_wrap=True)
     if r.quality_fell:
-        _next_steps(r, job)
+        first, *steps = next_steps(r, job, _source(r.eval_source, job.report))
+        console.print(f"[bold yellow]quality fell[/]: {first}", soft_wrap=True)
+        for step in steps:
+            console.print(step, soft_wrap=True, markup=False)
     if r.recalibrated and r.recalibrated.get("skipped"):
         console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
     elif r.recalibrated:
@@ -106,7 +110,7 @@ def render_prune(job: Any) -> None:
         console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
     for why, n in list(r.kept.items())[:3]:
         if why.startswith("rounded") and r.rounding:  # which layers, and what it cost
-            _rounding(n, r)
+            console.print(f"[yellow]kept[/] {rounding_line(n, r)}", soft_wrap=True)
         elif not why.startswith("its removal needs an inexact"):  # said above
             console.print(f"[yellow]kept[/] {_n(n, 'channel')}: {why}")
     if c.status == "inexact":
@@ -120,43 +124,6 @@ def render_prune(job: Any) -> None:
             f"self-check [bold green]passed[/]: pruned ≡ {reference} (max rel err {max(c.pruned_vs_masked_rel, c.masked_vs_zeroed_rel):.1e}; "
             f"{folds}) on {c.samples} inputs")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
-
-
-def _rounding(n: int, r: Any) -> None:
-    """``kept N channels`` for --round-to: in which layers, and the MACs that kept."""
-    ro = r.rounding
-    step = "multiples of 8 in layers of ≥ 64 channels (--round-to auto)" if ro["round_to"] == "auto" else f"multiples of {ro['round_to']} (--round-to)"
-    layers = sorted(ro["layers"].items(), key=lambda kv: -kv[1])
-    named = ", ".join(f"{name} +{k}" for name, k in layers[:5]) + (f" … +{len(layers) - 5} layers" if len(layers) > 5 else "")
-    cost = f"; cost {human(ro['macs'])} MACs ({100 * ro['macs'] / r.macs_before:.1f}% of the original)" if ro["macs"] else ""
-    console.print(f"[yellow]kept[/] {_n(n, 'channel')} to keep channel counts {step}: {named}{cost}; "
-                  "--round-to 1 removes them", soft_wrap=True)
-
-
-def _budget_flags(options: dict, smaller: bool = False) -> str:
-    """The budget of resolved prune options as flags (``smaller``: half the reduction: 2x → 1.5x, --pct 70 → 35)."""
-    for key, flag in (("target_macs", "--target-macs"), ("target_params", "--target-params")):
-        if options.get(key) is not None:
-            factor = 1 / float(options[key])
-            return f"{flag} {(1 + (factor - 1) / 2) if smaller else factor:.3g}x"
-    return f"--pct {options['pct'] / 2 if smaller else options['pct']:g}"
-
-
-def _next_steps(r: Any, job: Any) -> None:
-    """Quality fell far: the measured numbers and the three ways on, as commands."""
-    data = (job.report.get("data") or {}).get("source") or "DATA"
-    model = job.report.get("model", "MODEL")
-    from pathlib import Path
-
-    if not Path(model).is_dir():
-        model += " --arch … (as in this run)"
-    console.print(f"[bold yellow]quality fell[/]: {r.quality_fell} (on {r.eval_samples} {_source(r.eval_source, job.report)}). "
-                  "Next, one of:", soft_wrap=True)
-    console.print(f"  recover it: explainfix finetune {job.out} --distill --data {data} --epochs 3 -o {job.out}-tuned",
-                  soft_wrap=True, markup=False)
-    console.print(f"  prune and recover in one go: explainfix compress {model} {_budget_flags(r.options)} "
-                  f"--finetune-epochs 3 --distill --data {data}", soft_wrap=True, markup=False)
-    console.print(f"  or ask for less: {_budget_flags(r.options, smaller=True)}", soft_wrap=True, markup=False)
 
 
 def render_info(info: dict) -> None:
@@ -341,7 +308,24 @@ def render_compress(job: Any) -> None:
     console.print(g)
     console.print(checks_ran(r["gates"]), soft_wrap=True)
     console.print(r["verify_summary"], soft_wrap=True)
-    console.print(f"wrote {job.out}/ (model.safetensors, explainfix.json, model.onnx, report.json, summary.md)")
+    q = r.get("int8")
+    if q:
+        bench = (q.get("bench") or {}).get("verdict")
+        floats = (q.get("accuracy_control") or {}).get("kept_float") or []
+        console.print(f"INT8 (model.int8.onnx): {q['comparison'].get('brief') or _int8_brief(q['comparison'])}"
+                      + (f"; {len(floats)} layers kept in float" if floats else "") + (f"; {bench}" if bench else ""),
+                      soft_wrap=True)
+    files = "model.safetensors, explainfix.json, model.onnx" + (", model.int8.onnx" if q else "")
+    console.print(f"wrote {job.out}/ ({files}, report.json, summary.md)")
+
+
+def _int8_brief(c: dict) -> str:
+    parts = []
+    if c.get("agreement") is not None:
+        parts.append(f"agreement with FP32 {100 * c['agreement']:.2f}%")
+    if c.get("accuracy_int8") is not None:
+        parts.append(f"accuracy {100 * c['accuracy_fp32']:.2f}% → {100 * c['accuracy_int8']:.2f}%")
+    return ", ".join(parts) or f"{c.get('samples', 0)} samples compared"
 
 
 def _sci(v: float | None) -> str:
@@ -375,22 +359,6 @@ def render_export(job: Any) -> None:
         render_verify(job.verify)
     if job.passed:
         console.print(f"wrote {', '.join(str(job.out / f) for f in job.files)}")
-
-
-def short_labels(labels: list[str]) -> list[str]:
-    """Paths as a table shows them: the last component, with as many parents as it takes to tell them apart
-    (the full path stays in --json)."""
-    from pathlib import PurePath
-
-    parts = [PurePath(label.rstrip("/")).parts or (label,) for label in labels]
-    depth = [1] * len(labels)
-    for _ in range(max((len(p) for p in parts), default=1)):
-        shown = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        clash = {x for x in shown if shown.count(x) > 1}
-        if not clash:
-            return shown
-        depth = [d + 1 if x in clash and d < len(p) else d for x, p, d in zip(shown, parts, depth)]
-    return labels
 
 
 def render_bench(rows: list[dict], batch_size: int, threads: int) -> None:

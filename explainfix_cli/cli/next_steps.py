@@ -1,0 +1,61 @@
+"""What the terminal says about a result beyond its tables, in words a newcomer can act on (issue #27): the
+next step when quality fell far, what rounding kept, short names for paths. Text only; render.py prints it."""
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Any
+
+from ..core.fmt import human
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def rounding_line(n: int, r: Any) -> str:
+    """``kept N channels`` for --round-to: in which layers, and the MACs that kept."""
+    ro = r.rounding
+    step = ("multiples of 8 in layers of ≥ 64 channels (--round-to auto)" if ro["round_to"] == "auto"
+            else f"multiples of {ro['round_to']} (--round-to)")
+    layers = sorted(ro["layers"].items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{name} +{k}" for name, k in layers[:5]) + (f" … +{len(layers) - 5} layers" if len(layers) > 5 else "")
+    cost = f"; cost {human(ro['macs'])} MACs ({100 * ro['macs'] / r.macs_before:.1f}% of the original)" if ro["macs"] else ""
+    return f"{_n(n, 'channel')} to keep channel counts {step}: {named}{cost}; --round-to 1 removes them"
+
+
+def budget_flags(options: dict, smaller: bool = False) -> str:
+    """The budget of resolved prune options as flags (``smaller``: half the reduction: 2x → 1.5x, --pct 70 → 35)."""
+    for key, flag in (("target_macs", "--target-macs"), ("target_params", "--target-params")):
+        if options.get(key) is not None:
+            factor = 1 / float(options[key])
+            return f"{flag} {(1 + (factor - 1) / 2) if smaller else factor:.3g}x"
+    return f"--pct {options['pct'] / 2 if smaller else options['pct']:g}"
+
+
+def next_steps(r: Any, job: Any, measured_on: str) -> list[str]:
+    """Quality fell far: the measured numbers (first line), then the three ways on, as commands."""
+    data = (job.report.get("data") or {}).get("source") or "DATA"
+    model = job.report.get("model", "MODEL")
+    if not Path(model).is_dir():
+        model += " --arch … (as in this run)"
+    return [
+        f"{r.quality_fell} (on {r.eval_samples} {measured_on}). Next, one of:",
+        f"  recover it: explainfix finetune {job.out} --distill --data {data} --epochs 3 -o {job.out}-tuned",
+        f"  prune and recover in one go: explainfix compress {model} {budget_flags(r.options)} "
+        f"--finetune-epochs 3 --distill --data {data}",
+        f"  or ask for less: {budget_flags(r.options, smaller=True)}",
+    ]
+
+
+def short_labels(labels: list[str]) -> list[str]:
+    """Paths as a table shows them: the last component, with as many parents as it takes to tell them apart
+    (the full path stays in --json)."""
+    parts = [PurePath(label.rstrip("/")).parts or (label,) for label in labels]
+    depth = [1] * len(labels)
+    for _ in range(max((len(p) for p in parts), default=1)):
+        shown = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = {x for x in shown if shown.count(x) > 1}
+        if not clash:
+            return shown
+        depth = [d + 1 if x in clash and d < len(p) else d for x, p, d in zip(shown, parts, depth)]
+    return labels
