@@ -1,16 +1,18 @@
 """`explainfix compress`: the CI step."""
 from __future__ import annotations
 
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
 from .base import app, command
-from .options import RECOVERY, Budget, Device, Gates, Json, ModelArg, Opset, Ranking, Recovery, Seed, Source, Timing, Tuning
+from .options import OUTPUT, RECOVERY, Budget, Device, Gates, Json, MaxFloat, ModelArg, Opset, Ranking, Recovery, Seed, Source
+from .options import Timing, Tuning
 from .options import Weights, grouped
 
+Quantize = Annotated[Optional[str], typer.Option("--quantize", rich_help_panel=OUTPUT, metavar="TYPE", show_default=False,
+                    help="Also write model.int8.onnx (TYPE: int8): static INT8 by the quantize command's own steps, "
+                    "checked against the FP32 ONNX, accuracy-controlled toward --max-accuracy-drop, timed.")]
 Steps = Annotated[int, typer.Option("--steps", rich_help_panel=RECOVERY, help="Iterative compression: K rounds of re-score → prune "
                                     "toward the budget (geometric schedule) → fine-tune, ending at the budget. Needs a budget.")]
 
@@ -20,8 +22,8 @@ Steps = Annotated[int, typer.Option("--steps", rich_help_panel=RECOVERY, help="I
 @grouped
 def compress(
     model: ModelArg, *, budget: Budget, ranking: Ranking, inputs: Tuning, recovery: Recovery, steps: Steps = 1,
-    gates: Gates, timing: Timing, source: Source, output: Weights, opset: Opset = 18, device: Device = "auto",
-    seed: Seed = 0, json_out: Json = False,
+    gates: Gates, timing: Timing, source: Source, output: Weights, opset: Opset = 18, quantize: Quantize = None,
+    max_float: MaxFloat = 8, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
 ) -> Any:
     """Prune → (fine-tune) → export ONNX → verify → quality gates, in one command for CI.
 
@@ -33,6 +35,7 @@ def compress(
     Example (unlabeled calibration images, 3 rounds): explainfix compress model.pt --arch m.py:Net --target-macs 4x --steps 3
     --finetune-epochs 1 --distill --data unlabeled/ --eval-data val/ -o out/
     """
+    from ..deploy.quantize import QuantizeOptions
     from ..jobs.compress import compress_job
     from .render import render_compress, work_progress
 
@@ -43,7 +46,8 @@ def compress(
             max_accuracy_drop=gates.max_accuracy_drop, min_agreement=gates.min_agreement, atol=gates.atol, rtol=gates.rtol,
             opset=opset, bench=timing.bench, threads=timing.threads, bench_iters=timing.bench_iters, out=output.out,
             device=device, seed=seed, force=output.force, progress=bar, on_step=bar.step if bar else None, steps=steps,
-            distill=recovery.options(),
+            distill=recovery.options(), max_float=max_float,
+            quantize=QuantizeOptions(type=quantize, batch_size=inputs.batch_size, seed=seed) if quantize else None,
         )
     render_compress(job)
     return job  # a failed gate: exit 1 naming it (cli/base.py)

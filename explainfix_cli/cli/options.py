@@ -95,6 +95,9 @@ MinAgreement = Annotated[Optional[float], typer.Option("--min-agreement", rich_h
 Atol = Annotated[float, typer.Option("--atol", rich_help_panel=GATES, help="ONNX vs torch: an element fails where abs err > atol AND rel err > rtol.")]
 Rtol = Annotated[float, typer.Option("--rtol", rich_help_panel=GATES, help="ONNX vs torch relative tolerance (see --atol).")]
 Opset = Annotated[int, typer.Option("--opset", rich_help_panel=OUTPUT, help="ONNX opset (≥ 18).")]
+
+MaxFloat = Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
+                     help="INT8 accuracy control: keep at most N layers in float to meet the gates (0: off).")]
 Bench = Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH, help="Measure onnxruntime latency (batch 1) of the original and every result.")]
 Threads = Annotated[int, typer.Option("--threads", rich_help_panel=BENCH, help="onnxruntime intra-op threads (fixed) for the latency measurement.")]
 BenchIters = Annotated[int, typer.Option("--bench-iters", rich_help_panel=BENCH, help="Timed runs per model (and round).")]

@@ -16,6 +16,7 @@ from .options import (
     BatchSize,
     BenchIters,
     Images,
+    MaxFloat,
     Output,
     Seed,
     Source,
@@ -42,8 +43,7 @@ class Int8Gates:
                                  help="Gate: INT8 accuracy at most PTS percentage points below FP32 (labeled --eval-data).")] = None
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", rich_help_panel=GATES,
                              help="Gate: top-1 (dense models: per-pixel) agreement of INT8 with FP32 ≥ F.")] = None
-    max_float: Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
-                         help="Accuracy control: keep at most N layers in float to meet the gates (0: off).")] = 8
+    max_float: MaxFloat = 8
 
 
 @dataclass

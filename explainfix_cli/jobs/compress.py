@@ -36,6 +36,7 @@ from ..core.progress import Progress
 from ..deploy.verify import check_tolerances
 from ..io.data import load_calibration
 from ..io.model_dir import save_model_dir
+from ..deploy.quantize import QuantizeOptions
 from ..io.outdir import staging
 from ..prune.budget import met
 from ..prune.options import PruneOptions
@@ -48,6 +49,7 @@ from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
 from .rounds import Recovery, Round, run_round
 from .result import JobResult
+from .quantize import quantize_checked
 from .summary import summary_markdown
 
 
@@ -104,10 +106,15 @@ def compress_job(
     on_step: Any = None,
     steps: int = 1,
     distill: Any = None,
+    quantize: QuantizeOptions | None = None,
+    max_float: int = 8,
 ) -> CompressJob:
     """``options``: how much to prune (``PruneOptions(target_macs="4x")``, ``PruneOptions(pct=70)``); ``distill`` is a
-    ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step."""
+    ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step. ``quantize`` (``QuantizeOptions()``:
+    INT8) adds ``model.int8.onnx`` by the quantize job's own steps (jobs/quantize.py ``quantize_checked``), checked
+    against the FP32 ONNX, accuracy-controlled toward ``max_accuracy_drop`` from the original, and timed."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol)
+    quantize = quantize.check() if quantize is not None else None
     resolved = options.resolved(has_data=data.path is not None)
     if not (isinstance(steps, int) and 1 <= steps <= 20):
         raise BadInput(f"--steps must be an integer in [1, 20], got {steps}")
@@ -152,7 +159,9 @@ def compress_job(
     tuned = rounds[-1].tuned
     final = opened.model.to("cpu").eval()
     after = rounds[-1].final  # the last round measured the final model
+    acc_b, acc_a = before["accuracy"], after["accuracy"]
 
+    extra: dict[str, bytes] = {}
     entry = {"command": "compress", "time": now(), "pct": result.pct, "budget": result.budget, "criterion": result.criterion,
              "finetune_epochs": finetune_epochs, "steps": steps, "distill": asdict(distill) if distill else None}
     with staging(out) as work:  # next to -o (io/outdir.py), removed whatever happens
@@ -161,6 +170,15 @@ def compress_job(
         exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
                                           atol=atol, rtol=rtol, batch_size=bs, seed=seed)
         onnx_bytes = (work / "model.onnx").read_bytes()
+        int8 = None
+        if quantize is not None:  # FP32 ONNX → INT8 → checked → controlled → timed (the quantize job's steps)
+            left = None if max_accuracy_drop is None else max_accuracy_drop - 100 * (acc_b - acc_a)
+            room = left if left is not None and left >= 0 else None  # FP32 already over: no layer in float helps
+            int8 = quantize_checked(work / "model.onnx", work / "model.int8.onnx", opened.calib, eval_calib, quantize,
+                                    work=work, shape=opened.pre.shape, max_accuracy_drop=room, max_float=max_float,
+                                    bench=bench and dist.is_main(), threads=threads, bench_iters=bench_iters,
+                                    progress=progress)
+            extra["model.int8.onnx"] = (work / "model.int8.onnx").read_bytes()
     bench_rows = None
     if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
         stage("bench")  # the bench job's timing, on the two models in memory
@@ -168,9 +186,10 @@ def compress_job(
                             iters=bench_iters, seed=seed, opset=opset)
         bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": rows}
 
-    acc_b, acc_a = before["accuracy"], after["accuracy"]
     agree = agreement(before["preds"], after["preds"])
     gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
+    if int8 is not None:
+        gates += _int8_gates(int8, acc_b, max_accuracy_drop)
     report = {
         "load_notes": opened.loaded.notes, "command": "compress", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
         "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
@@ -184,13 +203,28 @@ def compress_job(
         "rounds": [_round_json(i, r, {**before, **costs}) for i, r in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
         "export": {**exported.to_json(), "path": str(Path(out) / "model.onnx")}, "verify": check.to_json(), "verify_summary": check.summary_line(),
-        "bench": bench_rows, "seed": seed,
+        "bench": bench_rows, "seed": seed, "int8": int8.to_json() if int8 is not None else None,
     }
     summary = summary_markdown(report)
     recipe = recipe.record({**entry, "passed": report["passed"], "gates": {g.name: g.value for g in gates}})
-    save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, "report.json": report, "summary.md": summary}, force=force,
+    save_model_dir(final, recipe, out, extra={"model.onnx": onnx_bytes, **extra, "report.json": report, "summary.md": summary}, force=force,
                    dtypes=opened.out_dtypes, example=read_back_example(opened))
     return CompressJob(out, report, gates, summary, final)
+
+
+def _int8_gates(int8: Any, acc_before: float | None, max_drop: float | None) -> list[Gate]:
+    """The INT8 model's gates in compress: its own check against the FP32 ONNX (accuracy control included) and,
+    with ``--max-accuracy-drop``, its accuracy against the original's."""
+    c = int8.comparison
+    gates = []
+    if int8.gates:  # the room left by the FP32 model's own drop, accuracy control included
+        gates.append(Gate("INT8 vs FP32", "--quantize", "; ".join(g.threshold for g in int8.gates),
+                          "; ".join(g.value for g in int8.gates), int8.passed, c.brief()))
+    if max_drop is not None and c.accuracy_int8 is not None and acc_before is not None:
+        drop = 100 * (acc_before - c.accuracy_int8)
+        gates.append(Gate("INT8 accuracy drop", "--max-accuracy-drop", f"≤ {max_drop:g} pts", f"{drop:.2f} pts",
+                          drop <= max_drop + 1e-9, f"{100 * acc_before:.2f}% → INT8 {100 * c.accuracy_int8:.2f}%"))
+    return gates
 
 
 def _step_options(opts: PruneOptions, k: int, steps: int, current: dict, original: dict) -> PruneOptions:

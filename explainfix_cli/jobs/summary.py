@@ -48,6 +48,13 @@ def summary_markdown(report: dict) -> str:
             f"| accuracy ({report['eval_samples']} eval samples) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
             f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
         ]
+    q = report.get("int8")
+    if q:  # the INT8 model beside the FP32 one
+        qc = q["comparison"]
+        speed = next((f"{b['speedup']:.2f}× at batch {b['batch_size']}" for b in (q.get("bench") or {}).get("batches", [])), "not timed")
+        acc = "—" if qc.get("accuracy_int8") is None else _pct2(qc["accuracy_int8"])
+        lines += [f"| INT8 `model.int8.onnx`: accuracy | | {acc} | vs FP32 {_pct2(qc.get('accuracy_fp32'))} |",
+                  f"| INT8: agreement with FP32 · speed-up over FP32 | | {_pct2(qc.get('agreement'))} | {speed} |"]
     lines += [
         f"| ONNX verification | | {'PASSED' if report['verify']['passed'] else 'FAILED'} | |",
         "",
