@@ -162,3 +162,16 @@ def test_the_early_budget_check_leaves_the_model_as_it_was(criterion):
     with pytest.raises(BadInput, match="smallest reachable is"):
         check_budget(model, graph_mod.trace(model, x), opts, x, count_macs(model, x))
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_frozen_channels_name_the_op_that_froze_the_most(tmp_path):
+    """#24 item 4: whenever channels are frozen, info, the prune report and a refused budget name the op."""
+    from conftest import FIXTURE_ARGS, FIXTURE_CALIB, cli_json, run_cli
+
+    info = cli_json("info", *FIXTURE_ARGS)
+    top = next(iter(info["channel_groups"]["frozen_by"]))
+    assert "model output" in top  # the classifier's 10 output channels
+    doc = cli_json("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", FIXTURE_CALIB, "-o", tmp_path / "p")
+    assert next(iter(doc["frozen_by"])) == top
+    refused = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "1000x", "-o", tmp_path / "q")
+    assert refused.returncode == 2 and f"most of them by {top}" in " ".join(refused.stderr.split()), refused.stderr

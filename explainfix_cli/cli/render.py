@@ -108,6 +108,10 @@ def render_prune(job: Any) -> None:
                       "(--allow-inexact-folds removes them, and the model then differs at the borders)")
     if r.channels_removed == 0:
         console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
+    if r.frozen_by:  # what no budget can remove, and the op responsible for most of it
+        (top, n), total = next(iter(r.frozen_by.items())), sum(r.frozen_by.values())
+        console.print(f"[dim]frozen[/] {_n(n, 'channel')} by {top}" + (f" (of {total} frozen in all; report.json: frozen_by)"
+                                                                          if total > n else ""), soft_wrap=True)
     for why, n in list(r.kept.items())[:3]:
         if why.startswith("rounded") and r.rounding:  # which layers, and what it cost
             console.print(f"[yellow]kept[/] {rounding_line(n, r)}", soft_wrap=True)
@@ -140,6 +144,9 @@ def render_info(info: dict) -> None:
         summary.add_row("prunable channel groups", f"{g['prunable']} of {g['spaces']}")
         summary.add_row("channels (prune's total)", f"{g['channels']} ({g['prunable_channels']} prunable, "
                         f"{g['channels'] - g['prunable_channels']} frozen)")
+        if g.get("frozen_by"):
+            top, n = next(iter(g["frozen_by"].items()))
+            summary.add_row("most channels frozen by", f"{top} ({n})")
         if g.get("opaque"):
             kept = list(g["opaque"])
             summary.add_row("kept whole (not seen through)", ", ".join(kept[:5]) + (f" … +{len(kept) - 5}" if len(kept) > 5 else ""))

@@ -36,6 +36,7 @@ def info_job(model: ModelSpec, data: DataSpec | None = None) -> InfoJob:
             "prunable_channels": sum(s.size for s in prunable),
             "channels": g.channels_total,  # every producer's output channels: prune's "channels" total
             "frozen": sorted({r for s in g.spaces for r in s.frozen})[:10],
+            "frozen_by": dict(list(g.frozen_by.items())[:5]),  # channels by the op that froze them, most first
             "opaque": {**graph_mod.opaque_modules(gm), **g.passed},
         }
     except ExplainFixError as e:

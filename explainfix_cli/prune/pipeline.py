@@ -92,6 +92,7 @@ class PruneResult:
     recalibrated: dict | None = None  # BatchNorm re-estimated after pruning: batches, quality before it
     record: Any = field(default=None, repr=False)  # scoring.Recorder: the original's top-1 on the calibration data
     kept: dict[str, int] = field(default_factory=dict)  # channels removable by their weights that stay, by reason
+    frozen_by: dict[str, int] = field(default_factory=dict)  # frozen channels by the op that froze them, most first
     floor_layers: list[str] = field(default_factory=list)  # channel criterion: layers cut to --floor (no more could go)
     rounding: dict | None = None  # --round-to gave channels back: {"layers": {layer: channels kept}, "macs": MACs kept}
 
@@ -297,6 +298,7 @@ def prune_scored(
                                  **{name: STANDARDISED for name in effective_kernel_convs(model)}}, timings=t,
         options=opts.to_json(), budget=chosen.budget.to_json() if chosen.budget else None,
         groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
+        frozen_by=dict(list(chosen.graph.frozen_by.items())[:5]),
         floor_layers=at_floor(rows, opts) if opts.criterion == "channel" else [],
         rounding={"round_to": opts.round_to, "layers": plan.rounded, "macs": chosen.rounding_macs} if plan.rounded else None,
     )

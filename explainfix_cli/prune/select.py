@@ -73,8 +73,10 @@ FILTER_FLOOR = " (zeroing more filters frees no more channels)"
 MAX_PCT = 99.9  # the filter criteria's search range ends here
 
 
-def channel_floor_why(opts: PruneOptions) -> str:
-    return f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay)"
+def channel_floor_why(opts: PruneOptions, graph: ChannelGraph | None = None) -> str:
+    frozen = graph.frozen_by if graph is not None else {}
+    most = f", most of them by {next(iter(frozen))}" if frozen else ""
+    return f" (every layer keeps ≥ {opts.floor:.0%} of its channels; frozen channels stay{most})"
 
 
 def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, example: Any,
@@ -98,7 +100,7 @@ def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, examp
             g.saliency = 1.0
         order = removal_order(graph, groups, "per-cost", metric, opts.floor)
         floor = costs(plan_removal(gm, graph, opts.round_to, remove=set(order))) / total
-        why = channel_floor_why(opts)
+        why = channel_floor_why(opts, graph)
     else:
         graph = None
         convs = iter_spatial_convs(model)
@@ -166,7 +168,7 @@ def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
         total = _before(model, example, metric, macs_before)
         costs = Costs(model, example, metric)
         outcome = search(lambda k: costs(plan_for(k)) / total, 0, len(order), target, metric,
-                         integer=True, why_floor=channel_floor_why(opts))
+                         integer=True, why_floor=channel_floor_why(opts, graph))
         k = int(outcome.knob)
     else:
         k = round(opts.pct / 100 * len(order))
