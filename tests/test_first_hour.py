@@ -276,3 +276,83 @@ def test_tradeoff_title_says_fine_tuned_or_distilled(swept):
     assert "fine-tuned 2 epochs per point" in tradeoff_figure(tuned)._suptitle.get_text()
     distilled = {**swept, "finetune_epochs": 1, "distill": {"temperature": 4.0, "alpha": 0.9}}
     assert "distilled 1 epoch per point" in tradeoff_figure(distilled)._suptitle.get_text()
+
+
+# ------------------------------------------------- 11: a library's pretrained weights, from its own cache
+def _torchvision_cache(root):
+    """A torch hub cache (TORCH_HOME) holding resnet18's DEFAULT weights file under torchvision's name for it:
+    seeded random weights, saved by the test (nothing is downloaded)."""
+    import torch
+    import torchvision
+
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    (root / "hub" / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    torch.save(model.state_dict(), root / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1])
+    return model
+
+
+def test_torchvision_pretrained_from_its_cache(tmp_path):
+    import json
+
+    import torch
+
+    from explainfix_cli import load
+
+    original = _torchvision_cache(tmp_path / "torch")
+    out = tmp_path / "p"
+    env = {"TORCH_HOME": str(tmp_path / "torch")}
+    p = run_cli("prune", "torchvision:resnet18", "--target-macs", "2x", "--input-size", "64", "-o", out, "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["macs_after"] < report["macs_before"]
+    assert any("pretrained weights of torchvision:resnet18" in n for n in report["load_notes"])
+    assert report["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])  # the weights' own transforms
+    recipe = json.loads((out / "explainfix.json").read_text())
+    assert recipe["arch"]["module"] == "torchvision.models" and recipe["arch"]["name"] == "resnet18"
+    pruned = load(out)  # an allow-listed architecture: no --trust-code
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # the weights came from the cache file: the unpruned layers are the original's
+        assert torch.equal(pruned.fc.bias, original.fc.bias)
+    assert pruned(x).shape == (1, 1000)
+
+
+def test_uncached_pretrained_weights_are_one_line_exit_2(tmp_path):
+    p = run_cli("info", "torchvision:resnet18", env={"TORCH_HOME": str(tmp_path / "empty")})
+    assert p.returncode == 2
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not in torchvision's cache" in lines[0] and "does not download" in lines[0]
+    p = run_cli("info", "timm:resnet18", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")})
+    assert p.returncode == 2
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "timm/resnet18.a1_in1k" in lines[0] and "not in the Hugging Face Hub cache" in lines[0]
+
+
+def test_timm_pretrained_from_the_hub_cache(tmp_path):
+    """A Hugging Face Hub cache laid out as huggingface_hub writes it (refs/main → snapshots/COMMIT/FILE)."""
+    import json
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, repo / "snapshots" / "0123abcd" / "model.safetensors")
+    p = run_cli("info", "timm:resnet18", "--input-size", "64", "--json",
+                env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")})
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["params"] == sum(t.numel() for t in model.parameters())
+    assert info["arch"]["module"] == "timm" and info["arch"]["kwargs"]["model_name"] == "resnet18"
+
+
+def test_arch_shorthand_without_model_points_to_model(tmp_path):
+    p = run_cli("prune", "--arch", "timm:resnet18", "--target-macs", "2x")
+    assert p.returncode == 2
+    assert "pass it as MODEL:" in p.stderr and "prune timm:resnet18 …" in p.stderr

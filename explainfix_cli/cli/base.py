@@ -186,10 +186,20 @@ def main() -> None:
         cmd = ctx.command_path if ctx is not None else "explainfix"
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         code = getattr(e, "exit_code", 2) or 2
-        _print_error(message, f"see `{cmd} --help`")
+        hint = _pretrained_hint(message, cmd) or f"see `{cmd} --help`"
+        _print_error(message, hint)
         if "--json" in sys.argv[1:]:
-            emit_json(error_document(message, f"see `{cmd} --help`", code))
+            emit_json(error_document(message, hint, code))
         sys.exit(code)
+
+
+def _pretrained_hint(message: str, cmd: str) -> str | None:
+    """MODEL left out with ``--arch timm:NAME``/``torchvision:NAME``: the library's pretrained model is MODEL itself."""
+    args = sys.argv[1:]
+    arch = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--arch"), None)
+    if "Missing argument" in message and arch and arch.split(":")[0] in ("timm", "torchvision"):
+        return f"for {arch}'s pretrained weights (from the library's cache) pass it as MODEL: {cmd} {arch} …"
+    return None
 
 
 def interrupted() -> None:

@@ -27,6 +27,7 @@ from torch import nn
 from ..core.errors import BadInput
 from .arch import arch_spec, build_arch, sha256_file
 from .codec import load_into, read_safetensors, source_dtypes
+from .hub import cached_weights, library_model
 from .model_dir import LoadedModel, load_explainfix_dir, module_of
 from .pretrained import CONFIG_NAME, pretrained_spec, pretrained_weights, read_config
 from .recipe import RECIPE_NAME, Recipe
@@ -125,6 +126,8 @@ def load_model(
     An explainfix directory runs no code it names unless ``trust_code`` (io/trust.py); ``arch`` given
     with a directory replaces the recipe's architecture (the user's own code)."""
     path = Path(path)
+    if not path.exists() and (named := library_model(str(path))) is not None:
+        return _load_library_pretrained(*named, arch, arch_kwargs)
     if not path.exists():
         raise BadInput(f"model {path} does not exist")
     if path.is_dir() and not (path / RECIPE_NAME).is_file() and (weights := pretrained_weights(path)) is not None:
@@ -221,6 +224,18 @@ def _load_pretrained_dir(directory: Path, weights: Path, arch: str | None, arch_
         notes = [f"architecture from {directory / CONFIG_NAME} ({lib}: {spec['kwargs'].get('model_name', spec['name'])})"]
     return _built(spec, read_weights(weights, "the weights"), weights, sha256_file(weights), "pretrained",
                   trusted=trust_code or arch is not None, preprocessing=pre, notes=notes)
+
+
+def _load_library_pretrained(library: str, name: str, arch: str | None, arch_kwargs: dict | None) -> LoadedModel:
+    """``MODEL`` = ``torchvision:NAME`` / ``timm:NAME``: that library's pretrained weights from its own cache
+    (io/hub.py; never downloaded), built as ``--arch library:NAME``."""
+    if arch is not None and arch != f"{library}:{name}":
+        raise BadInput(f"MODEL {library}:{name} is that library's pretrained model; --arch {arch} names another",
+                       hint=f"leave out --arch, or pass a weights file with --arch {arch}")
+    weights, pre = cached_weights(library, name)
+    notes = [f"pretrained weights of {library}:{name} from {library}'s cache: {weights}"]
+    return _built(arch_spec(f"{library}:{name}", arch_kwargs or {}), read_weights(weights, "the pretrained weights"),
+                  weights, sha256_file(weights), "pretrained", preprocessing=pre, notes=notes)
 
 
 def _load_pickled_module(path: Path, sha: str, arch: str | None, arch_kwargs: dict | None = None) -> LoadedModel:

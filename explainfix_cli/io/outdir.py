@@ -245,6 +245,8 @@ def _json_default(o: Any) -> Any:
 def default_out(model_path: Path, suffix: str) -> Path:
     """``<model-stem>-<suffix>/`` in the current directory (the stem of an explainfix dir is its name)."""
     stem = model_path.name if model_path.is_dir() else model_path.stem
+    if not model_path.exists() and ":" in model_path.name:  # a library's pretrained model: torchvision:resnet18
+        stem = model_path.name.replace(":", "-")
     if model_path.suffix == ".safetensors" and model_path.name == "model.safetensors":
         stem = model_path.parent.name
     return Path(f"{stem}-{suffix}")
