@@ -49,7 +49,8 @@ def _float_list(values: Optional[list[str]]) -> Optional[list[float]]:
 
 
 # ------------------------------------------------------------------------------------------- model
-ModelArg = Annotated[Path, typer.Argument(help="Checkpoint (.pt/.pth/.bin/.safetensors) or an explainfix output directory.", show_default=False)]
+ModelArg = Annotated[Path, typer.Argument(help="Checkpoint (.pt/.pth/.bin/.safetensors), an explainfix output directory, or "
+                     "torchvision:NAME / timm:NAME (the library's pretrained weights, from its cache).", show_default=False)]
 Arch = Annotated[Optional[str], typer.Option("--arch", rich_help_panel=MODEL, help="Architecture for a weights file: MODULE:CALLABLE "
                  "(torchvision.models:resnet18), FILE.py:CLASS, or a shorthand such as timm:NAME, torchvision:NAME, smp:NAME.")]
 ArchKwargs = Annotated[Optional[str], typer.Option("--arch-kwargs", rich_help_panel=MODEL, help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.')]
@@ -96,6 +97,9 @@ Atol = Annotated[float, typer.Option("--atol", rich_help_panel=GATES, help="ONNX
 Rtol = Annotated[float, typer.Option("--rtol", rich_help_panel=GATES, help="ONNX vs torch relative tolerance (see --atol).")]
 Opset = Annotated[int, typer.Option("--opset", rich_help_panel=OUTPUT, help="ONNX opset (≥ 18).")]
 
+Quantize = Annotated[Optional[str], typer.Option("--quantize", rich_help_panel=OUTPUT, metavar="TYPE", show_default=False,
+                    help="Also make INT8 models (TYPE: int8) by the quantize command's own steps, checked against their FP32 "
+                    "ONNX and timed (compress: model.int8.onnx, accuracy-controlled; sweep: INT8 points).")]
 MaxFloat = Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
                      help="INT8 accuracy control: keep at most N layers in float to meet the gates (0: off).")]
 Bench = Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH, help="Measure onnxruntime latency (batch 1) of the original and every result.")]
