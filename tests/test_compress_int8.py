@@ -52,3 +52,21 @@ def test_compress_int8_gate_fails_with_exit_1_and_still_writes(tmp_path):
 def test_compress_quantize_bad_type_is_bad_input(tmp_path):
     res = run_cli("compress", *FIXTURE_ARGS, "--pct", "30", "--data", FIXTURE_CALIB, "--quantize", "int4", "-o", tmp_path / "c")
     assert res.returncode == 2 and "int4" in res.stderr and not (tmp_path / "c").exists()
+
+
+def test_sweep_quantize_adds_int8_points_to_table_timing_and_figure(tmp_path):
+    from explainfix_cli.explain.figures import tradeoff_figure
+
+    out = tmp_path / "s"
+    doc = cli_json("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--targets", "1.5x,2x",
+                   "--quantize", "int8", "--bench-iters", "5", "-o", out, spawn=True)
+    for p in doc["points"]:
+        q = p["int8"]
+        assert q["accuracy"] is not None and q["agreement_fp32"] >= 0.9 and q["latency_ms"] > 0
+    assert "2x INT8" in (out / "sweep.md").read_text()
+    fig = tradeoff_figure(doc)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("INT8" in t for t in labels)
+    for ax in fig.axes:  # both panels (MACs kept, latency) draw the INT8 series
+        assert any(line.get_color() == "tab:green" for line in ax.lines)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the INT8 files were staged and removed

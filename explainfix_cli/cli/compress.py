@@ -1,18 +1,16 @@
 """`explainfix compress`: the CI step."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from .base import app, command
-from .options import OUTPUT, RECOVERY, Budget, Device, Gates, Json, MaxFloat, ModelArg, Opset, Ranking, Recovery, Seed, Source
+from .options import RECOVERY, Budget, Device, Gates, Json, MaxFloat, ModelArg, Opset, Quantize, Ranking, Recovery, Seed
+from .options import Source
 from .options import Timing, Tuning
 from .options import Weights, grouped
 
-Quantize = Annotated[Optional[str], typer.Option("--quantize", rich_help_panel=OUTPUT, metavar="TYPE", show_default=False,
-                    help="Also write model.int8.onnx (TYPE: int8): static INT8 by the quantize command's own steps, "
-                    "checked against the FP32 ONNX, accuracy-controlled toward --max-accuracy-drop, timed.")]
 Steps = Annotated[int, typer.Option("--steps", rich_help_panel=RECOVERY, help="Iterative compression: K rounds of re-score → prune "
                                     "toward the budget (geometric schedule) → fine-tune, ending at the budget. Needs a budget.")]
 

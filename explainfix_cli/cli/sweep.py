@@ -4,14 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from .. import jobs
 from .base import app, command
 from .options import OUTPUT, BenchIters, Device, Json, ModelArg, Output, Ranking, Recovery, Seed, Source, Timing, Tuning
-from .options import WeightDtype, grouped
+from .options import Quantize, WeightDtype, grouped
 
 
 @dataclass
@@ -35,7 +35,7 @@ def sweep(
     targets: Annotated[str, typer.Option("--targets", help="Comma-separated budgets, each 4x (4× fewer) or 0.25 (kept).")] = "2x,3x,4x,10x",
     metric: Annotated[str, typer.Option("--metric", help="What the budgets count: macs | params.")] = "macs",
     ranking: Ranking, inputs: Tuning, recovery: Recovery, timing: SweepTiming, source: Source, output: SweepOutput,
-    device: Device = "auto", seed: Seed = 0, json_out: Json = False,
+    quantize: Quantize = None, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
 ) -> Any:
     """See the trade-off: prune to every budget of --targets from one saliency pass, measure each, draw tradeoff.png.
 
@@ -44,6 +44,7 @@ def sweep(
 
     Example: explainfix sweep model.pt --arch torchvision.models:resnet18 --data calib/ --eval-data val/ --targets 2x,3x,4x,10x -o sweep/
     """
+    from ..deploy.quantize import QuantizeOptions
     from .render import console, work_progress
 
     with work_progress(inputs.batch_size) as bar:
@@ -53,6 +54,7 @@ def sweep(
             distill=recovery.options(), bench=timing.bench, threads=timing.threads, bench_iters=timing.bench_iters,
             save_models=output.save_models, out=output.out, device=device, seed=seed, force=output.force, progress=bar,
             on_step=bar.step if bar else None,
+            quantize=QuantizeOptions(type=quantize, batch_size=inputs.batch_size, seed=seed) if quantize else None,
         )
     render_sweep(job, console)
     return job

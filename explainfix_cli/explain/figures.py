@@ -208,6 +208,11 @@ def tradeoff_figure(report: dict) -> Any:
                     label="pruned, before recovery")
         for x, y, p in zip(xs, ys, order):
             ax.annotate(p["target"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        q = [(p["int8"], p) for p in order if use_acc and (p.get("int8") or {}).get("accuracy") is not None]
+        if q and (xkey == "macs_kept" or all(i.get(xkey) is not None for i, _ in q)):  # sweep --quantize int8
+            q.sort(key=lambda ip: ip[0].get(xkey, ip[1][xkey]))
+            ax.plot([i.get(xkey, p[xkey]) for i, p in q], [100 * i["accuracy"] for i, _ in q], "s-", color="tab:green",
+                    alpha=0.8, label=label + " + INT8")
         if r0 is not None:
             ax.errorbar([x0], [y0], xerr=[[r0[0]], [r0[1]]], fmt="*", markersize=14, color="tab:red", capsize=3, label="original")
         else:

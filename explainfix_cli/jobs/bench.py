@@ -76,12 +76,15 @@ def model_target(model: nn.Module, pre: Preprocessing, folder: Path, label: str,
 
 
 def bench_models(models: list[tuple[str, nn.Module]], pre: Preprocessing, *, batch_size: int = 1, threads: int = 2,
-                 warmup: int = 10, iters: int = 50, rounds: int = 5, seed: int = 0, opset: int = 18) -> list[dict]:
-    """In-memory models (label, model) timed interleaved exactly as ``explainfix bench`` times files."""
+                 warmup: int = 10, iters: int = 50, rounds: int = 5, seed: int = 0, opset: int = 18,
+                 extra: list = ()) -> list[dict]:
+    """In-memory models (label, model) timed interleaved exactly as ``explainfix bench`` times files; ``extra``
+    (deploy.bench.BenchTarget: ONNX files, e.g. INT8 models) are timed in the same rounds, after them."""
     from ..deploy.bench import bench_interleaved, compare_bench
 
     with tempfile.TemporaryDirectory(prefix="explainfix-bench-") as tmp:
         targets = [model_target(m, pre, Path(tmp) / f"m{k}", label, seed, opset) for k, (label, m) in enumerate(models)]
+        targets += list(extra)
         return compare_bench(bench_interleaved(targets, batch_size=batch_size, threads=threads, warmup=warmup,
                                                iters=iters, rounds=rounds, seed=seed))
 

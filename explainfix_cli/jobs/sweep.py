@@ -25,10 +25,12 @@ from ..core.model import count_params
 from ..core.progress import Progress
 from ..io.data import load_calibration
 from ..io.model_dir import model_dir_files, read_back
-from ..io.outdir import write_output_dir
+from ..deploy.quantize import QuantizeOptions
+from ..io.outdir import staging, write_output_dir
 from ..prune.options import PruneOptions, parse_target
 from ..train.finetune import TrainOptions, agreement
-from .bench import bench_models
+from .bench import bench_models, model_target
+from .quantize import quantize_checked
 from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
@@ -80,8 +82,11 @@ def sweep_job(
     force: bool = False,
     progress: Progress | None = None,
     on_step: Any = None,
+    quantize: QuantizeOptions | None = None,
 ) -> SweepJob:
-    """``options`` carries everything but the budget (criterion, rank, round_to, floor…)."""
+    """``options`` carries everything but the budget (criterion, rank, round_to, floor…). ``quantize``
+    (``QuantizeOptions()``) adds each point's INT8 model (the quantize job's own steps, no gates) to the table, the
+    timing and the figure."""
     from ..explain.figures import plot_tradeoff
 
     if metric not in ("macs", "params"):
@@ -133,14 +138,18 @@ def sweep_job(
                           for name, content in model_dir_files(work, point_recipe, opened.out_dtypes).items()})
     original = original.to("cpu")
     latency = None
-    if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
-        if progress:
-            progress("bench", 0, 1)
-        latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,
-                               seed=seed)
-        for row, timed in zip(rows, latency[1:]):
-            row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"],
-                       latency_p10_ms=timed.get("p10_ms"), latency_p90_ms=timed.get("p90_ms"))  # tradeoff.png's range
+    with staging(out) as work:  # the INT8 models' files, next to -o
+        int8 = _int8_points(models, rows, opened, eval_calib, quantize, work, threads, progress) if quantize else []
+        if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
+            if progress:
+                progress("bench", 0, 1)
+            latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,
+                                   seed=seed, extra=int8)
+            for row, timed in zip(rows, latency[1:]):
+                row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"],
+                           latency_p10_ms=timed.get("p10_ms"), latency_p90_ms=timed.get("p90_ms"))  # tradeoff.png's range
+            for row, timed in zip(rows, latency[len(models) + 1:]):
+                row["int8"].update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
     report = {
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
@@ -160,6 +169,28 @@ def sweep_job(
     example = read_back_example(opened)
     write_output_dir(out, files, force=force, check=lambda tmp: read_back(tmp, example))  # every point's directory
     return SweepJob(out, report, figure)
+
+
+def _int8_points(models: list, rows: list[dict], opened: Any, eval_calib: Any, quantize: QuantizeOptions, work: Path,
+                 threads: int, progress: Progress | None) -> list:
+    """Each point's model as FP32 ONNX → INT8 (jobs/quantize.py ``quantize_checked``: calibrated on ``--data``,
+    compared with its FP32 model on the evaluation data; no gates, no control); ``row["int8"]`` gets the numbers.
+    Returns the INT8 files as bench targets (timed with the others)."""
+    from ..deploy.bench import BenchTarget
+
+    targets = []
+    for (label, model), row in zip(models, rows):
+        if progress:
+            progress(f"int8 {label}", 0, 1)
+        folder = work / _safe(label)
+        fp32 = model_target(model, opened.pre, folder, label)
+        step = quantize_checked(Path(fp32.path), folder / "model.int8.onnx", opened.calib, eval_calib, quantize,
+                                work=folder, shape=opened.pre.shape, max_float=0, bench=False, threads=threads)
+        c = step.comparison
+        row["int8"] = {"accuracy": c.accuracy_int8, "accuracy_fp32_onnx": c.accuracy_fp32, "agreement_fp32": c.agreement,
+                       "snr_db": c.outputs[0]["snr_db"] if c.outputs else None, "settings": step.result.settings}
+        targets.append(BenchTarget(folder / "model.int8.onnx", fp32.input_shape, fp32.cost, f"{label} int8"))
+    return targets
 
 
 def _safe(label: str) -> str:
@@ -186,4 +217,10 @@ def sweep_markdown(report: dict) -> str:
         pruned = f"{pct(p['accuracy_after_prune'])} | " if tuned else ""
         lines.append(f"| {p['target']} | {p['macs_kept']:.3f} | {p['params_kept']:.3f} | {pruned}"
                      f"{pct(p['accuracy'])} | {pct(p['agreement'])} | {lat} | {speed} |")
+        q = p.get("int8")
+        if q:  # the same point as INT8 (agreement: with its own FP32 model)
+            qlat = f"{q['latency_ms']:.3f} ms" if q.get("latency_ms") is not None else "—"
+            qspeed = f"{1 / q['latency_ratio']:.2f}×" if q.get("latency_ratio") else "—"
+            lines.append(f"| {p['target']} INT8 | | | {'| ' if tuned else ''}{pct(q['accuracy'])} | "
+                         f"{pct(q['agreement_fp32'])} (vs FP32) | {qlat} | {qspeed} |")
     return "\n".join(lines) + "\n"
