@@ -175,7 +175,8 @@ def test_yolo_compress_with_distillation(tmp_path):
 
 
 @pytest.mark.parametrize("name, where, why", [
-    ("ssdlite320_mobilenet_v3_large", "SSD.forward", r"data-dependent control flow.*torchvision/ops/boxes.py:\d+"),
+    # SSD passes an ImageList to its anchor generator (before the NMS of its post-processing is reached)
+    ("ssdlite320_mobilenet_v3_large", "anchor_generator", "ImageList"),
     ("fasterrcnn_mobilenet_v3_large_320_fpn", "rpn", "ImageList"),
 ])
 def test_torchvision_detectors_are_refused_naming_the_place(name, where, why):

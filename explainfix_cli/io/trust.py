@@ -89,12 +89,12 @@ def check_import_target(module: str, name: str, kwargs: dict) -> None:
         raise _refuse(what, f"{module!r} is not an allow-listed model library ({', '.join(sorted(ALLOWED_MODULES))})")
     if not NAME.fullmatch(name):
         raise _refuse(what, f"{name!r} is not a public name")
+    cfg = kwargs.get("cfg")  # ultralytics reads it as a yaml file: only NAME.yaml of its own cfg folder (said first)
+    if module.startswith("ultralytics") and cfg is not None and not (isinstance(cfg, str) and PACKAGED_YAML.fullmatch(cfg)):
+        raise _refuse(what, f"cfg={cfg!r} is not one of ultralytics' packaged model names (NAME.yaml)")
     for key, value in kwargs.items():
         if why := _fetches(key, value):
             raise _refuse(what, f"its keyword argument {key}={_short(value)} {why}")
-    cfg = kwargs.get("cfg")  # ultralytics reads it as a yaml file: only NAME.yaml of its own cfg folder
-    if module.startswith("ultralytics") and cfg is not None and not (isinstance(cfg, str) and PACKAGED_YAML.fullmatch(cfg)):
-        raise _refuse(what, f"cfg={cfg!r} is not one of ultralytics' packaged model names (NAME.yaml)")
 
 
 def check_import_object(module: ModuleType, spec: dict) -> object:
