@@ -118,9 +118,26 @@ def quantized_reason(model) -> str | None:
 
 
 # ------------------------------------------------------------------------------------- calibration
-class _CalibReader:
-    """onnxruntime's ``CalibrationDataReader`` over index lists of a :class:`CalibrationSet`: a batch is
-    decoded when onnxruntime asks for it; ``set_range`` lets the calibrator take one batch at a time."""
+class FeedReader:
+    """onnxruntime's ``CalibrationDataReader`` protocol (``get_next`` → one input feed, or None at the end; also
+    an iterator of feeds); subclasses say where the batches come from."""
+
+    def get_next(self) -> dict | None:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+class _CalibReader(FeedReader):
+    """Over index lists of a :class:`CalibrationSet`: a batch is decoded when onnxruntime asks for it;
+    ``set_range`` lets the calibrator take one batch at a time."""
 
     def __init__(self, calib: CalibrationSet, index: list[list[int]], input_name: str):
         self.calib, self.index, self.input_name = calib, index, input_name
@@ -138,15 +155,6 @@ class _CalibReader:
             self._it = iter(self.calib.load(self.index[self.start:self.end]))
         nxt = next(self._it, None)
         return None if nxt is None else {self.input_name: nxt[0].numpy().astype(np.float32, copy=False)}
-
-    def __iter__(self):  # CalibrationDataReader's protocol
-        return self
-
-    def __next__(self) -> dict:
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
 
 
 def calibration_index(calib: CalibrationSet, images: int, batch_size: int, seed: int) -> list[list[int]]:

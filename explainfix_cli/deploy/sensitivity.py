@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .int8_check import Gate, Int8Comparison
+from .quantize import FeedReader
 
 Requantize = Callable[[list[str]], Path]  # node names kept in float → a freshly quantized file
 Evaluate = Callable[[Path], tuple[Int8Comparison, list[Gate]]]
@@ -104,7 +105,7 @@ def _input_name(path: Path) -> str:
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
-class _Batches:
+class _Batches(FeedReader):
     """A ``CalibrationDataReader`` over (x, y) batches already in memory."""
 
     def __init__(self, batches: list, name: str):
@@ -114,15 +115,6 @@ class _Batches:
     def get_next(self) -> dict | None:
         nxt = next(self.it, None)
         return None if nxt is None else {self.name: np.ascontiguousarray(nxt[0].numpy(), dtype=np.float32)}
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
 
 
 def keep_float_until(ranked: list[dict], requantize: Requantize, evaluate: Evaluate, max_float: int) -> ControlResult:
