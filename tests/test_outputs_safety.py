@@ -271,3 +271,38 @@ def test_sweep_and_compress_refuse_an_unreachable_budget_before_reading_data(tmp
     res = run_cli(cmd[0], *FIXTURE_ARGS, *cmd[1:], "--data", data, "-o", tmp_path / "out")
     assert res.returncode == 2 and "smallest reachable" in _one_error_line(res), res.stderr
     assert "zzzz_broken" not in res.stderr and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------- review mends
+
+def test_out_is_never_the_current_directory_and_default_names_are_whole(tmp_path, pruned_dir):
+    here = tmp_path / "here"
+    here.mkdir()
+    res = run_cli(*PRUNE, "-o", ".", cwd=here)
+    assert res.returncode == 2 and "current directory" in _one_error_line(res) and list(here.iterdir()) == []
+    copy = tmp_path / "copy"
+    shutil.copytree(pruned_dir, copy)
+    res = run_cli("prune", "model.safetensors", "--trust-code", "--pct", "30", cwd=copy)  # default -o: <folder>-pruned
+    assert res.returncode == 0, res.stderr
+    assert (copy / "copy-pruned" / "explainfix.json").is_file()
+
+
+def test_export_safetensors_in_half_precision_loads_back(tmp_path):
+    out = tmp_path / "f16"
+    res = run_cli("export", *FIXTURE_ARGS, "--safetensors", "--dtype", "float16", "-o", out)
+    assert res.returncode == 0, res.stderr
+    assert run_cli("info", out, "--trust-code").returncode == 0
+
+
+def test_sweep_refuses_a_bad_quantize_type_before_any_work(tmp_path):
+    res = run_cli("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--targets", "2x", "--quantize", "int4", "-o", tmp_path / "s")
+    assert res.returncode == 2 and "int4" in _one_error_line(res) and "saliency" not in res.stderr
+
+
+def test_a_pct_pruner_refuses_a_factor():
+    from explainfix_cli import PruneOptions, Pruner
+    from explainfix_cli.core.errors import BadInput
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    with pytest.raises(BadInput, match="not a pct"):
+        Pruner(net, PruneOptions(pct=50, criterion="magnitude"), torch.randn(1, 3, 8, 8)).to("10x")

@@ -176,7 +176,10 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
-        sys.exit(code if isinstance(code, int) else 0)
+        if code is not None and not isinstance(code, int):  # a library's sys.exit("message"): a failure, said
+            _print_error(str(code))
+            code = 1
+        sys.exit(code or 0)
     except (typer.Abort, KeyboardInterrupt):
         interrupted()
     except _usage_error_types() as e:

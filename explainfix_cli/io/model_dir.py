@@ -157,9 +157,14 @@ def save_model_dir(
     loading the staged directory back (:func:`read_back`; with ``example``, one forward too)."""
     files: dict[str, bytes | str | dict] = dict(model_dir_files(model, recipe, dtypes))
     files.update(extra or {})
-    exact = dtypes is None or dtypes == "float32" or (isinstance(dtypes, dict) and not dtypes)
     return write_output_dir(out, files, force=force,
-                            check=lambda tmp: read_back(tmp, example, model if exact else None))
+                            check=lambda tmp: read_back(tmp, example, model if exact(dtypes) else None))
+
+
+def exact(dtypes: WeightDtypes) -> bool:
+    """Are weights written in ``dtypes`` (codec.cast_floats) the float32 values in memory: the read-back then
+    compares the reloaded model's outputs with the one in memory."""
+    return dtypes is None or dtypes == "float32" or (isinstance(dtypes, dict) and not dtypes)
 
 
 def read_back(directory: Path, example: torch.Tensor | None = None, reference: nn.Module | None = None) -> None:
@@ -193,9 +198,10 @@ def _read_back_one(where: Path, example: torch.Tensor | None, reference: nn.Modu
         raise BadInput(f"its forward fails: {type(e).__name__}: {first_line(e, 200)}") from None
     if reference is not None:
         was = reference.training
+        device = next((p.device for p in reference.parameters()), torch.device("cpu"))
         try:
             with torch.no_grad():
-                want = [t.float() for t in output_tensors(call_model(reference.eval().to("cpu"), x))]
+                want = [t.float().cpu() for t in output_tensors(call_model(reference.eval(), x.to(device)))]
         finally:
             reference.train(was)
         if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):

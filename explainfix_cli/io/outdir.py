@@ -42,6 +42,9 @@ def check_output_dir(out: Path, force: bool, inputs: Iterable[Path | str | None]
     """May ``out`` be written (now, and again just before the rename)? Raises BadInput (exit 2) if not."""
     out = Path(out)
     target = out.resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise BadInput(f"-o {out} is the current directory or one above it; explainfix writes a directory of its own",
+                       hint="give -o a new name, e.g. -o out/pruned")
     for given in inputs:
         if given is None:
             continue
@@ -150,15 +153,22 @@ def publish(tmp: Path, out: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out`` with the parent directory locked: the check is repeated under the lock,
     so a run without ``--force`` never replaces an output another run finished meanwhile."""
     parent = Path(out).resolve().parent
-    with _locked(parent):
+    with locked(parent):
         check_output_dir(out, force)
-        if out.is_dir() and any(out.iterdir()):  # --force: swap, then remove the old output
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING}{_owner()}.", dir=parent))
-            os.replace(out, old / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)  # replaces an empty directory, or creates OUT
+        try:
+            if out.is_dir() and any(out.iterdir()):  # --force: swap, then remove the old output
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING}{_owner()}.", dir=parent))
+                os.replace(out, old / "old")
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(old / "old", out)  # the old output back where it was
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)  # replaces an empty directory, or creates OUT
+        except OSError as e:  # a mount point (EBUSY), another filesystem (EXDEV), a full or read-only disk
+            raise disk_error(e, out) from None
 
 
 def remove_dead_staging(parent: Path) -> None:
@@ -197,7 +207,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
     """An exclusive flock on the directory itself (no lock file to leave behind; released if the process dies)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -244,6 +254,8 @@ def _json_default(o: Any) -> Any:
 
 def default_out(model_path: Path, suffix: str) -> Path:
     """``<model-stem>-<suffix>/`` in the current directory (the stem of an explainfix dir is its name)."""
+    if model_path.exists():
+        model_path = model_path.resolve()  # "." or a bare model.safetensors still name their folder
     stem = model_path.name if model_path.is_dir() else model_path.stem
     if not model_path.exists() and ":" in model_path.name:  # a library's pretrained model: torchvision:resnet18
         stem = model_path.name.replace(":", "-")

@@ -170,6 +170,8 @@ def compress_job(
         exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
                                           atol=atol, rtol=rtol, batch_size=bs, seed=seed)
         onnx_bytes = (work / "model.onnx").read_bytes()
+        if exported.external_data:  # weights over the protobuf limit travel in a side file
+            extra[exported.external_data] = (work / exported.external_data).read_bytes()
         int8 = None
         if quantize is not None:  # FP32 ONNX → INT8 → checked → controlled → timed (the quantize job's steps)
             left = None if max_accuracy_drop is None else max_accuracy_drop - 100 * (acc_b - acc_a)

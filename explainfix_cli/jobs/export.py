@@ -14,8 +14,8 @@ from ..deploy.verify import check_tolerances
 from ..io.arch import arch_label
 from ..io.data import CalibrationSet, Preprocessing, random_inputs
 from ..io.codec import safetensors_bytes
-from ..io.model_dir import dir_files, read_back
-from ..io.outdir import publish, staging, write_file
+from ..io.model_dir import dir_files, exact, read_back
+from ..io.outdir import locked, publish, staging, write_file
 from ..io.recipe import RECIPE_NAME, WEIGHTS_NAME, Recipe
 from .result import JobResult
 from .common import DataSpec, ModelSpec, open_inputs, output_dir, read_back_example
@@ -142,7 +142,7 @@ def export_job(
                 for rel, content in files.items():
                     write_file(work / rel, content, shown=out / rel)
                 names += [rel for rel in files if rel != WEIGHTS_NAME]
-                read_back(work, read_back_example(opened), opened.model)
+                read_back(work, read_back_example(opened), opened.model if exact(opened.out_dtypes) else None)
             job.report = {
                 "command": "export", "model": str(model.path), "out": str(out), "files": names,
                 "export": job.export.to_json() if job.export else None,
@@ -152,8 +152,12 @@ def export_job(
             if not job.passed:
                 raise _NothingWritten
             if in_place:  # the ONNX file (and its external data) joins the explainfix directory
-                for p in sorted(work.iterdir()):
-                    os.replace(p, out / p.name)
+                with locked(out):  # as publish: an ONNX another run added meanwhile is not replaced silently
+                    if not force and (out / "model.onnx").exists():
+                        raise BadInput(f"{out / 'model.onnx'} appeared while this run was working; nothing replaced",
+                                       hint="pass --force to overwrite")
+                    for p in sorted(work.iterdir()):
+                        os.replace(p, out / p.name)
             else:
                 publish(work, out, force)
     except _NothingWritten:  # a failed check (exit 1): the staging directory and the parents it made are gone

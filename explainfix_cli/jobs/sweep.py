@@ -92,6 +92,7 @@ def sweep_job(
     if metric not in ("macs", "params"):
         raise BadInput(f"--metric must be macs or params, got {metric!r}")
     points = parse_targets(targets)
+    quantize = quantize.check() if quantize is not None else None  # a bad --quantize fails before any work
     base = options or PruneOptions()
     if base.pct is not None or base.target_macs is not None or base.target_params is not None:
         raise BadInput("sweep takes its budgets from --targets; do not give --pct or --target-*")

@@ -66,7 +66,11 @@ class Pruner:
         if budget is None:
             return self.options
         if self.options.budget is None:
-            changed = replace(self.options, pct=float(budget), resolved_for=None)
+            try:
+                changed = replace(self.options, pct=float(budget), resolved_for=None)
+            except (TypeError, ValueError):
+                raise BadInput(f"this Pruner zeroes a pct of spatial filters; {budget!r} is not a pct",
+                               hint="make the Pruner with a budget (PruneOptions(target_macs=...)) to prune to factors") from None
         else:
             field_name = "target_macs" if self.options.budget[0] == "macs" else "target_params"
             changed = replace(self.options, resolved_for=None, **{field_name: budget})
