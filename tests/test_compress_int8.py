@@ -70,3 +70,9 @@ def test_sweep_quantize_adds_int8_points_to_table_timing_and_figure(tmp_path):
     for ax in fig.axes:  # both panels (MACs kept, latency) draw the INT8 series
         assert any(line.get_color() == "tab:green" for line in ax.lines)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the INT8 files were staged and removed
+
+
+def test_compress_max_float_must_not_be_negative(tmp_path):
+    res = run_cli("compress", *FIXTURE_ARGS, "--pct", "30", "--data", FIXTURE_CALIB, "--quantize", "int8", "--max-float", "-3",
+                  "-o", tmp_path / "c")
+    assert res.returncode == 2 and "--max-float" in res.stderr and not (tmp_path / "c").exists()

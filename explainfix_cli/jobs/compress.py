@@ -115,6 +115,8 @@ def compress_job(
     against the FP32 ONNX, accuracy-controlled toward ``max_accuracy_drop`` from the original, and timed."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol)
     quantize = quantize.check() if quantize is not None else None
+    if not (isinstance(max_float, int) and max_float >= 0):
+        raise BadInput(f"--max-float must be an integer ≥ 0, got {max_float}")
     resolved = options.resolved(has_data=data.path is not None)
     if not (isinstance(steps, int) and 1 <= steps <= 20):
         raise BadInput(f"--steps must be an integer in [1, 20], got {steps}")
