@@ -6,6 +6,7 @@ the same one-line "interrupted" (exit 130) as later.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -20,11 +21,31 @@ def _commands() -> Any:
     return app
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in the command line. Its own type, because CPython kills the process with SIGINT at exit (status
+    -2, overriding ``sys.exit(130)``) once a plain KeyboardInterrupt has passed through any ``exec``/``eval`` of
+    a string - which dataclasses and namedtuples do while modules import."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
 def main() -> None:
     """Console entry point (``explainfix``, ``python -m explainfix_cli``)."""
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    blocked = hasattr(signal, "pthread_sigmask")
     try:
-        _commands()
-        from .base import interrupted, main as run
+        # Ctrl-C while torch and the rest import waits until they have: torch swallows an interrupt raised
+        # while its C extension imports numpy and would run on. The pending signal is raised right below.
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            _commands()
+            from .base import interrupted, main as run
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     except KeyboardInterrupt:
         _interrupted_early()
     try:
