@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,24 +50,20 @@ def normalise_output(yhat: torch.Tensor) -> torch.Tensor:
     return yhat - yhat.detach() + ratio
 
 
-def spatial_grad_scores(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device | str,
-    num_minibatches: float = math.inf,
-    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
-    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    progress: Progress | None = None,
-) -> list[torch.Tensor]:
+def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """ExplainFix saliency of each k×k kernel: ``Σ_hw |W · ∂C/∂W|`` (shape (O, I))."""
+    return (w * g).abs().sum(dim=tuple(range(2, w.ndim)))
+
+
+def spatial_grad_scores(model: nn.Module, loader: Iterable, device: torch.device | str,
+                        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = saliency_score,
+                        **loop: Any) -> list[torch.Tensor]:
     """Accumulate ``score_fn(W, ∂C/∂W)`` (shape (O, I)) over batches for every spatial conv.
 
-    The one gradient loop behind saliency (prune) and ExplainSteer's weights (explain). ``target_fn``
-    maps (raw ŷ, y) to the target handed to ``grad_cost_fn`` (the CLI uses :func:`onehot_targets`).
+    The one gradient loop behind saliency (prune) and ExplainSteer's weights (explain); ``loop`` takes
+    :func:`grad_loop`'s knobs (``num_minibatches``, ``grad_cost_fn``, ``target_fn``, ``progress``).
     The model is put in eval mode and moved to ``device``; requires_grad flags are restored after.
     """
-    if score_fn is None:
-        score_fn = saliency_score
     model.eval().to(device)
     weights = [m.weight for _, m in iter_spatial_convs(model)]
     scores = [w.new_zeros(w.shape[:2]) for w in weights]
@@ -76,22 +73,15 @@ def spatial_grad_scores(
             if g is not None:
                 s += score_fn(w, g)
 
-    grad_loop(model, weights, loader, device, num_minibatches, grad_cost_fn, target_fn, progress, add)
+    grad_loop(model, weights, loader, device, add, **loop)
     return scores
 
 
-def weight_saliency(
-    model: nn.Module,
-    weights: list[torch.Tensor],
-    loader: Iterable,
-    device: torch.device | str,
-    num_minibatches: float = math.inf,
-    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
-    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    progress: Progress | None = None,
-) -> list[torch.Tensor]:
+def weight_saliency(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, device: torch.device | str,
+                    **loop: Any) -> list[torch.Tensor]:
     """ExplainFix saliency of every element of ``weights``: Σ_batches |w · ∂C/∂w| (same shapes), the
-    same loop and cost as :func:`spatial_grad_scores` — the channel criterion sums it per channel group."""
+    same loop and cost as :func:`spatial_grad_scores` (``loop`` as there) — the channel criterion sums it
+    per channel group."""
     model.eval().to(device)
     scores = [w.detach().new_zeros(w.shape, dtype=torch.float64) for w in weights]
 
@@ -100,15 +90,26 @@ def weight_saliency(
             if g is not None:
                 s += (w.detach() * g).abs().double()
 
-    grad_loop(model, weights, loader, device, num_minibatches, grad_cost_fn, target_fn, progress, add)
+    grad_loop(model, weights, loader, device, add, **loop)
     return scores
 
 
-def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, device: torch.device | str,
-              num_minibatches: float, grad_cost_fn: Callable, target_fn: Callable | None,
-              progress: Progress | None, add: Callable[[tuple], None]) -> None:
-    """For each batch: ŷ, C = grad_cost_fn(normalised ŷ, target), then ``add(∂C/∂weights)`` (no_grad),
-    then ``progress("saliency", batches done, num_minibatches or None)``. requires_grad flags are restored after."""
+def grad_loop(
+    model: nn.Module,
+    weights: list[torch.Tensor],
+    loader: Iterable,
+    device: torch.device | str,
+    add: Callable[[tuple], None],
+    *,
+    num_minibatches: float = math.inf,
+    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """For each batch (at most ``num_minibatches``): ŷ, C = grad_cost_fn(normalised ŷ, target), then
+    ``add(∂C/∂weights)`` (no_grad), then ``progress("saliency", batches done, num_minibatches or None)``.
+    ``target_fn`` maps (raw ŷ, y) to the target (the CLI uses :func:`onehot_targets`; None: y itself).
+    requires_grad flags are restored after. These keywords are the ones every scorer here forwards."""
     if not weights:
         return
     total = None if num_minibatches == math.inf else int(num_minibatches)
@@ -132,10 +133,6 @@ def grad_loop(model: nn.Module, weights: list[torch.Tensor], loader: Iterable, d
     finally:
         for w, f in zip(weights, flags):
             w.requires_grad_(f)
-
-
-def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return (w * g).abs().sum(dim=tuple(range(2, w.ndim)))
 
 
 def autocast(device: "torch.device | str", enabled: bool) -> "contextlib.AbstractContextManager":

@@ -212,7 +212,8 @@ def explainsteer_layerwise_with_saliency(
             progress(stage, done, total)
 
     side = _PerBatchSpectra(model)
-    weights = spatial_grad_scores(model, loader, device, num_minibatches, grad_cost_fn, side, target_fn, count)
+    weights = spatial_grad_scores(model, loader, device, side, num_minibatches=num_minibatches, grad_cost_fn=grad_cost_fn,
+                                  target_fn=target_fn, progress=count)
     if dist.active():  # under torchrun each rank saw its shard of the batches: sum everything per layer
         batches = int(dist.sum_counts(batches)[0])
         dist.all_reduce_sum(weights)

@@ -7,28 +7,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.gradients import default_grad_cost, saliency_score, spatial_grad_scores
-from ..core.progress import Progress
 from ..core.model import iter_spatial_convs
 
 
-def get_spatial_filter_saliency(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device | str,
-    num_minibatches: float = math.inf,
-    grad_cost_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_grad_cost,
-    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    progress: Progress | None = None,
-) -> list[torch.Tensor]:
-    """Saliency ``Σ|W·∂C/∂W|`` per spatial filter: one (O, I) tensor per spatial conv."""
-    return spatial_grad_scores(
-        model, loader, device, num_minibatches, grad_cost_fn, saliency_score, target_fn, progress
-    )
+def get_spatial_filter_saliency(model: nn.Module, loader: Iterable, device: torch.device | str,
+                                num_minibatches: float = math.inf, grad_cost_fn: Callable = default_grad_cost,
+                                **loop: Any) -> list[torch.Tensor]:
+    """Saliency ``Σ|W·∂C/∂W|`` per spatial filter: one (O, I) tensor per spatial conv.
+
+    The reference's signature; ``loop`` takes the gradient loop's other keywords (``target_fn``, ``progress``:
+    :func:`explainfix_cli.core.gradients.grad_loop`)."""
+    return spatial_grad_scores(model, loader, device, saliency_score, num_minibatches=num_minibatches,
+                               grad_cost_fn=grad_cost_fn, **loop)
 
 
 def get_spatial_filter_magnitude(model: nn.Module) -> list[torch.Tensor]:

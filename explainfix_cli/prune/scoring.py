@@ -54,8 +54,8 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         names = scored_modules(channel_graph)
         params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
         if batches is not None and not magnitude:
-            values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, limit, grad_cost_fn,
-                                          record, progress)
+            values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, num_minibatches=limit,
+                                          grad_cost_fn=grad_cost_fn, target_fn=record, progress=progress)
             dist.all_reduce_sum(values)  # under torchrun each rank scored its shard of the batches
         else:
             values = [p.detach().abs().double() for *_, p in params]
@@ -63,7 +63,8 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         for (n, pn, _), v in zip(params, values):
             scores.setdefault(n, {})[pn] = v.cpu()
     elif criterion == "saliency":
-        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, record, progress)
+        scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, target_fn=record,
+                                                 progress=progress)
         dist.all_reduce_sum(scores)
     else:
         scores = sal.get_spatial_filter_magnitude(model)
