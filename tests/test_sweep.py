@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from explainfix_cli.core import gradients as grad
-from explainfix_cli.jobs import DataSpec, ModelSpec, sweep_job
+from explainfix_cli.jobs import BenchOptions, DataSpec, ModelSpec, Run, sweep_job
 from explainfix_cli.jobs.sweep import parse_targets
 from explainfix_cli import load
 
@@ -24,7 +24,8 @@ def test_sweep_scores_once_and_meets_every_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr("explainfix_cli.prune.scoring.grad.weight_saliency", counting)
     job = sweep_job(ModelSpec(FIXTURE_PT, FIXTURE_ARCH), DataSpec(FIXTURE_CALIB, "32"), "2x,3x,4x",
-                    eval_data=EVAL, bench=True, bench_iters=5, save_models=True, out=tmp_path / "sw", device="cpu")
+                    eval_data=EVAL, timing=BenchOptions(bench_iters=5), save_models=True, out=tmp_path / "sw",
+                    run=Run(device="cpu"))
     assert len(passes) == 1
     r = job.report
     assert [p["target"] for p in r["points"]] == ["2x", "3x", "4x"]

@@ -34,6 +34,7 @@ def compress(
     --finetune-epochs 1 --distill --data unlabeled/ --eval-data val/ -o out/
     """
     from ..deploy.quantize import QuantizeOptions
+    from ..jobs.common import Run
     from ..jobs.compress import compress_job
     from .render import render_compress, work_progress
 
@@ -42,9 +43,8 @@ def compress(
             source.spec(model, output.dtype), inputs.spec(), eval_data=inputs.eval_data,
             finetune_epochs=recovery.finetune_epochs, train=recovery.train(), options=ranking.options(budget),
             max_accuracy_drop=gates.max_accuracy_drop, min_agreement=gates.min_agreement, atol=gates.atol, rtol=gates.rtol,
-            opset=opset, bench=timing.bench, threads=timing.threads, bench_iters=timing.bench_iters, out=output.out,
-            device=device, seed=seed, force=output.force, progress=bar, on_step=bar.step if bar else None, steps=steps,
-            distill=recovery.options(), max_float=max_float,
+            opset=opset, timing=timing.options(), out=output.out, force=output.force,
+            run=Run(device, seed, bar, bar.step if bar else None), steps=steps, distill=recovery.options(), max_float=max_float,
             quantize=QuantizeOptions(type=quantize, batch_size=inputs.batch_size, seed=seed) if quantize else None,
         )
     render_compress(job)

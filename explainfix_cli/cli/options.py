@@ -24,6 +24,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..jobs.bench import BenchOptions
 from ..jobs.common import DataSpec, ModelSpec
 from ..prune.options import PruneOptions
 from ..train.finetune import TrainOptions
@@ -258,6 +259,9 @@ class Timing:
     bench: Bench = True
     threads: Threads = 2
     bench_iters: BenchIters = 50
+
+    def options(self) -> BenchOptions:
+        return BenchOptions(**dataclasses.asdict(self))
 
 
 @dataclass

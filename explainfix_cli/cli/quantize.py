@@ -78,6 +78,7 @@ def quantize(
     Example: explainfix quantize model-pruned/ --data calib/ --eval-data val/ --max-accuracy-drop 1 -o model-int8
     """
     from ..deploy.quantize import QuantizeOptions
+    from ..jobs.bench import BenchOptions
     from ..jobs.quantize import quantize_job
     from .render import work_progress
 
@@ -87,8 +88,8 @@ def quantize(
     with work_progress() as bar:
         job = quantize_job(source.spec(model), inputs.spec(), eval_data=inputs.eval_data, options=options,
                            out=output.out, force=output.force, max_accuracy_drop=gates.max_accuracy_drop,
-                           min_agreement=gates.min_agreement, max_float=gates.max_float, bench=timing.bench,
-                           threads=timing.threads, bench_iters=timing.bench_iters, progress=bar)
+                           min_agreement=gates.min_agreement, max_float=gates.max_float,
+                           timing=BenchOptions(timing.bench, timing.threads, timing.bench_iters), progress=bar)
     render_quantize(job)
     return job  # a failed gate: exit 1 with the numbers, nothing written (cli/base.py)
 

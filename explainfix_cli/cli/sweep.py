@@ -51,9 +51,8 @@ def sweep(
         job = jobs.sweep_job(
             source.spec(model, output.dtype), inputs.spec(), targets, metric=metric, options=ranking.options(),
             eval_data=inputs.eval_data, finetune_epochs=recovery.finetune_epochs, train=recovery.train(),
-            distill=recovery.options(), bench=timing.bench, threads=timing.threads, bench_iters=timing.bench_iters,
-            save_models=output.save_models, out=output.out, device=device, seed=seed, force=output.force, progress=bar,
-            on_step=bar.step if bar else None,
+            distill=recovery.options(), timing=timing.options(), save_models=output.save_models, out=output.out,
+            force=output.force, run=jobs.Run(device, seed, bar, bar.step if bar else None),
             quantize=QuantizeOptions(type=quantize, batch_size=inputs.batch_size, seed=seed) if quantize else None,
         )
     render_sweep(job, console)

@@ -1,4 +1,9 @@
-"""``explainfix bench``: onnxruntime latency side by side with MACs/params, models timed interleaved."""
+"""``explainfix bench``: onnxruntime latency side by side with MACs/params, models timed interleaved.
+
+The jobs that time what they make (compress, sweep, quantize) take one :class:`BenchOptions`:
+
+    compress_job(..., timing=BenchOptions(threads=4, bench_iters=20))   # BenchOptions(bench=False): no timing
+"""
 from __future__ import annotations
 
 import tempfile
@@ -17,6 +22,26 @@ from ..io.data import (
     random_inputs,
     resolve_preprocessing,
 )
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How compress, sweep and quantize time their models in onnxruntime (``--bench/--no-bench``, ``--threads``,
+    ``--bench-iters``): ``bench_iters`` timed runs per model in each of ``bench_rounds`` interleaved rounds, with
+    ``threads`` intra-op threads, which their INT8 checks use too."""
+
+    bench: bool = True
+    threads: int = 2
+    bench_iters: int = 50
+    bench_rounds: int = 5
+
+    def check(self) -> "BenchOptions":
+        """Bad values are refused before any work."""
+        if self.threads < 1 or self.bench_iters < 1:
+            raise BadInput(f"--threads and --bench-iters must be ≥ 1; got {self.threads} and {self.bench_iters}")
+        if self.bench_rounds < 1:
+            raise BadInput(f"bench_rounds must be ≥ 1, got {self.bench_rounds}")
+        return self
 
 
 @dataclass

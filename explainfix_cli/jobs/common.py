@@ -1,13 +1,15 @@
 """What every job shares: how the user named a model and data, opening them, and the device.
 
 A job (one module per command) opens its inputs, calls the stage packages, writes its outputs atomically
-and returns a result; jobs never print. ``progress(stage, completed, total)`` reports long work."""
+and returns a result; jobs never print. ``progress(stage, completed, total)`` reports long work; the jobs
+that compose the others (compress, sweep) take it with the device and the seed as one :class:`Run`."""
 from __future__ import annotations
 
 import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from torch import nn
 from ..core import dist
 from ..core.errors import BadInput, first_line
 from ..core.model import count_macs
+from ..core.progress import Progress
 from ..io.arch import parse_arch_kwargs
 from ..io.checkpoint import LoadedModel, load_model
 from ..io.codec import FLOAT_DTYPES, WeightDtypes, main_dtype
@@ -57,6 +60,18 @@ class DataSpec:
     batches: int | None = None
     workers: int = 0  # DataLoader processes decoding images (io/data.py CalibrationSet.load)
     amp: bool = False  # bf16 autocast of the saliency and training forward passes (CUDA only; Opened.amp)
+
+
+@dataclass(frozen=True)
+class Run:
+    """How compress and sweep run, apart from what they make; they hand it down to every step (prune rounds,
+    fine-tuning, export, INT8, timing): the device, the seed, and the callbacks that report long work
+    (``progress`` per stage, ``on_step`` per fine-tuning step: train.finetune.TrainStep)."""
+
+    device: str = "auto"
+    seed: int = 0
+    progress: Progress | None = None
+    on_step: Any = None
 
 
 @dataclass

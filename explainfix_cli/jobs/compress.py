@@ -42,8 +42,8 @@ from ..prune.budget import met
 from ..prune.options import PruneOptions
 from ..prune.pipeline import PruneResult
 from ..train.finetune import TrainOptions, agreement
-from .bench import bench_models
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
+from .bench import BenchOptions, bench_models
+from .common import DataSpec, ModelSpec, Run, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .export import export_verified, provenance_metadata
 from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
@@ -95,15 +95,10 @@ def compress_job(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     opset: int = 18,
-    bench: bool = True,
-    threads: int = 2,
-    bench_iters: int = 50,
+    timing: BenchOptions = BenchOptions(),
     out: Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
     force: bool = False,
-    progress: Progress | None = None,
-    on_step: Any = None,
+    run: Run = Run(),
     steps: int = 1,
     distill: Any = None,
     quantize: QuantizeOptions | None = None,
@@ -112,8 +107,11 @@ def compress_job(
     """``options``: how much to prune (``PruneOptions(target_macs="4x")``, ``PruneOptions(pct=70)``); ``distill`` is a
     ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step. ``quantize`` (``QuantizeOptions()``:
     INT8) adds ``model.int8.onnx`` by the quantize job's own steps (jobs/quantize.py ``quantize_checked``), checked
-    against the FP32 ONNX, accuracy-controlled toward ``max_accuracy_drop`` from the original, and timed."""
+    against the FP32 ONNX, accuracy-controlled toward ``max_accuracy_drop`` from the original, and timed.
+    ``timing``: how the models are timed (``BenchOptions(bench=False)``: not at all); ``run``: the device, the seed
+    and the progress callbacks (``Run(device="cpu", seed=1)``)."""
     _check_gate_values(max_accuracy_drop, min_agreement, atol, rtol)
+    timing = timing.check()
     quantize = quantize.check() if quantize is not None else None
     if not (isinstance(max_float, int) and max_float >= 0):
         raise BadInput(f"--max-float must be an integer ≥ 0, got {max_float}")
@@ -127,11 +125,11 @@ def compress_job(
     if data.path is None:
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     out = output_dir(out, "compressed", model, force, data.path, eval_data)
-    opened = open_inputs(model, data, device)
+    opened = open_inputs(model, data, run.device)
     costs = {"macs": opened.macs, "params": count_params(opened.model)}
-    first = pruner_for(opened, data, _step_options(resolved, 1, steps, costs, costs), seed, progress)
+    first = pruner_for(opened, data, _step_options(resolved, 1, steps, costs, costs), run.seed, run.progress)
     if steps > 1:  # an unreachable final budget: refused before any data is read (round 1 checks its own below)
-        pruner_for(opened, data, resolved, seed).check()
+        pruner_for(opened, data, resolved, run.seed).check()
     first.check()
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     if max_accuracy_drop is not None and not eval_calib.labeled:
@@ -139,7 +137,7 @@ def compress_job(
                        hint="pass --eval-data with class subfolders")
     check_recovery_data(train, distill, opened.calib)
     bs = data.batch_size
-    stage = _stages(progress)
+    stage = _stages(run.progress)
 
     original = copy.deepcopy(opened.model).to("cpu")
     before = evaluate_on(opened.model.to(opened.device), eval_calib, bs, opened.device)
@@ -151,9 +149,9 @@ def compress_job(
     for k in range(1, steps + 1):
         current = {"macs": opened.macs, "params": count_params(opened.model)}
         step_options = _step_options(resolved, k, steps, current, costs)
-        recovery = Recovery(train, distill, original if distill is not None else None, on_step)
-        rnd = run_round(opened, data, step_options, recovery, eval_calib, seed=seed, train_seed=seed + k - 1,
-                        recipe=recipe, progress=progress, pruner=first if k == 1 else None)
+        recovery = Recovery(train, distill, original if distill is not None else None, run.on_step)
+        rnd = run_round(opened, data, step_options, recovery, eval_calib, seed=run.seed, train_seed=run.seed + k - 1,
+                        recipe=recipe, progress=run.progress, pruner=first if k == 1 else None)
         rounds.append(rnd)
         recipe = rnd.recipe
     first_result = rounds[0].result
@@ -170,7 +168,7 @@ def compress_job(
         stage("export")  # the export job's own steps: provenance metadata, ONNX, onnxruntime check
         meta = provenance_metadata(recipe.record(entry), opened.pre, opened.loaded.source_sha256, command="compress")
         exported, check = export_verified(final, work / "model.onnx", meta, eval_calib, opened.pre, opset=opset,
-                                          atol=atol, rtol=rtol, batch_size=bs, seed=seed)
+                                          atol=atol, rtol=rtol, batch_size=bs, seed=run.seed)
         onnx_bytes = (work / "model.onnx").read_bytes()
         if exported.external_data:  # weights over the protobuf limit travel in a side file
             extra[exported.external_data] = (work / exported.external_data).read_bytes()
@@ -180,15 +178,14 @@ def compress_job(
             room = left if left is not None and left >= 0 else None  # FP32 already over: no layer in float helps
             int8 = quantize_checked(work / "model.onnx", work / "model.int8.onnx", opened.calib, eval_calib, quantize,
                                     work=work, shape=opened.pre.shape, max_accuracy_drop=room, max_float=max_float,
-                                    bench=bench and dist.is_main(), threads=threads, bench_iters=bench_iters,
-                                    progress=progress)
+                                    timing=replace(timing, bench=timing.bench and dist.is_main()), progress=run.progress)
             extra["model.int8.onnx"] = (work / "model.int8.onnx").read_bytes()
     bench_rows = None
-    if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
+    if timing.bench and dist.is_main():  # timed once: ranks timing at once would slow each other
         stage("bench")  # the bench job's timing, on the two models in memory
-        rows = bench_models([("original", original), ("compressed", final)], opened.pre, threads=threads,
-                            iters=bench_iters, seed=seed, opset=opset)
-        bench_rows = {"batch_size": 1, "threads": threads, "iters": bench_iters, "rows": rows}
+        rows = bench_models([("original", original), ("compressed", final)], opened.pre, threads=timing.threads,
+                            iters=timing.bench_iters, rounds=timing.bench_rounds, seed=run.seed, opset=opset)
+        bench_rows = {"batch_size": 1, "threads": timing.threads, "iters": timing.bench_iters, "rows": rows}
 
     agree = agreement(before["preds"], after["preds"])
     gates = _gates(acc_b, acc_a, agree, check, max_accuracy_drop, min_agreement, after["samples"], eval_calib)
@@ -207,7 +204,7 @@ def compress_job(
         "rounds": [_round_json(i, r, {**before, **costs}) for i, r in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
         "export": {**exported.to_json(), "path": str(Path(out) / "model.onnx")}, "verify": check.to_json(), "verify_summary": check.summary_line(),
-        "bench": bench_rows, "seed": seed, "int8": int8.to_json() if int8 is not None else None,
+        "bench": bench_rows, "seed": run.seed, "int8": int8.to_json() if int8 is not None else None,
     }
     summary = summary_markdown(report)
     recipe = recipe.record({**entry, "passed": report["passed"], "gates": {g.name: g.value for g in gates}})

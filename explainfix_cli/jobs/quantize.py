@@ -18,6 +18,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import BadInput, CheckFailed
 from ..deploy.int8_check import Gate, Int8Comparison, check_gate_values, compare_onnx, int8_gates, measure_int8
@@ -38,6 +39,7 @@ from ..deploy.sensitivity import ControlResult
 from ..io.data import CalibrationSet, Preprocessing, load_calibration, parse_input_size, resolve_preprocessing
 from ..io.outdir import publish, staging
 from ..prune.pipeline import Progress
+from .bench import BenchOptions
 from .common import DataSpec, ModelSpec, now, open_inputs, output_dir
 from .export import export_verified, provenance_metadata
 from .result import JobResult
@@ -70,17 +72,17 @@ class QuantizeJob(JobResult):
 def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = None,
                  options: QuantizeOptions | None = None, out: Path | None = None, force: bool = False,
                  max_accuracy_drop: float | None = None, min_agreement: float | None = None, max_float: int = 8,
-                 bench: bool = True, threads: int = 2, bench_iters: int = 50, bench_rounds: int = 5,
-                 opset: int = 18, progress: Progress | None = None) -> QuantizeJob:
+                 timing: BenchOptions = BenchOptions(), opset: int = 18, progress: Progress | None = None) -> QuantizeJob:
     """Quantize, check, control, time (module docstring). A failed gate returns the job with ``passed``
-    False and nothing written; the CLI makes it exit 1."""
+    False and nothing written; the CLI makes it exit 1. ``timing.threads`` also runs the check."""
     options = (options or QuantizeOptions()).check()
     check_gate_values(max_accuracy_drop, min_agreement)
     if data is None or data.path is None:
         raise BadInput("quantize needs --data PATH: calibration images (a few hundred, like those the model will see)",
                        hint="e.g. --data calib/ (class subfolders or a flat folder)")
-    if threads < 1 or max_float < 0 or bench_iters < 1 or bench_rounds < 1:
-        raise BadInput(f"--threads and --bench-iters must be ≥ 1 and --max-float ≥ 0; got {threads}, {bench_iters} and {max_float}")
+    timing = timing.check()
+    if max_float < 0:
+        raise BadInput(f"--max-float must be ≥ 0, got {max_float}")
     out = output_dir(out, "int8", model, force, data.path, eval_data)
     notes: list[str] = []
     stage = (lambda name: progress(name, 0, 1)) if progress else (lambda name: None)
@@ -119,8 +121,7 @@ def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = N
                 raise CheckFailed(f"the FP32 ONNX differs from torch; nothing written. {check.summary_line()}")
         step = quantize_checked(fp32, work / "model.int8.onnx", calib, eval_set, options, work=tmp, shape=pre.shape,
                                 max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement, max_float=max_float,
-                                bench=bench, threads=threads, bench_iters=bench_iters, bench_rounds=bench_rounds,
-                                progress=progress)
+                                timing=timing, progress=progress)
         report = {"command": "quantize", "time": now(), "model": str(model.path), "out": str(out), "files": files,
                   "notes": notes, "preprocessing": pre.to_dict(), **step.to_json()}
         job = QuantizeJob(out, report, step.gates)
@@ -169,12 +170,13 @@ class Int8Step:
 
 def quantize_checked(fp32: Path, int8: Path, calib: CalibrationSet, eval_set: CalibrationSet, options: QuantizeOptions,
                      *, work: Path, shape: tuple[int, ...], max_accuracy_drop: float | None = None,
-                     min_agreement: float | None = None, max_float: int = 8, bench: bool = True, threads: int = 2,
-                     bench_iters: int = 50, bench_rounds: int = 5, progress: Progress | None = None) -> Int8Step:
+                     min_agreement: float | None = None, max_float: int = 8, timing: BenchOptions = BenchOptions(),
+                     progress: Progress | None = None) -> Int8Step:
     """The quantize job's steps on an FP32 ONNX file, for any job that has one (compress composes this):
     quantize → check against FP32 on ``eval_set`` → keep layers in float while a gate fails → time FP32 and
-    INT8 (only when the gates hold). Writes ``int8``; ``work`` holds scratch files."""
+    INT8 (only when the gates hold and ``timing.bench``). Writes ``int8``; ``work`` holds scratch files."""
     stage = (lambda name: progress(name, 0, 1)) if progress else (lambda name: None)
+    threads = timing.threads  # onnxruntime's threads: the check and the timing alike
     options = options.check()
     settings = resolve_settings(options)
     stage("calibrate")
@@ -195,12 +197,12 @@ def quantize_checked(fp32: Path, int8: Path, calib: CalibrationSet, eval_set: Ca
             res = quantize_onnx(prep, int8, calib, options, work=work, settings=settings, exclude=control.kept_float,
                                 why_excluded=why, metadata=meta)
             cmp, gates = control.comparison, control.gates
-    timing = None
-    if bench and all(g.passed for g in gates):  # a model that failed is not written: no time spent timing it
+    timed = None
+    if timing.bench and all(g.passed for g in gates):  # a model that failed is not written: no time spent timing it
         stage("bench")
-        timing = measure_int8(fp32, int8, plain, shape, res.float_nodes, _macs(prep), threads=threads,
-                              iters=bench_iters, rounds=bench_rounds, seed=options.seed)
-    return Int8Step(res, cmp, gates, calib.describe(), eval_set.describe(), max_float, control, ranked, timing)
+        timed = measure_int8(fp32, int8, plain, shape, res.float_nodes, _macs(prep), threads=threads,
+                             iters=timing.bench_iters, rounds=timing.bench_rounds, seed=options.seed)
+    return Int8Step(res, cmp, gates, calib.describe(), eval_set.describe(), max_float, control, ranked, timed)
 
 
 def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | None = None, out: str | Path | None = None,
@@ -208,14 +210,20 @@ def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | Non
              trust_code: bool = False, input_size: str | None = None, mean: list[float] | None = None,
              std: list[float] | None = None, batch_size: int = 16, **kwargs) -> QuantizeJob:
     """The Python API: ``explainfix_cli.quantize("model-pruned/", "calib/", eval_data="val/",
-    max_accuracy_drop=1.0, calibrate="entropy")``. Options of :class:`QuantizeOptions` (``calibrate``,
-    ``calib_images``, ``keep_float``, ``seed``, …) and of :func:`quantize_job` are keywords."""
-    names = {f.name for f in fields(QuantizeOptions)}
-    opts = QuantizeOptions(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    max_accuracy_drop=1.0, calibrate="entropy", bench=False)``. Options of :class:`QuantizeOptions` (``calibrate``,
+    ``calib_images``, ``keep_float``, ``seed``, …), of :class:`~.bench.BenchOptions` (``bench``, ``threads``,
+    ``bench_iters``) and of :func:`quantize_job` are keywords."""
+    opts, timing = _take(kwargs, QuantizeOptions), _take(kwargs, BenchOptions)
     return quantize_job(ModelSpec(Path(model), arch, arch_kwargs, trust_pickle, trust_code),
                         DataSpec(Path(data), input_size, mean, std, batch_size),
                         eval_data=Path(eval_data) if eval_data is not None else None, options=opts,
-                        out=Path(out) if out is not None else None, **kwargs)
+                        out=Path(out) if out is not None else None, timing=timing, **kwargs)
+
+
+def _take(kwargs: dict, options: type) -> Any:
+    """``options`` (a dataclass) made of the keywords named as its fields, which leave ``kwargs``."""
+    names = {f.name for f in fields(options)}
+    return options(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
 
 
 def _control(prep, fp32, res, calib, eval_set, options, tmp, threads, max_drop, min_agree, max_float, progress):

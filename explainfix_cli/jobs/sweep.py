@@ -29,9 +29,9 @@ from ..deploy.quantize import QuantizeOptions
 from ..io.outdir import staging, write_output_dir
 from ..prune.options import PruneOptions, parse_target
 from ..train.finetune import TrainOptions, agreement
-from .bench import bench_models, model_target
+from .bench import BenchOptions, bench_models, model_target
 from .quantize import quantize_checked
-from .common import DataSpec, ModelSpec, evaluate_on, now, open_inputs, output_dir, read_back_example
+from .common import DataSpec, ModelSpec, Run, evaluate_on, now, open_inputs, output_dir, read_back_example
 from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
 from .result import JobResult
@@ -72,27 +72,23 @@ def sweep_job(
     finetune_epochs: int = 0,
     train: TrainOptions | None = None,
     distill: Any = None,
-    bench: bool = True,
-    threads: int = 2,
-    bench_iters: int = 30,
+    timing: BenchOptions = BenchOptions(bench_iters=30),  # every point is timed: fewer runs per model
     save_models: bool = False,
     out: Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
     force: bool = False,
-    progress: Progress | None = None,
-    on_step: Any = None,
+    run: Run = Run(),
     quantize: QuantizeOptions | None = None,
 ) -> SweepJob:
     """``options`` carries everything but the budget (criterion, rank, round_to, floor…). ``quantize``
     (``QuantizeOptions()``) adds each point's INT8 model (the quantize job's own steps, no gates) to the table, the
-    timing and the figure."""
+    timing and the figure. ``timing`` and ``run`` as in :func:`~.compress.compress_job`."""
     from ..explain.figures import plot_tradeoff
 
     if metric not in ("macs", "params"):
         raise BadInput(f"--metric must be macs or params, got {metric!r}")
     points = parse_targets(targets)
     quantize = quantize.check() if quantize is not None else None  # a bad --quantize fails before any work
+    timing = timing.check()
     base = options or PruneOptions()
     if base.pct is not None or base.target_macs is not None or base.target_params is not None:
         raise BadInput("sweep takes its budgets from --targets; do not give --pct or --target-*")
@@ -102,9 +98,9 @@ def sweep_job(
         raise BadInput("sweep needs --data PATH (calibration images for saliency)")
     train = recovery_options(finetune_epochs, train, distill)
     out = output_dir(out, "sweep", model, force, data.path, eval_data)
-    opened = open_inputs(model, data, device)
+    opened = open_inputs(model, data, run.device)
     smallest = min(per_point, key=lambda o: o.budget[1])
-    pruner = pruner_for(opened, data, smallest, seed, progress)  # one scoring pass, on the original, for every point
+    pruner = pruner_for(opened, data, smallest, run.seed, run.progress)  # one scoring pass, on the original, for every point
     pruner.check()  # an unreachable budget is refused before any data is read
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     check_recovery_data(train, distill, opened.calib)
@@ -116,12 +112,12 @@ def sweep_job(
 
     rows, models, files = [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):
-        if progress:
-            progress(f"budget {label}", k - 1, len(points))
+        if run.progress:
+            run.progress(f"budget {label}", k - 1, len(points))
         work = copy.deepcopy(original)
         point = dataclasses.replace(opened, loaded=dataclasses.replace(opened.loaded, model=work), macs=macs0)
-        recovery = Recovery(train, distill, copy.deepcopy(original) if distill is not None else None, on_step)
-        rnd = run_round(point, data, opts, recovery, eval_calib, seed=seed, pruner=pruner)
+        recovery = Recovery(train, distill, copy.deepcopy(original) if distill is not None else None, run.on_step)
+        rnd = run_round(point, data, opts, recovery, eval_calib, seed=run.seed, pruner=pruner)
         result, pruned_eval, tuned, final, recipe = rnd.result, rnd.pruned, rnd.tuned, rnd.final, rnd.recipe
         rows.append({
             "target": label, "requested": frac, "macs": result.macs_after, "params": result.params_after,
@@ -140,12 +136,12 @@ def sweep_job(
     original = original.to("cpu")
     latency = None
     with staging(out) as work:  # the INT8 models' files, next to -o
-        int8 = _int8_points(models, rows, opened, eval_calib, quantize, work, threads, progress) if quantize else []
-        if bench and dist.is_main():  # timed once: ranks timing at once would slow each other
-            if progress:
-                progress("bench", 0, 1)
-            latency = bench_models([("original", original), *models], opened.pre, threads=threads, iters=bench_iters,
-                                   seed=seed, extra=int8)
+        int8 = _int8_points(models, rows, opened, eval_calib, quantize, work, timing, run.progress) if quantize else []
+        if timing.bench and dist.is_main():  # timed once: ranks timing at once would slow each other
+            if run.progress:
+                run.progress("bench", 0, 1)
+            latency = bench_models([("original", original), *models], opened.pre, threads=timing.threads,
+                                   iters=timing.bench_iters, rounds=timing.bench_rounds, seed=run.seed, extra=int8)
             for row, timed in zip(rows, latency[1:]):
                 row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"],
                            latency_p10_ms=timed.get("p10_ms"), latency_p90_ms=timed.get("p90_ms"))  # tradeoff.png's range
@@ -156,12 +152,12 @@ def sweep_job(
         "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
         "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
-        "distill": dataclasses.asdict(distill) if distill else None, "seed": seed,
+        "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
                      "latency_ms": latency[0]["p50_ms"] if latency else None,
                      "latency_p10_ms": latency[0].get("p10_ms") if latency else None,
                      "latency_p90_ms": latency[0].get("p90_ms") if latency else None},
-        "bench": {"threads": threads, "iters": bench_iters, "batch_size": 1} if bench else None,
+        "bench": {"threads": timing.threads, "iters": timing.bench_iters, "batch_size": 1} if timing.bench else None,
         "points": rows,
     }
     figure = out / "tradeoff.png"
@@ -173,7 +169,7 @@ def sweep_job(
 
 
 def _int8_points(models: list, rows: list[dict], opened: Any, eval_calib: Any, quantize: QuantizeOptions, work: Path,
-                 threads: int, progress: Progress | None) -> list:
+                 timing: BenchOptions, progress: Progress | None) -> list:
     """Each point's model as FP32 ONNX → INT8 (jobs/quantize.py ``quantize_checked``: calibrated on ``--data``,
     compared with its FP32 model on the evaluation data; no gates, no control); ``row["int8"]`` gets the numbers.
     Returns the INT8 files as bench targets (timed with the others)."""
@@ -186,7 +182,8 @@ def _int8_points(models: list, rows: list[dict], opened: Any, eval_calib: Any, q
         folder = work / _safe(label)
         fp32 = model_target(model, opened.pre, folder, label)
         step = quantize_checked(Path(fp32.path), folder / "model.int8.onnx", opened.calib, eval_calib, quantize,
-                                work=folder, shape=opened.pre.shape, max_float=0, bench=False, threads=threads)
+                                work=folder, shape=opened.pre.shape, max_float=0,
+                                timing=dataclasses.replace(timing, bench=False))  # timed below, with the others
         c = step.comparison
         row["int8"] = {"accuracy": c.accuracy_int8, "accuracy_fp32_onnx": c.accuracy_fp32, "agreement_fp32": c.agreement,
                        "snr_db": c.outputs[0]["snr_db"] if c.outputs else None, "settings": step.result.settings}
