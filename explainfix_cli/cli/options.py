@@ -59,8 +59,11 @@ TrustPickle = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel=MOD
 TrustCode = Annotated[bool, typer.Option("--trust-code", envvar="EXPLAINFIX_TRUST_CODE", rich_help_panel=MODEL,
                       help="Run the architecture code an explainfix directory names (its arch/*.py, or an import outside the allow-list). Only for directories you trust.")]
 # -------------------------------------------------------------------------------------------- data
-Data = Annotated[Optional[Path], typer.Option("--data", rich_help_panel=DATA, help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
+Data = Annotated[Optional[Path], typer.Option("--data", rich_help_panel=DATA, show_default=False,  # a group's default REQUIRED: required
+                 help="Calibration data: class subfolders of images, a flat image folder, or an .npz with x (and y).")]
 EvalData = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel=DATA, help="Labeled held-out images (class subfolders) for accuracy.")]
+HeldOutData = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel=DATA,
+                        help="Held-out images for accuracy (labeled) and agreement (default: --data).")]
 InputSize = Annotated[Optional[str], typer.Option("--input-size", rich_help_panel=DATA, help="Resize images to H or HxW (default: the recipe's, else 224).")]
 Mean = Annotated[Optional[list[str]], typer.Option("--mean", callback=_float_list, rich_help_panel=DATA, help="Per-channel mean for normalisation: "
                  "a comma list (0.485,0.456,0.406) or the flag once per channel; one value applies to every channel.")]
@@ -105,6 +108,7 @@ MaxFloat = Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
                      help="INT8 accuracy control: keep at most N layers in float to meet the gates (0: off).")]
 Bench = Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH, help="Measure onnxruntime latency (batch 1) of the original and every result.")]
 Threads = Annotated[int, typer.Option("--threads", rich_help_panel=BENCH, help="onnxruntime intra-op threads (fixed) for the latency measurement.")]
+TimingThreads = Annotated[int, typer.Option("--threads", rich_help_panel=BENCH, help="onnxruntime intra-op threads (fixed) for the latency measurement and any INT8 check.")]
 BenchIters = Annotated[int, typer.Option("--bench-iters", rich_help_panel=BENCH, help="Timed runs per model (and round).")]
 # ------------------------------------------------------------------------------------- output, run
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", rich_help_panel=OUTPUT, help="Output directory.")]
@@ -180,10 +184,8 @@ class Scoring(Calibration):
 class Tuning(Scoring):
     """compress and sweep: ``--data`` required (saliency, then fine-tuning), ``--eval-data`` for accuracy."""
 
-    data: Annotated[Path, typer.Option("--data", rich_help_panel=DATA, show_default=False,
-                                       help="Calibration images for saliency (class subfolders; also the fine-tuning set).")] = REQUIRED
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel=DATA,
-                                                      help="Labeled images for accuracy and agreement (default: --data).")] = None
+    data: Data = REQUIRED
+    eval_data: HeldOutData = None
 
 
 @dataclass
@@ -254,10 +256,10 @@ class Gates(Tolerance):
 
 @dataclass
 class Timing:
-    """onnxruntime latency of the original and the result(s)."""
+    """onnxruntime latency of the original and the result(s), for compress, sweep and quantize."""
 
     bench: Bench = True
-    threads: Threads = 2
+    threads: TimingThreads = 2
     bench_iters: BenchIters = 50
 
     def options(self) -> BenchOptions:

@@ -10,16 +10,17 @@ import typer
 from .base import app, command
 from .options import (
     BENCH,
-    DATA,
     GATES,
     REQUIRED,
     BatchSize,
-    BenchIters,
+    Data,
+    HeldOutData,
     Images,
     MaxFloat,
     Output,
     Seed,
     Source,
+    Timing,
     grouped,
 )
 
@@ -28,10 +29,8 @@ from .options import (
 class QuantizeImages(Images):
     """``--data`` required (calibration), ``--eval-data`` for the check; batches of 16."""
 
-    data: Annotated[Path, typer.Option("--data", rich_help_panel=DATA, show_default=False,
-                                       help="Calibration images (class subfolders, a flat folder or an .npz), like those the model will see.")] = REQUIRED
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel=DATA,
-                                                      help="Held-out images for INT8 vs FP32 (default: --data, with a note).")] = None
+    data: Data = REQUIRED
+    eval_data: HeldOutData = None
     batch_size: BatchSize = 16
 
 
@@ -47,12 +46,11 @@ class Int8Gates:
 
 
 @dataclass
-class Int8Timing:
+class Int8Timing(Timing):
+    """quantize times the FP32 and the INT8 model, at two batch sizes."""
+
     bench: Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH,
                                         help="Time FP32 and INT8 interleaved at batch 1 and 8.")] = True
-    threads: Annotated[int, typer.Option("--threads", rich_help_panel=BENCH,
-                                         help="onnxruntime intra-op threads, for the check and the timing alike.")] = 2
-    bench_iters: BenchIters = 50
 
 
 @app.command()
@@ -78,7 +76,6 @@ def quantize(
     Example: explainfix quantize model-pruned/ --data calib/ --eval-data val/ --max-accuracy-drop 1 -o model-int8
     """
     from ..deploy.quantize import QuantizeOptions
-    from ..jobs.bench import BenchOptions
     from ..jobs.quantize import quantize_job
     from .render import work_progress
 
@@ -88,8 +85,8 @@ def quantize(
     with work_progress() as bar:
         job = quantize_job(source.spec(model), inputs.spec(), eval_data=inputs.eval_data, options=options,
                            out=output.out, force=output.force, max_accuracy_drop=gates.max_accuracy_drop,
-                           min_agreement=gates.min_agreement, max_float=gates.max_float,
-                           timing=BenchOptions(timing.bench, timing.threads, timing.bench_iters), progress=bar)
+                           min_agreement=gates.min_agreement, max_float=gates.max_float, timing=timing.options(),
+                           progress=bar)
     render_quantize(job)
     return job  # a failed gate: exit 1 with the numbers, nothing written (cli/base.py)
 
