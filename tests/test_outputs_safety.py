@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import sys
 import time
 from pathlib import Path
@@ -308,3 +309,36 @@ def test_a_pct_pruner_refuses_a_factor():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
     with pytest.raises(BadInput, match="not a pct"):
         Pruner(net, PruneOptions(pct=50, criterion="magnitude"), torch.randn(1, 3, 8, 8)).to("10x")
+
+
+def test_main_leaves_the_callers_ctrl_c_as_it_was():
+    """The CLI's own Ctrl-C handling is for a process whose Ctrl-C is Python's default: a script that ignores
+    SIGINT keeps ignoring it, main() runs from a thread (signal handlers are for the main thread only), and
+    the handler and the signal mask are the caller's again after it returns."""
+    code = textwrap.dedent("""
+        import signal, sys, threading
+        from explainfix_cli.cli import main
+
+        def run():
+            sys.argv = ["explainfix", "--version"]
+            try:
+                main()
+            except SystemExit as e:
+                assert e.code in (0, None), e.code
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        run()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        errors = []
+        th = threading.Thread(target=lambda: errors.append(None) or run() or errors.pop())
+        th.start(); th.join()
+        assert not errors, "main() failed in a thread"
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        run()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

@@ -6,9 +6,11 @@ the same one-line "interrupted" (exit 130) as later.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, Callable, ContextManager, Iterator
 
 __all__ = ["app", "main"]
 
@@ -33,25 +35,44 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 def main() -> None:
     """Console entry point (``explainfix``, ``python -m explainfix_cli``)."""
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    blocked = hasattr(signal, "pthread_sigmask")
-    try:
-        # Ctrl-C while torch and the rest import waits until they have: torch swallows an interrupt raised
-        # while its C extension imports numpy and would run on. The pending signal is raised right below.
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    with _ctrl_c() as held_back:
         try:
-            _commands()
-            from .base import interrupted, main as run
+            with held_back():  # a Ctrl-C during the imports is raised as this block ends, and caught here
+                _commands()
+                from .base import interrupted, main as run
+        except KeyboardInterrupt:
+            _interrupted_early()
+        try:
+            run()
+        except KeyboardInterrupt:  # between two commands' own handlers (argument parsing, start-up)
+            interrupted()
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[Callable[[], ContextManager[None]]]:
+    """Ctrl-C raises :class:`Interrupted` while ``main`` runs (the caller's handler is put back after), and
+    inside the block it yields, waits until the block ends: torch swallows an interrupt raised while its C
+    extension imports numpy, and would run on. Only where Ctrl-C is Python's default: a caller that ignores
+    SIGINT (``cmd &`` in a script), a thread other than the main one, or a caller with its own handler keeps
+    its own. Without pthread_sigmask (Windows) nothing is held back."""
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    @contextlib.contextmanager
+    def held_back() -> Iterator[None]:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if ours and hasattr(signal, "pthread_sigmask") else None
+        try:
+            yield
         finally:
-            if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    except KeyboardInterrupt:
-        _interrupted_early()
+            if before is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    if ours:
+        signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        run()
-    except KeyboardInterrupt:  # between two commands' own handlers (argument parsing, start-up)
-        interrupted()
+        yield held_back
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _interrupted_early() -> None:

@@ -212,7 +212,7 @@ def explainsteer_layerwise_with_saliency(
             progress(stage, done, total)
 
     side = _PerBatchSpectra(model)
-    weights = spatial_grad_scores(model, loader, device, side, num_minibatches=num_minibatches, grad_cost_fn=grad_cost_fn,
+    weights = spatial_grad_scores(model, loader, device, score_fn=side, num_minibatches=num_minibatches, grad_cost_fn=grad_cost_fn,
                                   target_fn=target_fn, progress=count)
     if dist.active():  # under torchrun each rank saw its shard of the batches: sum everything per layer
         batches = int(dist.sum_counts(batches)[0])

@@ -212,8 +212,13 @@ def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | Non
     """The Python API: ``explainfix_cli.quantize("model-pruned/", "calib/", eval_data="val/",
     max_accuracy_drop=1.0, calibrate="entropy", bench=False)``. Options of :class:`QuantizeOptions` (``calibrate``,
     ``calib_images``, ``keep_float``, ``seed``, …), of :class:`~.bench.BenchOptions` (``bench``, ``threads``,
-    ``bench_iters``) and of :func:`quantize_job` are keywords."""
-    opts, timing = _take(kwargs, QuantizeOptions), _take(kwargs, BenchOptions)
+    ``bench_iters``; or ``timing=BenchOptions(...)`` itself) and of :func:`quantize_job` are keywords."""
+    opts = _take(kwargs, QuantizeOptions)
+    timing = kwargs.pop("timing", None)
+    loose = _take(kwargs, BenchOptions)
+    if timing is not None and loose != BenchOptions():
+        raise BadInput("give the timing either as timing=BenchOptions(...) or as bench=/threads=/bench_iters=, not both")
+    timing = timing or loose
     return quantize_job(ModelSpec(Path(model), arch, arch_kwargs, trust_pickle, trust_code),
                         DataSpec(Path(data), input_size, mean, std, batch_size),
                         eval_data=Path(eval_data) if eval_data is not None else None, options=opts,

@@ -23,7 +23,7 @@ def get_spatial_filter_saliency(model: nn.Module, loader: Iterable, device: torc
 
     The reference's signature; ``loop`` takes the gradient loop's other keywords (``target_fn``, ``progress``:
     :func:`explainfix_cli.core.gradients.grad_loop`)."""
-    return spatial_grad_scores(model, loader, device, saliency_score, num_minibatches=num_minibatches,
+    return spatial_grad_scores(model, loader, device, score_fn=saliency_score, num_minibatches=num_minibatches,
                                grad_cost_fn=grad_cost_fn, **loop)
 
 
