@@ -16,13 +16,18 @@ only), rows:
   ResNet-18, ≤ 1 on the MobileNetV2; accuracy control keeps layers in float when plain INT8 misses it);
 * ``explainfix quantize --min-agreement 0.98`` on seed 0: a gate plain INT8 misses on the MobileNetV2, so
   accuracy control runs (the layers it keeps in float, and the agreement of each attempt, are recorded);
-* ``explainfix prune --target-macs 2x`` (one shot, BatchNorm re-estimated; no fine-tuning or distillation —
-  ``compress --quantize`` is not part of this script) in FP32 and after ``explainfix quantize``.
+* ``explainfix prune --target-macs 2x`` (one shot, BatchNorm re-estimated; no fine-tuning) in FP32 and after
+  ``explainfix quantize``;
+* NNCF's ONNX post-training quantization (``nncf.quantize`` with its defaults, the same calibration images), when
+  ``nncf`` is installed (``pip install nncf``: a benchmark peer, never a dependency);
+* ``explainfix compress --target-macs 2x`` and ``4x`` ``--distill --quantize int8`` (the one command: prune →
+  distil from the original on the base's own training images → FP32 ONNX → INT8 with accuracy control), FP32 and
+  INT8, both seeds; on the ResNet-18 with ``--max-accuracy-drop 1`` against the original (the INT8 model gets the
+  room the FP32 model left, and accuracy control runs where plain INT8 would overdraw it).
 
 Accuracy and top-1 agreement with FP32 on the test images (two calibration seeds for the quantized rows),
 latency at batch 1 and 8 in onnxruntime, every model of one network timed interleaved (5 rounds; the speed-up
 is the median of same-round ratios, with its range). The commands are the real CLI, run as subprocesses.
-NNCF is not run: installing it into the shared environment could move onnx/numpy under the other tests.
 """
 from __future__ import annotations
 
@@ -142,6 +147,19 @@ def ort_int8(fp32: Path, out: Path, calib: np.ndarray) -> None:
                     reduce_range=recommended_settings(detect_isa())["reduce_range"])
 
 
+def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> bool:
+    """NNCF's ONNX post-training quantization with its defaults (the peer); False when nncf is not installed."""
+    try:
+        import nncf
+        import onnx
+    except ImportError:
+        return False
+    q = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset([{"input": calib[i:i + 1]} for i in range(len(calib))]),
+                      subset_size=len(calib))
+    onnx.save(q, str(out))
+    return True
+
+
 def run_onnx(path: Path, x: np.ndarray, bs: int = 250) -> np.ndarray:
     import onnxruntime as ort
 
@@ -153,7 +171,7 @@ def run_onnx(path: Path, x: np.ndarray, bs: int = 250) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def network(a, name: str, arch: str, x, y, tx, ty, gate: float, work: Path) -> dict:
+def network(a, name: str, arch: str, x, y, tx, ty, gate: float, gate_compress: float | None, work: Path) -> dict:
     base = a.results / f"int8_{name}_e{a.epochs}_n{a.train_samples}.pt"  # gitignored
     build = globals()[arch.split(":")[1]]
     if not base.is_file():
@@ -176,6 +194,8 @@ def network(a, name: str, arch: str, x, y, tx, ty, gate: float, work: Path) -> d
         files.setdefault("FP32", q / "model.onnx")
         ort_int8(q / "model.onnx" if rep else _export_only(base, arch, work, calib_npz), work / f"{name}-ort-s{seed}.onnx", calib)
         files[f"ORT INT8 (s{seed})"] = work / f"{name}-ort-s{seed}.onnx"
+        if nncf_int8(files["FP32"], work / f"{name}-nncf-s{seed}.onnx", calib):
+            files[f"NNCF INT8 (s{seed})"] = work / f"{name}-nncf-s{seed}.onnx"
         if rep:
             files[f"explainfix INT8 (s{seed})"] = q / "model.int8.onnx"
             rows.append({"seed": seed, "float_layers": [n.get("module") or n["name"] for n in rep["float_layers"]
@@ -205,7 +225,33 @@ def network(a, name: str, arch: str, x, y, tx, ty, gate: float, work: Path) -> d
     files["prune 2x FP32"] = pq / "model.onnx"
     if r.returncode == 0:
         files["prune 2x INT8"] = pq / "model.int8.onnx"
-    return {"quantize_runs": rows, "control": control, **measure(a, files, tx, ty)}
+    compress = compress_rows(a, name, base, arch, x, y, test_npz, gate_compress, work, files)
+    return {"quantize_runs": rows, "control": control, "compress": compress, **measure(a, files, tx, ty)}
+
+
+def compress_rows(a, name: str, base: Path, arch: str, x, y, test_npz: Path, gate: float | None, work: Path,
+                  files: dict) -> list[dict]:
+    """``compress --target-macs B --distill --quantize int8`` per budget and seed; adds its two ONNX files."""
+    train_npz = work / "train.npz"  # the base's own training images (labels kept: KD plus cross-entropy)
+    np.savez(train_npz, x=x[: a.train_samples], y=y[: a.train_samples])
+    runs = []
+    for budget in a.compress:
+        for seed in a.seeds:
+            out = work / f"{name}-compress-{budget}-s{seed}"
+            t0 = time.perf_counter()
+            r = cli("compress", base, "--arch", arch, "--target-macs", budget, "--distill", "--finetune-epochs",
+                    a.ft_epochs, "--data", train_npz, "--eval-data", test_npz, "--batches", 16, "--quantize", "int8",
+                    *(("--max-accuracy-drop", gate) if gate is not None else ()), "--no-bench", "--seed", seed,
+                    "-o", out, "--force", "--json")
+            rep = json.loads(r.stdout)
+            runs.append({"budget": budget, "seed": seed, "seconds": time.perf_counter() - t0, "passed": rep.get("passed"),
+                         "gates": [{k: g[k] for k in ("name", "threshold", "value", "passed")} for g in rep.get("gates", [])],
+                         "int8_float_layers": [n.get("module") or n["name"] for n in (rep.get("int8") or {}).get("float_layers", [])
+                                               if n["why"].startswith("accuracy control")]})
+            for kind, fname in (("FP32", "model.onnx"), ("INT8", "model.int8.onnx")):
+                if (out / fname).is_file():
+                    files[f"compress {budget} distill {kind} (s{seed})"] = out / fname
+    return runs
 
 
 def _export_only(base: Path, arch: str, work: Path, calib_npz: Path) -> Path:
@@ -248,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control-agreement", type=float, default=0.98,
                    help="also quantize seed 0 with this --min-agreement gate (accuracy control; 0: skip)")
     p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--compress", nargs="*", default=["2x", "4x"], help="compress --distill --quantize int8 budgets")
+    p.add_argument("--ft-epochs", type=int, default=2, help="compress: distillation epochs on the base's training images")
     p.add_argument("--networks", nargs="+", default=["resnet18", "mobilenet_v2", "lraspp"])
     p.add_argument("--work", type=Path, default=Path("/tmp/explainfix-int8-bench"))
     a = p.parse_args(argv)
@@ -266,14 +314,14 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"isa": detect_isa().to_json(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
               "args": {k: str(v) for k, v in vars(a).items()}, "networks": {}}
-    arches = {"resnet18": (f"{HERE}:resnet18_fmnist", 0.5), "mobilenet_v2": (f"{HERE}:mobilenet_v2_fmnist", 1.0)}
+    arches = {"resnet18": (f"{HERE}:resnet18_fmnist", 0.5, 1.0), "mobilenet_v2": (f"{HERE}:mobilenet_v2_fmnist", 1.0, None)}
     for name in a.networks:
         t0 = time.perf_counter()
         if name == "lraspp":
             result["networks"][name] = segmentation(a, tx)
         else:
-            arch, gate = arches[name]
-            result["networks"][name] = network(a, name, arch, x, y, tx, ty, gate, a.work)
+            arch, gate, gate_compress = arches[name]
+            result["networks"][name] = network(a, name, arch, x, y, tx, ty, gate, gate_compress, a.work)
         result["networks"][name]["seconds"] = time.perf_counter() - t0
         out = a.results / ("int8_quick.json" if a.quick else "int8.json")
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
@@ -314,7 +362,8 @@ def markdown(r: dict) -> str:
                 return "" if not v else f"{v['speedup']:.2f}×" + (f" ({v['range'][0]:.2f}–{v['range'][1]:.2f})" if v["range"] else "")
             acc = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %"
             lines.append(f"| {label} | {acc} | {100 * row['agreement']:.2f} % | {sp('b1')} | {sp('b8')} |")
-        lines += ["", f"quantize runs: {n['quantize_runs']}", f"accuracy control: {n.get('control')}", ""]
+        lines += ["", f"quantize runs: {n['quantize_runs']}", f"accuracy control: {n.get('control')}",
+                  f"compress runs: {n.get('compress')}", ""]
     return "\n".join(lines)
 
 
