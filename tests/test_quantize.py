@@ -233,14 +233,16 @@ def test_same_seed_same_int8_file(fixture_int8, tmp_path):
     from tests.conftest import sha256
 
     from explainfix_cli.core.errors import BadInput
+    from explainfix_cli.deploy.quantize import QuantizeOptions
     from explainfix_cli.jobs import BenchOptions
 
     # the timing as loose keywords or as the jobs' BenchOptions: the same run
     timing = [{"bench": False}, {"timing": BenchOptions(bench=False)}, {"bench": False}]
     runs = [ef.quantize(fixture_int8 / "model.onnx", FIXTURE_CALIB, out=tmp_path / f"o{k}", calib_images=16, seed=seed,
                         **timing[k]) for k, seed in enumerate((3, 3, 4))]
-    with pytest.raises(BadInput, match="not both"):
-        ef.quantize(fixture_int8 / "model.onnx", FIXTURE_CALIB, out=tmp_path / "o9", timing=BenchOptions(), threads=4)
+    for both in ({"timing": BenchOptions(threads=4), "threads": 2}, {"options": QuantizeOptions(), "seed": 3}):
+        with pytest.raises(BadInput, match="not both"):
+            ef.quantize(fixture_int8 / "model.onnx", FIXTURE_CALIB, out=tmp_path / "o9", **both)
     assert not (tmp_path / "o9").exists()
     digests = [sha256(tmp_path / f"o{k}" / "model.int8.onnx") for k in range(3)]
     assert digests[0] == digests[1] != digests[2]

@@ -35,17 +35,20 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 def main() -> None:
     """Console entry point (``explainfix``, ``python -m explainfix_cli``)."""
-    with _ctrl_c() as held_back:
-        try:
-            with held_back():  # a Ctrl-C during the imports is raised as this block ends, and caught here
-                _commands()
-                from .base import interrupted, main as run
-        except KeyboardInterrupt:
-            _interrupted_early()
-        try:
-            run()
-        except KeyboardInterrupt:  # between two commands' own handlers (argument parsing, start-up)
-            interrupted()
+    try:
+        with _ctrl_c() as held_back:
+            try:
+                with held_back():  # a Ctrl-C during the imports is raised as this block ends, and caught here
+                    _commands()
+                    from .base import interrupted, main as run
+            except KeyboardInterrupt:
+                _interrupted_early()
+            try:
+                run()
+            except KeyboardInterrupt:  # between two commands' own handlers (argument parsing, start-up)
+                interrupted()
+    except KeyboardInterrupt:  # the instant before the handler is in place, or a second Ctrl-C while exiting
+        _interrupted_early()
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ def saliency_score(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def spatial_grad_scores(model: nn.Module, loader: Iterable, device: torch.device | str, *,
-                        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = saliency_score,
                         **loop: Any) -> list[torch.Tensor]:
     """Accumulate ``score_fn(W, ∂C/∂W)`` (shape (O, I)) over batches for every spatial conv.
 
@@ -64,7 +64,6 @@ def spatial_grad_scores(model: nn.Module, loader: Iterable, device: torch.device
     :func:`grad_loop`'s knobs (``num_minibatches``, ``grad_cost_fn``, ``target_fn``, ``progress``).
     The model is put in eval mode and moved to ``device``; requires_grad flags are restored after.
     """
-    score_fn = score_fn or saliency_score
     model.eval().to(device)
     weights = [m.weight for _, m in iter_spatial_convs(model)]
     scores = [w.new_zeros(w.shape[:2]) for w in weights]

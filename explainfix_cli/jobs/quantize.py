@@ -213,12 +213,13 @@ def quantize(model: str | Path, data: str | Path, *, eval_data: str | Path | Non
     max_accuracy_drop=1.0, calibrate="entropy", bench=False)``. Options of :class:`QuantizeOptions` (``calibrate``,
     ``calib_images``, ``keep_float``, ``seed``, …), of :class:`~.bench.BenchOptions` (``bench``, ``threads``,
     ``bench_iters``; or ``timing=BenchOptions(...)`` itself) and of :func:`quantize_job` are keywords."""
-    opts = _take(kwargs, QuantizeOptions)
-    timing = kwargs.pop("timing", None)
-    loose = _take(kwargs, BenchOptions)
-    if timing is not None and loose != BenchOptions():
-        raise BadInput("give the timing either as timing=BenchOptions(...) or as bench=/threads=/bench_iters=, not both")
-    timing = timing or loose
+    timing, opts = kwargs.pop("timing", None), kwargs.pop("options", None)
+    for given, group in ((timing, BenchOptions), (opts, QuantizeOptions)):
+        loose = sorted({f.name for f in fields(group)} & kwargs.keys())
+        if given is not None and loose:
+            raise BadInput(f"give {group.__name__}(...) or its fields as keywords ({', '.join(loose)}), not both")
+    timing = timing if timing is not None else _take(kwargs, BenchOptions)
+    opts = opts if opts is not None else _take(kwargs, QuantizeOptions)
     return quantize_job(ModelSpec(Path(model), arch, arch_kwargs, trust_pickle, trust_code),
                         DataSpec(Path(data), input_size, mean, std, batch_size),
                         eval_data=Path(eval_data) if eval_data is not None else None, options=opts,
