@@ -62,15 +62,20 @@ def test_a_missing_library_names_the_extra_to_install(tmp_path, arch, library, e
 CALIB = REPO / "fixtures" / "digits" / "calib"
 
 
+def _prune_to(tmp_path_factory, factor: str):
+    """One real CLI run of ``prune --target-macs FACTOR`` on the fixture: (report, stderr, out)."""
+    import json
+
+    out = tmp_path_factory.mktemp("macs") / f"p{factor}"
+    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", factor, "--data", CALIB, "-o", out, "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr, out
+
+
 @pytest.fixture(scope="module")
 def pruned_far(tmp_path_factory):
     """The fixture pruned to 8x fewer MACs: agreement falls far and layers reach the floor (one CLI run)."""
-    import json
-
-    out = tmp_path_factory.mktemp("far") / "p8"
-    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "8x", "--data", CALIB, "-o", out, "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout), p.stderr, out
+    return _prune_to(tmp_path_factory, "8x")
 
 
 def test_prune_says_what_next_when_quality_falls_far(pruned_far):
@@ -141,12 +146,7 @@ def test_compress_finetune_table_shows_the_rate_used_and_eval_accuracy_per_epoch
 @pytest.fixture(scope="module")
 def pruned_2x(tmp_path_factory):
     """The fixture at 2x fewer MACs (the README's first prune): (report, stderr, out)."""
-    import json
-
-    out = tmp_path_factory.mktemp("half") / "p2"
-    p = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "-o", out, "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout), p.stderr, out
+    return _prune_to(tmp_path_factory, "2x")
 
 
 def test_budget_run_speaks_of_the_masked_model_and_images(pruned_2x):
