@@ -139,36 +139,14 @@ def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int
 
 
 def tp_prune(model: nn.Module, target_macs: int, criterion: str, cx, cy, bs: int, steps: int = 14) -> tuple[nn.Module, float]:
-    """Torch-Pruning one shot at the largest uniform ratio whose MACs ≤ target (bisection on the ratio)."""
-    import torch_pruning as tp
+    """Torch-Pruning one shot at the largest uniform ratio whose MACs ≤ target (bisection on the ratio): the
+    package's adapter (explainfix_cli/prune/peers.py, what ``sweep --compare torch-pruning`` runs)."""
+    from explainfix_cli.prune.peers import torch_pruning_to
 
     example = cx[:1]
-
-    def prune_at(ratio: float) -> nn.Module:
-        m = copy.deepcopy(model).eval()
-        if criterion == "taylor":
-            imp = tp.importance.GroupTaylorImportance()
-            m.zero_grad()
-            for i in range(0, len(cx), bs):  # gradients of the loss on the calibration set
-                nn.functional.cross_entropy(m(cx[i:i + bs]), cy[i:i + bs]).backward()
-        else:
-            imp = tp.importance.GroupMagnitudeImportance(p=1)
-        pruner = tp.pruner.MetaPruner(m, example, importance=imp, pruning_ratio=ratio, ignored_layers=[m.fc])
-        pruner.step()
-        m.zero_grad(set_to_none=True)
-        return m
-
-    lo, hi, best = 0.0, 0.999, None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        m = prune_at(mid)
-        if count_macs(m, example) <= target_macs:
-            best, hi = (m, mid), mid
-        else:
-            lo = mid
-    if best is None:
-        best = (prune_at(hi), hi)
-    return best
+    batches = [(cx[i:i + bs], cy[i:i + bs]) for i in range(0, len(cx), bs)]  # Taylor: the loss on the calibration set
+    return torch_pruning_to(model, example, target_macs / count_macs(model, example), "macs", criterion,
+                            batches if criterion == "taylor" else None, steps)
 
 
 def recalibrate(m: nn.Module, cx, cy, bs: int) -> None:
