@@ -89,7 +89,7 @@ def prune_opened(
     if opts.recalibrate_bn:
         with channels_last(opened.model, check_x[:1]):  # both passes only read the layout-free values
             t0 = time.perf_counter()
-            used = recalibrate_batchnorm(opened.model, batches(), opened.device)
+            used = recalibrate_opened(opened, data, seed)
             if used:  # 0: the model has no BatchNorm (with running statistics): nothing to re-estimate or record
                 edits.append({"op": "bn-recalibrate", "batches": used})
             result.recalibrated = {"batches": used, "skipped": None if used else "the model has no BatchNorm"}
@@ -105,6 +105,13 @@ def prune_opened(
         "data": calib.describe() if calib else None, "budget": result.budget,
     }
     return result, recipe.record(provenance, edits=edits, preprocessing=opened.pre.to_dict())
+
+
+def recalibrate_opened(opened: Opened, data: DataSpec, seed: int) -> int:
+    """Re-estimate ``opened.model``'s BatchNorm statistics on the calibration batches, the pass a prune makes after
+    its surgery (for any pruned model: a sweep's peer points get the same one). Returns the batches used (0: no
+    BatchNorm). Run it under ``core.layout.channels_last`` for speed, as :func:`prune_opened` does."""
+    return recalibrate_batchnorm(opened.model, calibration_batches(opened, data, seed)(), opened.device)
 
 
 def calibration_batches(opened: Opened, data: DataSpec, seed: int):
