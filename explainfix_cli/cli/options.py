@@ -104,6 +104,10 @@ Opset = Annotated[int, typer.Option("--opset", rich_help_panel=OUTPUT, help="ONN
 Quantize = Annotated[Optional[str], typer.Option("--quantize", rich_help_panel=OUTPUT, metavar="TYPE", show_default=False,
                     help="Also make INT8 models (TYPE: int8) by the quantize command's own steps, checked against their FP32 "
                     "ONNX and timed (compress: model.int8.onnx, accuracy-controlled; sweep: INT8 points).")]
+Compare = Annotated[Optional[str], typer.Option("--compare", rich_help_panel=OUTPUT, metavar="PEER", show_default=False,
+                   help="Also prune each budget with PEER (torch-pruning: Torch-Pruning L1, one uniform ratio), recover, "
+                   "evaluate and time it like explainfix's point, for the table and tradeoff.png (needs the compare "
+                   "extra: pip install 'explainfix-cli[compare]').")]
 MaxFloat = Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
                      help="INT8 accuracy control: keep at most N layers in float to meet the gates (0: off).")]
 Bench = Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH, help="Measure onnxruntime latency (batch 1) of the original and every result.")]

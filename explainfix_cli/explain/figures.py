@@ -171,11 +171,16 @@ def _range(p: dict) -> tuple[float, float] | None:
     return None
 
 
+#: the series name of a sweep --compare peer (the importance and allocation it runs)
+PEER_NAMES = {"torch-pruning": "Torch-Pruning L1 (uniform)"}
+
+
 def tradeoff_figure(report: dict) -> Any:
     """A sweep's trade-off (a matplotlib Figure): accuracy against MACs kept, and against measured latency when
     timed (the original is the star). Points without labels plot top-1 agreement with the original instead.
     Each panel joins the points in the order of its x axis; latency points carry their measured range (p10–p90
-    of the timed runs) as error bars. The title names the model, the data and how the points were recovered."""
+    of the timed runs) as error bars. The title names the model, the data and how the points were recovered.
+    ``sweep --compare``'s peer points are a second series (orange diamonds), joined the same way."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,6 +218,12 @@ def tradeoff_figure(report: dict) -> Any:
             q.sort(key=lambda ip: ip[0].get(xkey, ip[1][xkey]))
             ax.plot([i.get(xkey, p[xkey]) for i, p in q], [100 * i["accuracy"] for i, _ in q], "s-", color="tab:green",
                     alpha=0.8, label=label + " + INT8")
+        peer = sorted((c for c in (p.get("compare") for p in order) if c and c.get(xkey) is not None
+                       and c.get(key) is not None), key=lambda c: c[xkey])  # sweep --compare torch-pruning
+        if peer:
+            ax.plot([c[xkey] for c in peer], [100 * c[key] for c in peer], "D-", color="tab:orange", alpha=0.8,
+                    label=f"{PEER_NAMES.get(peer[0]['tool'], peer[0]['tool'])}"
+                    + (" + same recovery" if tuned else " (one-shot)"))
         if r0 is not None:
             ax.errorbar([x0], [y0], xerr=[[r0[0]], [r0[1]]], fmt="*", markersize=14, color="tab:red", capsize=3, label="original")
         else:

@@ -8,7 +8,8 @@ Every point starts from a copy of the original and reuses the one set of scores 
 grow with the number of budgets); each may get the same short fine-tune or distillation. Writes
 ``sweep.json``, ``sweep.md`` and ``tradeoff.png`` (accuracy against MACs and against measured onnxruntime
 latency, the original marked), and with ``save_models`` each point's explainfix directory under
-``points/<target>/``.
+``points/<target>/``. ``compare="torch-pruning"`` adds Torch-Pruning's point at each budget (jobs/compare.py:
+the same recovery, evaluation and timing; those models are never written).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..deploy.quantize import QuantizeOptions
 from ..io.outdir import staging, write_output_dir
 from ..prune.options import PruneOptions, parse_target
 from ..train.finetune import TrainOptions, agreement
+from .compare import check_compare, peer_point
 from .bench import BenchOptions, bench_models, model_target
 from .quantize import quantize_checked
 from .common import DataSpec, ModelSpec, Run, evaluate_on, now, open_inputs, output_dir, read_back_example
@@ -78,16 +80,21 @@ def sweep_job(
     force: bool = False,
     run: Run = Run(),
     quantize: QuantizeOptions | None = None,
+    compare: str | None = None,
 ) -> SweepJob:
     """``options`` carries everything but the budget (criterion, rank, round_to, floor…). ``quantize``
     (``QuantizeOptions()``) adds each point's INT8 model (the quantize job's own steps, no gates) to the table, the
-    timing and the figure. ``timing`` and ``run`` as in :func:`~.compress.compress_job`."""
+    timing and the figure. ``compare="torch-pruning"`` adds, per budget, Torch-Pruning L1 (uniform ratio) pruned
+    from the original to the same fraction, BatchNorm re-estimated and recovered like explainfix's point, evaluated
+    and timed with the others, as ``row["compare"]`` (comparison only: those models are never written to disk).
+    ``timing`` and ``run`` as in :func:`~.compress.compress_job`."""
     from ..explain.figures import plot_tradeoff
 
     if metric not in ("macs", "params"):
         raise BadInput(f"--metric must be macs or params, got {metric!r}")
     points = parse_targets(targets)
     quantize = quantize.check() if quantize is not None else None  # a bad --quantize fails before any work
+    compare = check_compare(compare)  # and an unknown peer, or its library missing
     timing = timing.check()
     base = options or PruneOptions()
     if base.pct is not None or base.target_macs is not None or base.target_params is not None:
@@ -110,7 +117,7 @@ def sweep_job(
     before = evaluate_on(original, eval_calib, bs, opened.device)
     calib = opened.calib
 
-    rows, models, files = [], [], {}
+    rows, models, peers, files = [], [], [], {}
     for k, ((label, frac), opts) in enumerate(zip(points, per_point), start=1):
         if run.progress:
             run.progress(f"budget {label}", k - 1, len(points))
@@ -129,6 +136,14 @@ def sweep_job(
             "finetune": tuned.to_json() if tuned else None,
         })
         models.append((label, work.to("cpu").eval()))
+        if compare:
+            if run.progress:
+                run.progress(f"{compare} {label}", k - 1, len(points))
+            recovery = Recovery(train, distill, copy.deepcopy(original) if distill is not None else None, run.on_step)
+            rows[-1]["compare"], peer = peer_point(original, opened, data, frac, metric, opts.recalibrate_bn,
+                                                   recovery, eval_calib, before, seed=run.seed)
+            if peer is not None:
+                peers.append((rows[-1]["compare"], (f"{label} {compare}", peer)))
         if save_models:
             point_recipe = recipe.record({"command": "sweep", "time": now(), "target": label})
             files.update({f"points/{_safe(label)}/{name}": content
@@ -140,19 +155,21 @@ def sweep_job(
         if timing.bench and dist.is_main():  # timed once: ranks timing at once would slow each other
             if run.progress:
                 run.progress("bench", 0, 1)
-            latency = bench_models([("original", original), *models], opened.pre, threads=timing.threads,
+            latency = bench_models([("original", original), *models, *(m for _, m in peers)], opened.pre, threads=timing.threads,
                                    iters=timing.bench_iters, rounds=timing.bench_rounds, seed=run.seed, extra=int8)
             for row, timed in zip(rows, latency[1:]):
                 row.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"],
                            latency_p10_ms=timed.get("p10_ms"), latency_p90_ms=timed.get("p90_ms"))  # tradeoff.png's range
-            for row, timed in zip(rows, latency[len(models) + 1:]):
+            for (entry, _), timed in zip(peers, latency[len(models) + 1:]):
+                entry.update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
+            for row, timed in zip(rows, latency[len(models) + len(peers) + 1:]):
                 row["int8"].update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
     report = {
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
         "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
-        "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed,
+        "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed, "compare": compare,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
                      "latency_ms": latency[0]["p50_ms"] if latency else None,
                      "latency_p10_ms": latency[0].get("p10_ms") if latency else None,
@@ -202,7 +219,9 @@ def sweep_markdown(report: dict) -> str:
              f"{report['criterion']} criterion, one saliency pass over {report['data']['samples']} images; accuracy on "
              f"{report['eval_samples']} images of {report['eval_data']['source']}"
              + (f"; {report['finetune_epochs']} fine-tune epoch(s) per point"
-                + (" (distillation)" if report["distill"] else "") if report["finetune_epochs"] else "; one-shot") + ".", "",
+                + (" (distillation)" if report["distill"] else "") if report["finetune_epochs"] else "; one-shot") + "."
+             + (f" Torch-Pruning {_peer_version(report)} rows: L1 importance, one uniform ratio per budget, pruned from "
+                "the original and treated as the explainfix rows (BatchNorm, recovery, evaluation)." if report.get("compare") else ""), "",
              ]
     tuned = bool(report["finetune_epochs"])
     head = ["budget", "MACs kept", "params kept"] + (["accuracy (pruned)"] if tuned else []) + \
@@ -215,6 +234,9 @@ def sweep_markdown(report: dict) -> str:
         pruned = f"{pct(p['accuracy_after_prune'])} | " if tuned else ""
         lines.append(f"| {p['target']} | {p['macs_kept']:.3f} | {p['params_kept']:.3f} | {pruned}"
                      f"{pct(p['accuracy'])} | {pct(p['agreement'])} | {lat} | {speed} |")
+        c = p.get("compare")
+        if c:  # the peer at the same budget, the same recovery (agreement: with the original)
+            lines.append(_peer_row(p["target"], c, tuned))
         q = p.get("int8")
         if q:  # the same point as INT8 (agreement: with its own FP32 model)
             qlat = f"{q['latency_ms']:.3f} ms" if q.get("latency_ms") is not None else "—"
@@ -222,3 +244,21 @@ def sweep_markdown(report: dict) -> str:
             lines.append(f"| {p['target']} INT8 | | | {'| ' if tuned else ''}{pct(q['accuracy'])} | "
                          f"{pct(q['agreement_fp32'])} (vs FP32) | {qlat} | {qspeed} |")
     return "\n".join(lines) + "\n"
+
+
+PEER_LABEL = {"torch-pruning": "Torch-Pruning L1"}  # the importance sweep --compare runs
+
+
+def _peer_row(target: str, c: dict, tuned: bool) -> str:
+    name = f"{target} {PEER_LABEL.get(c['tool'], c['tool'])}"
+    if c.get("error"):
+        return f"| {name} | failed: {c['error']} |"
+    lat = f"{c['latency_ms']:.3f} ms" if c.get("latency_ms") is not None else "—"
+    speed = f"{1 / c['latency_ratio']:.2f}×" if c.get("latency_ratio") else "—"
+    pruned = f"{pct(c['accuracy_after_prune'])} | " if tuned else ""
+    return (f"| {name} | {c['macs_kept']:.3f} | {c['params_kept']:.3f} | {pruned}{pct(c['accuracy'])} | "
+            f"{pct(c['agreement'])} | {lat} | {speed} |")
+
+
+def _peer_version(report: dict) -> str:
+    return next((p["compare"]["version"] for p in report["points"] if p.get("compare")), "")
