@@ -81,3 +81,65 @@ def test_bad_targets(tmp_path, targets, message):
 
 def test_parse_targets_orders_by_size():
     assert [label for label, _ in parse_targets("10x,2x,0.3")] == ["2x", "0.3", "10x"]
+
+
+def test_sweep_compare_torch_pruning_same_budget_same_recovery(tmp_path):
+    from matplotlib.lines import Line2D
+
+    from explainfix_cli.explain.figures import tradeoff_figure
+
+    res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--targets", "2x,4x",
+                 "--finetune-epochs", "1", "--compare", "torch-pruning", "--no-bench", "-o", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    assert report["compare"] == "torch-pruning"
+    for p in report["points"]:
+        c = p["compare"]
+        assert c["tool"] == "torch-pruning" and c["importance"] == "l1" and "error" not in c, c
+        assert c["macs_kept"] <= p["requested"] * 1.02 and 0 < c["ratio"] < 1, c
+        assert 0 <= c["accuracy_after_prune"] <= 1 and 0 <= c["accuracy"] <= 1 and 0 <= c["agreement"] <= 1, c
+    assert report["points"][0]["compare"]["macs_kept"] > report["points"][1]["compare"]["macs_kept"]
+    fig = tradeoff_figure(report)
+    labels = [line.get_label() for line in fig.axes[0].get_children() if isinstance(line, Line2D)]
+    assert "Torch-Pruning L1 (uniform) + same recovery" in labels, labels
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "| 2x Torch-Pruning L1 |" in md and "| 4x Torch-Pruning L1 |" in md
+    assert not (tmp_path / "s" / "points").exists()  # the peer's models are never written
+
+
+def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path, monkeypatch):
+    import torch_pruning as tp
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot trace\nthis graph")
+
+    monkeypatch.setattr(tp.pruner, "MetaPruner", broken)
+    job = sweep_job(ModelSpec(FIXTURE_PT, FIXTURE_ARCH), DataSpec(FIXTURE_CALIB, "32"), "2x", compare="torch-pruning",
+                    timing=BenchOptions(bench=False), out=tmp_path / "sw", run=Run(device="cpu"))
+    (point,) = job.report["points"]
+    assert point["self_check"] == "passed" and point["accuracy"] is not None  # explainfix's point is unaffected
+    assert point["compare"]["error"] == "Torch-Pruning failed on this model: RuntimeError: cannot trace this graph"
+    assert "| 2x Torch-Pruning L1 | failed: " in (job.out / "sweep.md").read_text()
+
+
+def test_sweep_compare_unknown_peer_is_bad_input(tmp_path):
+    res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--targets", "2x", "--compare", "foo", "-o", tmp_path / "x")
+    assert res.exit_code == 2, res.output
+    assert [line for line in res.output.splitlines() if line.strip()] == [
+        "error: --compare must be one of: torch-pruning; got 'foo'"], res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_sweep_compare_without_torch_pruning_says_which_extra(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["explainfix", "sweep", *map(str, FIXTURE_ARGS), "--data", str(FIXTURE_CALIB), "--targets", "2x",
+            "--compare", "torch-pruning", "-o", str(tmp_path / "x")]
+    code = ("import sys; sys.modules['torch_pruning'] = None; sys.argv = " + repr(args) +
+            "; from explainfix_cli.cli import main; main()")  # as if Torch-Pruning were not installed
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "explainfix-cli[compare]" in lines[0], p.stderr
+    assert not (tmp_path / "x").exists()
