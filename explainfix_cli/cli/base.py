@@ -63,10 +63,15 @@ def _print_error(message: str, hint: str | None = None) -> None:
 def _fail(code: int, message: str, hint: str | None = None, json_out: bool = False) -> None:
     """The one way a command fails: one ``error:`` line (and ``hint:``) on stderr and, under ``--json``, one
     JSON error document on stdout, then the exit code."""
+    global _failed_said
+    _failed_said = True
     _print_error(message, hint)
     if json_out:
         emit_json(error_document(message, hint, code))
     raise typer.Exit(code)
+
+
+_failed_said = False  # _fail printed the error line (main tells its exit 130 from Typer's silent one)
 
 
 def error_document(message: str, hint: str | None, code: int) -> dict:
@@ -173,6 +178,8 @@ def main() -> None:
     """Console entry point: usage errors become one ``error:`` line (exit 2) like every other error."""
     try:
         code = app(standalone_mode=False)  # returns the exit code of a typer.Exit raised in a command
+        if code == 130 and not _failed_said:  # Typer made a Ctrl-C while it parsed the arguments a silent Exit(130)
+            interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
