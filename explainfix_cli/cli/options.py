@@ -78,7 +78,7 @@ TargetParams = Annotated[Optional[str], typer.Option("--target-params", rich_hel
 Pct = Annotated[Optional[float], typer.Option("--pct", rich_help_panel=BUDGET, help="Zero this percentage of spatial filters, in (0, 100), ranked globally (the ExplainFix reference's knob).")]
 Fill = Annotated[str, typer.Option("--fill", rich_help_panel=BUDGET, help="Filter criteria: none | fillzero | restore (zeroed kernels in surviving channels get their original values back; reset is an alias).")]
 Criterion = Annotated[Optional[str], typer.Option("--criterion", rich_help_panel=BUDGET, help="channel | saliency | magnitude. Default: channel with a budget; else saliency with --data, magnitude without.")]
-Rank = Annotated[str, typer.Option("--rank", rich_help_panel=BUDGET, help="Channel criterion: per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency | l1-per-layer (Σ|w| per cost within each layer: about the same fraction from every layer; better after fine-tuning at 10× and beyond).")]
+Rank = Annotated[str, typer.Option("--rank", rich_help_panel=BUDGET, help="Channel criterion: auto (default: per-cost up to 8× fewer, l1-per-layer beyond) | per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency | l1-per-layer (the same fraction from every layer, its channels by Σ|w|: recovers better after fine-tuning beyond 8×).")]
 Floor = Annotated[float, typer.Option("--floor", rich_help_panel=BUDGET, help="Channel criterion: every layer keeps at least this fraction of its channels.")]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", rich_help_panel=BUDGET, help="Keep every pruned layer's channel count a multiple of N, or auto (the default with a budget: multiples of 8 for layers of ≥ 64 channels, any count below): faster kernels, still exact.")]
 RecalibrateBn = Annotated[Optional[bool], typer.Option("--recalibrate-bn/--no-recalibrate-bn", rich_help_panel=RECOVERY, help="Re-estimate BatchNorm statistics on --data after pruning (default: on with a budget and data).")]
@@ -207,7 +207,7 @@ class Ranking:
     """Which channels go first, and what stays: criterion, rank, floor, rounding, BatchNorm, inexact folds."""
 
     criterion: Criterion = None
-    rank: Rank = "per-cost"
+    rank: Rank = "auto"
     floor: Floor = 0.1
     round_to: RoundTo = None
     recalibrate_bn: RecalibrateBn = None

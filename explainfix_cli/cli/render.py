@@ -51,7 +51,7 @@ def _source(source: str, report: dict) -> str:
 def render_prune(job: Any) -> None:
     render_notes(job.report)
     r = job.result
-    table = Table(title=f"explainfix prune · {pruned_how(r.pct, r.criterion, r.budget, r.options.get('rank'))}", title_justify="left")
+    table = Table(title=f"explainfix prune · {pruned_how(r.pct, r.criterion, r.budget, r.options.get('rank_used'))}", title_justify="left")
     zeroing = r.criterion != "channel"  # the filter criteria zero kernels; the channel criterion removes weights
     for col in ("layer", "kind", "in", "out", "filters zeroed" if zeroing else "weights kept"):
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right")

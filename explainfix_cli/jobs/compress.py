@@ -193,7 +193,7 @@ def compress_job(
         gates += _int8_gates(int8, acc_b, max_accuracy_drop)
     report = {
         "load_notes": opened.loaded.notes, "command": "compress", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
-        "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank"),
+        "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank_used"), "rank_why": result.options.get("rank_why"),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
         "original": {"params": first_result.params_before, "macs": first_result.macs_before, "accuracy": acc_b},

@@ -127,7 +127,7 @@ def sweep_job(
         rnd = run_round(point, data, opts, recovery, eval_calib, seed=run.seed, pruner=pruner)
         result, pruned_eval, tuned, final, recipe = rnd.result, rnd.pruned, rnd.tuned, rnd.final, rnd.recipe
         rows.append({
-            "target": label, "requested": frac, "macs": result.macs_after, "params": result.params_after,
+            "target": label, "requested": frac, "rank": opts.ranking[0], "macs": result.macs_after, "params": result.params_after,
             "macs_kept": result.macs_after / macs0, "params_kept": result.params_after / params0,
             "within_tolerance": result.budget["within_tolerance"], "note": result.budget["note"],
             "self_check": result.check.status, "accuracy_after_prune": pruned_eval["accuracy"],
@@ -166,7 +166,7 @@ def sweep_job(
                 row["int8"].update(latency_ms=timed["p50_ms"], latency_ratio=timed["latency_ratio"])
     report = {
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
-        "criterion": per_point[0].criterion, "rank": per_point[0].rank, "round_to": per_point[0].round_to,
+        "criterion": per_point[0].criterion, "rank": base.rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
         "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
         "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed, "compare": compare,

@@ -36,6 +36,12 @@ def scored_modules(graph: ChannelGraph) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def magnitudes(model: nn.Module, graph: ChannelGraph) -> dict[str, dict[str, torch.Tensor]]:
+    """|w| of every parameter a group's removal touches, in the shape of the saliency scores (no data)."""
+    return {n: {pn: p.detach().abs().double().cpu() for pn, p in model.get_submodule(n).named_parameters(recurse=False)}
+            for n in scored_modules(graph)}
+
+
 def output_sizes(model: nn.Module, example: torch.Tensor, names: list[str]) -> dict[str, int]:
     """Spatial positions of each module's output for one input (1 for Linear)."""
     sizes: dict[str, int] = {}
@@ -126,30 +132,29 @@ def _column_size(m: nn.Module, c: Consumer) -> int:
 
 def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost: str, floor: float) -> list[int]:
     """Space roots, least important first; a group that would leave some producer with fewer than
-    ``max(1, ceil(floor · rows))`` channels is skipped (it stays). ``l1-per-layer`` divides each group's
-    per-cost score by the median of its layer's (the groups with the same producers: one conv, or one
-    residual stream), so every layer loses about the same fraction and the score only picks which channels."""
+    ``max(1, ceil(floor · rows))`` channels is skipped (it stays). ``per-cost``: saliency (or Σ|w|) per MAC or
+    parameter saved, ranked globally; ``saliency``: the score alone. ``l1-per-layer``: every layer (the groups
+    with the same producers: one conv, or one residual stream) loses the same fraction — groups are taken in the
+    order of their quantile within their layer (Torch-Pruning's uniform ratio, in the engine's exact groups),
+    and the per-cost score only picks which channels of a layer go."""
     def per_cost(g: Group) -> float:
         spend = g.macs if cost == "macs" else g.params
         return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
 
-    medians: dict[tuple[str, ...], float] = {}
+    key: dict[int, tuple[float, ...]] = {r: (per_cost(g), r) for r, g in groups.items()}
     if rank == "l1-per-layer":
-        layers: dict[tuple[str, ...], list[float]] = {}
+        layers: dict[tuple[str, ...], list[Group]] = {}
         for g in groups.values():
-            layers.setdefault(tuple(sorted(g.producers)), []).append(per_cost(g))
-        medians = {k: float(torch.tensor(v, dtype=torch.float64).median()) for k, v in layers.items()}
-
-    def key(g: Group) -> tuple[float, int]:
-        if not medians:
-            return (per_cost(g), g.root)
-        median = medians[tuple(sorted(g.producers))]
-        return (per_cost(g) / median if median > 0 else per_cost(g), g.root)
+            layers.setdefault(tuple(sorted(g.producers)), []).append(g)
+        for members in layers.values():
+            members.sort(key=lambda g: key[g.root])
+            for i, g in enumerate(members):  # the middle of its slot: layers of any size interleave evenly
+                key[g.root] = ((i + 0.5) / len(members), *key[g.root])
 
     rows = {p.module: len(p.labels) for p in graph.producers}
     kept = dict(rows)
     order = []
-    for g in sorted(groups.values(), key=key):
+    for g in sorted(groups.values(), key=lambda g: key[g.root]):
         if not g.producers:
             continue
         if all(kept[p] - n >= max(1, math.ceil(floor * rows[p])) for p, n in g.producers.items()):

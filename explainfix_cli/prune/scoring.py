@@ -24,7 +24,7 @@ from ..core import gradients as grad
 from ..core.model import call_model, first_output, to_device
 from ..core.progress import Progress
 from . import saliency as sal
-from .channel import scored_modules
+from .channel import magnitudes, scored_modules
 
 
 @dataclass
@@ -39,11 +39,12 @@ class Scored:
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
                 target_fn: Callable | None = grad.onehot_targets, progress: Progress | None = None,
-                magnitude: bool = False, channel_graph: Any = None) -> Scored:
-    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. ``magnitude``
-    (``--rank l1-per-layer``) scores channel groups by Σ|w| even with data; the data then only records the
-    original predictions (agreement) and feeds BatchNorm re-estimation. ``channel_graph``: the channel
-    analysis of ``gm`` when the caller already has it (it is not repeated)."""
+                channel_graph: Any = None) -> Scored:
+    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. With data the
+    channel criterion always has the saliency (a rank that orders by Σ|w|, ``l1-per-layer``, takes the
+    weights at selection: prune/channel.magnitudes), so one pass serves every budget of a sweep whichever rank
+    ``--rank auto`` picks for it. ``channel_graph``: the channel analysis of ``gm`` when the caller already has
+    it (it is not repeated)."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
 
@@ -51,17 +52,17 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         channel_graph = None
     if criterion == "channel":
         channel_graph = graph_mod.analyse(gm) if channel_graph is None else channel_graph
-        names = scored_modules(channel_graph)
-        params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
-        if batches is not None and not magnitude:
+        if batches is not None:
+            names = scored_modules(channel_graph)
+            params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
             values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, num_minibatches=limit,
                                           grad_cost_fn=grad_cost_fn, target_fn=record, progress=progress)
             dist.all_reduce_sum(values)  # under torchrun each rank scored its shard of the batches
+            scores: Any = {}
+            for (n, pn, _), v in zip(params, values):
+                scores.setdefault(n, {})[pn] = v.cpu()
         else:
-            values = [p.detach().abs().double() for *_, p in params]
-        scores: Any = {}
-        for (n, pn, _), v in zip(params, values):
-            scores.setdefault(n, {})[pn] = v.cpu()
+            scores = magnitudes(model, channel_graph)
     elif criterion == "saliency":
         scores = sal.get_spatial_filter_saliency(model, batches(), device, limit, grad_cost_fn, target_fn=record,
                                                  progress=progress)

@@ -22,8 +22,8 @@ from ..core.model import count_macs, count_params, iter_spatial_convs, to_device
 from ..io.edits import apply_edit
 from . import saliency as sal
 from .budget import BudgetOutcome, check_reachable, search
-from .channel import output_sizes, removal_order, score_groups, scored_modules
-from .options import PruneOptions
+from .channel import magnitudes, output_sizes, removal_order, score_groups, scored_modules
+from .options import MAGNITUDE_RANKS, PruneOptions
 
 
 @dataclass
@@ -92,10 +92,7 @@ def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, examp
     costs = Costs(model, example, metric)
     if opts.criterion == "channel":
         graph = graph_mod.analyse(gm)
-        names = scored_modules(graph)
-        weights = {n: {pn: p.detach().abs().double().cpu() for pn, p in model.get_submodule(n).named_parameters(recurse=False)}
-                   for n in names}
-        groups = score_groups(gm, graph, weights, output_sizes(model, example, names))
+        groups = score_groups(gm, graph, magnitudes(model, graph), output_sizes(model, example, scored_modules(graph)))
         for g in groups.values():  # equal scores: per-cost order is then the largest saving first
             g.saliency = 1.0
         order = removal_order(graph, groups, "per-cost", metric, opts.floor)
@@ -154,10 +151,14 @@ def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
                     saliency: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], opts: PruneOptions,
                     example: Any, macs_before: int) -> Selection:
     """Remove the least salient channel groups (the engine's coupled spaces of ``graph``, analysed once by
-    the caller): ``pct`` % of them, or as many as the budget asks. The search only re-plans."""
+    the caller): ``pct`` % of them, or as many as the budget asks. The search only re-plans. A rank that
+    orders by Σ|w| (``l1-per-layer``) scores the groups by the model's weights, not by ``saliency``."""
+    rank = opts.ranking[0]
+    if rank in MAGNITUDE_RANKS:
+        saliency = magnitudes(model, graph)
     groups = score_groups(gm, graph, saliency, sizes)
     metric = opts.budget[0] if opts.budget else "macs"
-    order = removal_order(graph, groups, opts.rank, metric, opts.floor)
+    order = removal_order(graph, groups, rank, metric, opts.floor)
 
     def plan_for(k: float) -> Plan:
         return plan_removal(gm, graph, opts.round_to, remove=set(order[: int(k)]))
