@@ -151,5 +151,14 @@ def test_two_identical_runs_write_identical_weights(tmp_path):
     for r in recipes:
         r["provenance"][-1].pop("time", None)
     assert recipes[0] == recipes[1]
+    # with SOURCE_DATE_EPOCH (the reproducible-builds convention) the recipe is identical byte for byte too
+    pinned = [tmp_path / f"pinned{i}" for i in range(2)]
+    for out in pinned:
+        r = run_cli("prune", *FIXTURE_ARGS, "--target-macs", "2x", "--data", FIXTURE_CALIB, "--batches", "2", "-o", out,
+                    env={"SOURCE_DATE_EPOCH": "1700000000"})
+        assert r.returncode == 0, r.stderr
+    for name in (RECIPE_NAME, "model.safetensors"):
+        assert (pinned[0] / name).read_bytes() == (pinned[1] / name).read_bytes(), name
+    assert json.loads((pinned[0] / RECIPE_NAME).read_text())["provenance"][-1]["time"] == "2023-11-14T22:13:20+00:00"
     assert torch.equal(next(iter(load(outs[0], trust_code=True).state_dict().values())),
                        next(iter(load(outs[1], trust_code=True).state_dict().values())))

@@ -219,6 +219,11 @@ def _required_inputs(model: nn.Module) -> list[str]:
 
 
 def now() -> str:
+    """The time written into recipes and reports: ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds
+    convention), so two identical runs write identical directories byte for byte; else the current UTC time."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).isoformat()
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
