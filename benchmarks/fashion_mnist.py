@@ -1,25 +1,30 @@
 #!/usr/bin/env python
 """Fashion-MNIST: explainfix at a MACs budget vs Torch-Pruning at the same MACs, with the same recovery.
 
-    .venv/bin/python benchmarks/fashion_mnist.py                      # ~30 min on 2 CPU cores (base cached after)
-    .venv/bin/python benchmarks/fashion_mnist.py --quick              # a few minutes: small sizes, one seed
+    .venv/bin/python benchmarks/fashion_mnist.py                          # ResNet-18, 6-epoch base (trained once, cached)
+    .venv/bin/python benchmarks/fashion_mnist.py --epochs 2               # the 2-epoch base the --rank auto rule was chosen on
+    .venv/bin/python benchmarks/fashion_mnist.py --arch mobilenet_v2 --epochs 4
+    .venv/bin/python benchmarks/fashion_mnist.py --quick                  # a few minutes: small sizes, one seed
 
-1. A ResNet-18 (torchvision, its own stem with 1 input channel; images padded to 32×32, 37 M MACs) trained on
-   the 60k training images
-   (AdamW, cosine; cached in ``--base``, so later runs skip it).
-2. For every budget (2×, 3×, 4×, 10× fewer MACs) and seed: explainfix's channel criterion (the default of
-   ``--target-macs``) and its filter criterion with ``--fill restore``; Torch-Pruning 1.6.1 (MetaPruner, one
-   shot, uniform per-layer ratio, fc ignored) with L1-magnitude and Taylor importance, the ratio bisected to
-   the largest MACs ≤ the budget. Every pruned model gets the same BatchNorm re-estimation on the calibration
-   images (what ``explainfix prune`` does after a budget prune), then each recovery from a copy:
-   none (one-shot); ``ft``: 2 epochs cross-entropy on 2,000 labelled training images; ``kd``: 2 epochs of
-   distillation from the base model on the same 2,000 images with their labels removed. Test accuracy on
-   the 10k test images; onnxruntime batch-1 latency timed interleaved with the base (realized speed-up ÷
-   MACs speed-up).
+1. A base trained on the 60k training images (AdamW, cosine; cached as
+   benchmarks/results/fmnist_ARCH_eEPOCHS.pt, not committed, so later runs skip it): ``--arch resnet18``
+   (torchvision, its own 7×7 stem with 1 input channel; images padded to 32×32, 35 M MACs) or
+   ``--arch mobilenet_v2`` (depthwise, inverted residuals; a 1-channel stride-1 stem, 24 M MACs).
+2. For every budget (2×, 3×, 4×, 6×, 10× fewer MACs) and seed: explainfix's default (``ef``: the channel
+   criterion with ``--rank auto``; ``ef:rank=R`` pins a rank; ``ef-filter-restore`` is the filter criterion
+   with ``--fill restore``); Torch-Pruning 1.6.1 (explainfix_cli/prune/peers.py, what ``sweep --compare``
+   runs: MetaPruner, one shot, uniform per-layer ratio, the classifier ignored) with L1-magnitude and Taylor
+   importance, the ratio bisected to the largest MACs ≤ the budget. Every pruned model gets the same
+   BatchNorm re-estimation on the calibration images (what ``explainfix prune`` does after a budget prune),
+   then each recovery from a copy: none (one-shot); ``ft``: 2 epochs cross-entropy on 2,000 labelled
+   training images; ``kd``: 2 epochs of distillation from the base model on the same 2,000 images with their
+   labels removed; at ``--long-budgets`` (4×, 10×) also ``--long-epochs`` (10) of ``ft``. Test accuracy on
+   ``--test-samples`` test images; onnxruntime batch-1 latency timed interleaved with the base (realized
+   speed-up ÷ MACs speed-up) unless ``--no-bench``.
 
 Seeds change the calibration and fine-tune subsets and the shuffling. Data: the Debian package's IDX files
 (``--data-dir``, default /usr/share/datasets/fashion-mnist). Torch-Pruning is a benchmark extra
-(``pip install torch-pruning==1.6.1``), not an explainfix dependency.
+(``pip install -e '.[bench]'``), not an explainfix dependency.
 """
 from __future__ import annotations
 
@@ -91,6 +96,20 @@ def resnet18_fmnist() -> nn.Module:
     return m
 
 
+def mobilenet_v2_fmnist() -> nn.Module:
+    """torchvision MobileNetV2 (depthwise, inverted residuals) with a 1-channel stride-1 stem (the 32×32 input
+    ends at 2×2), as benchmarks/int8.py builds it."""
+    from torchvision.models import mobilenet_v2
+
+    m = mobilenet_v2(num_classes=CLASSES)
+    m.features[0][0] = nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(m.features[0][0].weight, mode="fan_out")
+    return m
+
+
+ARCHES = {"resnet18": resnet18_fmnist, "mobilenet_v2": mobilenet_v2_fmnist}
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
     batches = ((x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs))
     return accuracy(*predict(model, batches))
@@ -106,7 +125,8 @@ def train(model: nn.Module, x, y, opts: TrainOptions, bs: int, seed: int, label:
             print(f"\r  {label}: epoch {s.epoch}/{s.epochs} step {s.step}/{s.steps} loss {s.loss:.3f}{acc}   ",
                   end="", file=sys.stderr, flush=True)
 
-    res = finetune(model, batches, opts, steps_per_epoch=steps, on_step=tick, seed=seed, objective=objective)
+    res = finetune(model, batches, opts, steps_per_epoch=steps, on_step=tick, seed=seed, objective=objective,
+                   example=x[:1])  # channels-last where it computes the same: MobileNetV2 trains ~25x faster on CPU
     print(file=sys.stderr)
     return {"seconds": time.perf_counter() - t0, "train_loss": res.epochs[-1].loss}
 
@@ -130,9 +150,14 @@ def calib_batches(cx, cy, bs):
 
 
 def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int, seed: int) -> nn.Module:
+    """``method``: ``ef`` (the default of ``--target-macs``), ``ef:rank=R`` (the same with ``--rank R``), or
+    ``ef-filter-restore`` (``--criterion saliency --fill restore``)."""
     m = copy.deepcopy(model).eval()
-    opts = PruneOptions(target_macs=frac) if method == "ef-channel" else \
-        PruneOptions(target_macs=frac, criterion="saliency", fill="restore")
+    if method == "ef-filter-restore":
+        opts = PruneOptions(target_macs=frac, criterion="saliency", fill="restore")
+    else:
+        kw = dict(kv.split("=", 1) for kv in method.split(":")[1:])
+        opts = PruneOptions(target_macs=frac, **kw)
     r = prune_model(m, example=cx[:1], batches=calib_batches(cx, cy, bs), check_inputs=cx[:8], seed=seed, options=opts)
     assert r.check.passed, r.check
     return m
@@ -155,14 +180,17 @@ def recalibrate(m: nn.Module, cx, cy, bs: int) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 def get_base(a, x, y) -> nn.Module:
-    model = resnet18_fmnist()
+    build = ARCHES[getattr(a, "arch", "resnet18")]
+    if a.base is None:  # one cached file per architecture and training length
+        a.base = REPO / "benchmarks" / "results" / f"fmnist_{getattr(a, 'arch', 'resnet18')}_e{a.epochs}.pt"
+    model = build()
     if a.base.is_file():
         model.load_state_dict(torch.load(a.base, map_location="cpu", weights_only=True))
         print(f"base: loaded {a.base}", file=sys.stderr)
         return model.eval()
     torch.manual_seed(0)
-    model = resnet18_fmnist()
-    info = train(model, x, y, TrainOptions(epochs=a.epochs, optimizer="adamw", lr=a.lr), a.batch_size, 0, "train ResNet-18")
+    model = build()
+    info = train(model, x, y, TrainOptions(epochs=a.epochs, optimizer="adamw", lr=a.lr), a.batch_size, 0, f"train {build.__name__}")
     a.base.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), a.base)
     print(f"base: trained in {info['seconds']:.0f}s, saved {a.base}", file=sys.stderr)
@@ -173,13 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 budgets, one seed, 2,000 test images, 500 fine-tune images")
     p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--base", type=Path, default=REPO / "benchmarks" / "results" / "fmnist_resnet18_base.pt",
-                   help="the trained base model (trained and saved here when missing; not committed)")
+    p.add_argument("--arch", choices=sorted(ARCHES), default="resnet18")
+    p.add_argument("--base", type=Path, default=None,
+                   help="the trained base model (trained and saved here when missing; not committed); default "
+                        "benchmarks/results/fmnist_ARCH_eEPOCHS.pt")
     p.add_argument("--train-samples", type=int, default=None, help="base training images (default all 60k; for smoke runs)")
     p.add_argument("--epochs", type=int, default=6, help="base training epochs on the 60k images")
     p.add_argument("--lr", type=float, default=2e-3, help="base training: AdamW lr (cosine)")
-    p.add_argument("--budgets", type=float, nargs="+", default=[2, 3, 4, 10], help="MACs reduction factors")
-    p.add_argument("--methods", nargs="+", default=["ef-channel", "ef-filter-restore", "tp-l1", "tp-taylor"])
+    p.add_argument("--budgets", type=float, nargs="+", default=[2, 3, 4, 6, 10], help="MACs reduction factors")
+    p.add_argument("--methods", nargs="+", default=["ef", "tp-l1", "tp-taylor"],
+                   help="ef (explainfix's default), ef:rank=R (with --rank R), ef-filter-restore, tp-l1, tp-taylor")
+    p.add_argument("--long-epochs", type=int, default=10, help="the longer fine-tune of --long-budgets (both tools)")
+    p.add_argument("--long-budgets", type=float, nargs="*", default=[4, 10], help="budgets that also get --long-epochs")
+    p.add_argument("--no-bench", action="store_true", help="skip the onnxruntime latency (accuracy only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--calib", type=int, default=512, help="calibration images (saliency, Taylor, BatchNorm)")
     p.add_argument("--finetune-samples", type=int, default=2000)
@@ -226,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in a.methods:
                 torch.manual_seed(seed)
                 tp = time.perf_counter()
-                if method.startswith("ef-"):
+                if method.startswith("ef"):
                     try:
                         m, ratio = explainfix_prune(base, 1 / budget, method, cx, cy, a.batch_size, seed), None
                     except BadInput as e:  # e.g. the filter criterion cannot free enough channels for 4x
@@ -244,14 +278,25 @@ def main(argv: list[str] | None = None) -> int:
                 kd = copy.deepcopy(m)
                 train(kd, fx, None, ft_opts, a.batch_size, seed, f"kd {method} {budget:g}x", objective=Distillation(copy.deepcopy(base)))
                 row["acc_kd"] = evaluate(kd, xt, yt)
+                if budget in a.long_budgets and a.long_epochs:
+                    long = copy.deepcopy(m)
+                    train(long, fx, fy, TrainOptions(epochs=a.long_epochs), a.batch_size, seed,
+                          f"ft{a.long_epochs} {method} {budget:g}x")
+                    row["acc_ft_long"], row["long_epochs"] = evaluate(long, xt, yt), a.long_epochs
                 pruned.append((row, m))
-            for (row, _), lat in zip(pruned, latencies([base] + [m for _, m in pruned], a.threads, a.bench_iters)[1:]):
+            lats = [{}] * len(pruned) if a.no_bench else \
+                latencies([base] + [m for _, m in pruned], a.threads, a.bench_iters)[1:]
+            for (row, _), lat in zip(pruned, lats):
                 row.update(lat)
-                row["realized_over_theoretical"] = (1 / lat["latency_ratio"]) / (base_macs / row["macs"])
+                speed = ""
+                if lat:
+                    row["realized_over_theoretical"] = (1 / lat["latency_ratio"]) / (base_macs / row["macs"])
+                    speed = f" speed-up {1 / lat['latency_ratio']:.2f}x (÷ theory {row['realized_over_theoretical']:.2f})"
+                long = f" ft{row['long_epochs']} {100 * row['acc_ft_long']:5.2f}%" if "acc_ft_long" in row else ""
                 results["rows"].append(row)
                 print(f"  seed {seed} {budget:>3g}x {row['method']:<18} MACs {row['macs'] / base_macs:.3f} "
-                      f"acc one-shot {100 * row['acc_oneshot']:5.2f}% ft {100 * row['acc_ft']:5.2f}% kd {100 * row['acc_kd']:5.2f}% "
-                      f"speed-up {1 / lat['latency_ratio']:.2f}x (÷ theory {row['realized_over_theoretical']:.2f})", file=sys.stderr)
+                      f"acc one-shot {100 * row['acc_oneshot']:5.2f}% ft {100 * row['acc_ft']:5.2f}% kd {100 * row['acc_kd']:5.2f}%"
+                      f"{long}{speed}", file=sys.stderr, flush=True)
             print(f"  seed {seed} budget {budget:g}x: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
             results["seconds"] = time.perf_counter() - t_start
             a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,15 +324,19 @@ def _cell(vals: list[float], scale: float = 100, fmt: str = "{:.2f}") -> str:
 def markdown(r: dict) -> str:
     b = r["base"]
     seeds = sorted({row["seed"] for row in r["rows"]})
-    lines = [f"Base ResNet-18 (60k training images): test accuracy {100 * b['accuracy']:.2f}% on "
+    lines = [f"Base {r['config'].get('arch', 'resnet18')}, {r['config']['epochs']} epochs (60k training images): test accuracy {100 * b['accuracy']:.2f}% on "
              f"{r['config']['test_samples']} test images, {b['macs'] / 1e6:.1f} M MACs. Mean over seeds {seeds} (range).", "",
-             "| budget | method | MACs kept | one-shot % | ft 2 ep. % | kd 2 ep. (no labels) % | speed-up | realized ÷ theory |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for (budget, method), rows in summarise(r["rows"]).items():
+             "| budget | method | MACs kept | one-shot % | ft 2 ep. % | kd 2 ep. (no labels) % | ft long % | speed-up | realized ÷ theory |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (budget, method), rows in sorted(summarise(r["rows"]).items()):
+        longs = [x["acc_ft_long"] for x in rows if "acc_ft_long" in x]
+        timed = [x for x in rows if "latency_ratio" in x]
         lines.append(f"| {budget:g}× | {method} | {_cell([x['macs'] / b['macs'] for x in rows], 1, '{:.3f}')} | "
                      f"{_cell([x['acc_oneshot'] for x in rows])} | {_cell([x['acc_ft'] for x in rows])} | "
-                     f"{_cell([x['acc_kd'] for x in rows])} | {_cell([1 / x['latency_ratio'] for x in rows], 1)}× | "
-                     f"{_cell([x['realized_over_theoretical'] for x in rows], 1)} |")
+                     f"{_cell([x['acc_kd'] for x in rows])} | "
+                     + (f"{_cell(longs)} ({rows[0].get('long_epochs')} ep.)" if longs else "—") + " | "
+                     + (f"{_cell([1 / x['latency_ratio'] for x in timed], 1)}× | "
+                        f"{_cell([x['realized_over_theoretical'] for x in timed], 1)} |" if timed else "— | — |"))
     lines.append("")
     for u in r.get("unreachable", []):
         lines.append(f"- seed {u['seed']}, {u['budget']:g}×, {u['method']}: not reachable ({u['why']})")

@@ -38,11 +38,31 @@ from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 from explainfix_cli.train.finetune import TrainOptions  # noqa: E402
 
 
-def ranking(alpha: float, norm: bool, shared):
+def uniform_order(graph, groups, cost, floor, shared):
+    """Every layer (the groups with the same producers) loses the same fraction: groups are ranked by their
+    quantile inside their layer (least important first by saliency per cost), ties by that key."""
+    def per_cost(g):
+        spend = g.macs if cost == "macs" else g.params
+        return g.saliency / spend if spend > 0 else g.saliency
+    layers = {}
+    for g in groups.values():
+        layers.setdefault(tuple(sorted(g.producers)), []).append(g)
+    key = {}
+    for gs in layers.values():
+        gs.sort(key=lambda g: (per_cost(g), g.root))
+        for i, g in enumerate(gs):
+            key[g.root] = (i + 0.5) / len(gs) + 1e-9 * per_cost(g)
+    rescored = {r: dataclasses.replace(g, saliency=key[r]) for r, g in groups.items()}
+    return shared(graph, rescored, "saliency", cost, floor)
+
+
+def ranking(alpha: float, norm: bool, shared, alloc: str = ""):
     """A removal order built on the shared one (prune/channel.removal_order, same floor rule): ``alpha`` ranks
     by saliency / cost**alpha; ``norm`` uses the per-layer median normalisation of ``--rank l1-per-layer`` on
     whatever scores the variant has (the saliency unless ``scores=magnitude``)."""
     def removal_order(graph, groups, rank, cost, floor):
+        if alloc == "uniform":
+            return uniform_order(graph, groups, cost, floor, shared)
         if norm:
             return shared(graph, groups, "l1-per-layer", cost, floor)
 
@@ -57,14 +77,18 @@ def ranking(alpha: float, norm: bool, shared):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    p.add_argument("--base", type=Path, required=True, help="cached base model (trained here if missing)")
+    p.add_argument("--base", type=Path, default=None, help="cached base model (trained here if missing; default as "
+                   "fashion_mnist.py: benchmarks/results/fmnist_ARCH_eEPOCHS.pt)")
     p.add_argument("--epochs", type=int, default=6, help="base training epochs when --base is missing")
-    p.add_argument("--budget", type=float, default=10)
+    p.add_argument("--budget", type=float, nargs="+", default=[10])
     p.add_argument("--variants", nargs="+", default=["ef", "tp-l1"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kd", action="store_true", help="also 2 epochs of distillation without labels")
+    p.add_argument("--arch", choices=sorted(F.ARCHES), default="resnet18")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     a.lr, a.batch_size = 2e-3, 128
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     x, y = F.load_split(a.data_dir, "train", None, 0)
     xt, yt = F.load_split(a.data_dir, "test", 10000, 0)
     base = F.get_base(a, x, y)
@@ -74,16 +98,17 @@ def main() -> None:
     cx, cy = x[perm[:512]], y[perm[:512]]
     fx, fy = x[perm[512:2512]], y[perm[512:2512]]
     original_order = select.removal_order
-    for v in a.variants:
+    for budget, v in [(b, v) for b in a.budget for v in a.variants]:
         torch.manual_seed(a.seed)
         t0 = time.perf_counter()
-        if v == "tp-l1":
-            m, _ = F.tp_prune(base, int(base_macs / a.budget), "l1", cx, cy, a.batch_size)
+        if v.startswith("tp-"):
+            m, _ = F.tp_prune(base, int(base_macs / budget), v[3:], cx, cy, a.batch_size)
             kw, steps = {}, 1
         else:
             kw = dict(kv.split("=") for kv in v.split(":")[1:])
-            custom = "alpha" in kw or "norm" in kw
-            select.removal_order = ranking(float(kw.get("alpha", 1)), kw.get("norm") == "1", original_order) if custom \
+            custom = "alpha" in kw or "norm" in kw or "alloc" in kw
+            select.removal_order = ranking(float(kw.get("alpha", 1)), kw.get("norm") == "1", original_order,
+                                           kw.get("alloc", "")) if custom \
                 else original_order
             m = copy.deepcopy(base).eval()
             steps = int(kw.get("steps", 1))
@@ -94,18 +119,23 @@ def main() -> None:
                         F.train(m, fx, fy, TrainOptions(epochs=2 // steps), a.batch_size, a.seed, f"ft {v} round {step}")
                 scored_on = None if kw.get("scores") == "magnitude" else F.calib_batches(cx, cy, a.batch_size)
                 r = prune_model(m, example=cx[:1], batches=scored_on, check_inputs=cx[:8],
-                                seed=a.seed, options=PruneOptions(target_macs=(1 / a.budget) ** (1 / steps),
+                                seed=a.seed, options=PruneOptions(target_macs=(1 / budget) ** (1 / steps),
                                                                   floor=float(kw.get("floor", 0.1)) ** (1 / steps),
                                                                   rank=kw.get("rank", "per-cost")))
                 assert r.check.passed
             select.removal_order = original_order
         F.recalibrate(m, cx, cy, a.batch_size)
         one = F.evaluate(m, xt, yt)
-        last = 2 - (2 // steps) * (steps - 1) if v != "tp-l1" and "interleave" in kw else 2
+        last = 2 - (2 // steps) * (steps - 1) if not v.startswith("tp-") and "interleave" in kw else 2
+        kd = copy.deepcopy(m) if a.kd else None
         F.train(m, fx, fy, TrainOptions(epochs=last), a.batch_size, a.seed, f"ft {v}")
+        if kd is not None:
+            F.train(kd, fx, None, TrainOptions(epochs=last), a.batch_size, a.seed, f"kd {v}",
+                    objective=F.Distillation(copy.deepcopy(base)))
         widths = [mod.out_channels for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
-        print(json.dumps({"variant": v, "macs_kept": round(count_macs(m, xt[:1]) / base_macs, 4), "one_shot": one,
-                          "ft": F.evaluate(m, xt, yt), "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
+        print(json.dumps({"variant": v, "budget": budget, "macs_kept": round(count_macs(m, xt[:1]) / base_macs, 4), "one_shot": one,
+                          "ft": F.evaluate(m, xt, yt),
+                          "kd": F.evaluate(kd, xt, yt) if kd is not None else None, "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
               flush=True)
 
 
