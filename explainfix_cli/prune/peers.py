@@ -105,7 +105,8 @@ def torch_pruning_to(model: nn.Module, example: torch.Tensor, target_fraction: f
                 m.zero_grad()
                 for x, y in data:  # gradients of the loss on the calibration set
                     logits = m(x)
-                    target = y if y is not None else logits.detach().argmax(1)
+                    labeled = y is not None and y.ndim == 1 and bool((y >= 0).all())  # y = -1: unlabeled images
+                    target = y if labeled else logits.detach().argmax(1)
                     nn.functional.cross_entropy(logits, target).backward()
             else:
                 imp = tp.importance.GroupMagnitudeImportance(p=1)
