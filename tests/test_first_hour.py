@@ -55,7 +55,7 @@ def test_a_missing_library_names_the_extra_to_install(tmp_path, arch, library, e
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, p.stderr
     assert lines[0] == (f"error: {library} is not installed: pip install explainfix-cli[{extra}] "
-                        "(or explainfix-cli[all]: timm, segmentation-models-pytorch and ultralytics)")
+                        "(or explainfix-cli[all]: torchvision, timm, segmentation-models-pytorch and ultralytics)")
 
 
 # ----------------------------------------------------------------------- 1, 2: say what to do next

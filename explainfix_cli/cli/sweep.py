@@ -75,7 +75,7 @@ def render_sweep(job, console) -> None:
     how = f"{r['finetune_epochs']} epoch(s) {'distillation' if r['distill'] else 'fine-tune'}" if r["finetune_epochs"] else "one-shot"
     t = Table(title=f"explainfix sweep · {r['criterion']} criterion · {how} · {r['eval_samples']} eval images", title_justify="left")
     tuned = bool(r["finetune_epochs"])
-    for col in ("budget", f"{r['metric'].upper() if r['metric'] == 'macs' else 'params'} kept",
+    for col in ("budget", f"{'MACs' if r['metric'] == 'macs' else 'params'} kept",
                 *(["accuracy (pruned)"] if tuned else []), "accuracy", "agreement", "latency p50", "speed-up", "check"):
         t.add_column(col, justify="right", no_wrap=col == "budget")  # "4x Torch-Pruning L1" on one line
     lat0 = f"{o['latency_ms']:.3f} ms" if o["latency_ms"] is not None else "—"

@@ -95,7 +95,7 @@ def missing_library(module: str, error: ImportError) -> BadInput:
     missing = getattr(error, "name", None) or ""
     if root in EXTRAS and missing.split(".")[0] == root:
         return BadInput(f"{root} is not installed: pip install explainfix-cli[{EXTRAS[root]}] "
-                        "(or explainfix-cli[all]: timm, segmentation-models-pytorch and ultralytics)")
+                        "(or explainfix-cli[all]: torchvision, timm, segmentation-models-pytorch and ultralytics)")
     return BadInput(f"cannot import {module}: {error}", hint="install the package that defines the architecture")
 
 

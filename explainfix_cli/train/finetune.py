@@ -214,9 +214,11 @@ def finetune(
             if dist.active():  # the epoch's numbers over every rank's batches
                 loss_sum, correct, seen, counted = dist.sum_counts(loss_sum, correct, seen, counted)
                 seen, counted = int(seen), int(counted)
-            if opt.recalibrate_bn and epoch == opt.epochs:
+            measured = evaluate is not None and (evaluate_last or epoch < opt.epochs)
+            if opt.recalibrate_bn and (epoch == opt.epochs or measured):  # an epoch's eval accuracy is of the model
+                # as it will be written (BatchNorm re-estimated), not of running statistics mid-training (22.7 % → 96.0 %)
                 recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
-            eval_acc = evaluate(model) if evaluate and (evaluate_last or epoch < opt.epochs) else None
+            eval_acc = evaluate(model) if measured else None
             history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
                                       time.perf_counter() - t0, eval_acc, (first_lr, last_lr)))
     model.eval()
