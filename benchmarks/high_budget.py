@@ -121,7 +121,8 @@ def main() -> None:
                 r = prune_model(m, example=cx[:1], batches=scored_on, check_inputs=cx[:8],
                                 seed=a.seed, options=PruneOptions(target_macs=(1 / budget) ** (1 / steps),
                                                                   floor=float(kw.get("floor", 0.1)) ** (1 / steps),
-                                                                  rank=kw.get("rank", "per-cost")))
+                                                                  rank=kw.get("rank", "per-cost"),
+                                                                  round_to=kw.get("round_to")))
                 assert r.check.passed
             select.removal_order = original_order
         F.recalibrate(m, cx, cy, a.batch_size)
