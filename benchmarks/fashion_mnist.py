@@ -164,7 +164,7 @@ def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int
 
 
 def tp_prune(model: nn.Module, target_macs: int, criterion: str, cx, cy, bs: int, steps: int = 14) -> tuple[nn.Module, float]:
-    """Torch-Pruning one shot at the largest uniform ratio whose MACs ≤ target (bisection on the ratio): the
+    """Torch-Pruning one shot at the smallest uniform ratio whose MACs ≤ target (bisection on the ratio): the
     package's adapter (explainfix_cli/prune/peers.py, what ``sweep --compare torch-pruning`` runs)."""
     from explainfix_cli.prune.peers import torch_pruning_to
 

@@ -11,7 +11,7 @@ after colons — ``floor=F`` and ``rank=per-cost|saliency`` are the real ``--flo
 ranks groups by saliency ÷ MACs**A (A = 1 is ``per-cost``, A = 0 is ``saliency``), an experiment that is not
 an explainfix option, ``steps=N`` prunes in N re-scored steps of (1/budget)**(1/N) each (floor**(1/N)
 per step; ``scores=magnitude`` ranks the groups by Σ|w| instead of the saliency; with ``interleave=1`` the 2 fine-tune epochs are split over the steps, as ``compress --steps``
-does), and ``norm=1`` divides each per-cost key by its layer's median as ``--rank l1-per-layer`` does (same
+does), and ``norm=1`` orders the groups as ``--rank l1-per-layer`` does (by quantile inside their layer: the same
 fraction from every layer) — or ``tp-l1`` (Torch-Pruning's MetaPruner, uniform ratio, L1). Prints one JSON line per
 variant: MACs kept, one-shot and fine-tuned test accuracy, and the conv widths that result.
 """
@@ -58,7 +58,7 @@ def uniform_order(graph, groups, cost, floor, shared):
 
 def ranking(alpha: float, norm: bool, shared, alloc: str = ""):
     """A removal order built on the shared one (prune/channel.removal_order, same floor rule): ``alpha`` ranks
-    by saliency / cost**alpha; ``norm`` uses the per-layer median normalisation of ``--rank l1-per-layer`` on
+    by saliency / cost**alpha; ``norm`` uses the per-layer order of ``--rank l1-per-layer`` (quantile; the median until session 10) on
     whatever scores the variant has (the saliency unless ``scores=magnitude``)."""
     def removal_order(graph, groups, rank, cost, floor):
         if alloc == "uniform":

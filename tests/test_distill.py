@@ -165,3 +165,13 @@ def test_compress_bad_step_and_distill_values(unlabeled, tmp_path, args, message
     res = invoke("compress", *FIXTURE_ARGS, *args, "--data", unlabeled, "-o", tmp_path / "x")
     assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_compress_steps_decide_the_rank_on_the_whole_budget(unlabeled, tmp_path):
+    """--steps 2 to 10x is two rounds of about 3.2x each; --rank auto decides on the 10x asked (l1-per-layer),
+    not on a round's share of it, and the report says so."""
+    report = cli_json("compress", *FIXTURE_ARGS, "--target-macs", "10x", "--steps", "2", "--round-to", "1",
+                      "--data", unlabeled, "--no-bench", "-o", tmp_path / "c")
+    assert report["rank"] == "auto" and report["rank_used"] == "l1-per-layer", report
+    assert "10× fewer MACs is beyond 8×" in report["rank_why"]
+    assert len(report["rounds"]) == 2

@@ -1,5 +1,5 @@
 """The channel criterion's ranks: ``--rank l1-per-layer`` (channel groups by Σ|w| within their layer, the same
-fraction from every layer; data then only feeds BatchNorm and the agreement), ``--rank auto`` (the default:
+fraction from every layer; pinned, the data then only feeds BatchNorm and the agreement), ``--rank auto`` (the default:
 per-cost up to 8× fewer, l1-per-layer beyond) and every rank's budget and self-check on real torchvision models."""
 import pytest
 import torch
@@ -12,9 +12,6 @@ from explainfix_cli.prune.pruner import prune_model
 
 def _kept(model, before):
     return {n: m.out_channels / before[n] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
-tv = pytest.importorskip("torchvision")
 
 
 def _prune(rank, batches, target="4x"):
@@ -75,6 +72,7 @@ def test_auto_beyond_8x_prunes_as_l1_per_layer_and_the_report_says_why():
 @pytest.mark.parametrize("name", ["squeezenet1_1", "mobilenet_v2"])  # concat (fire modules); depthwise, inverted residuals
 @pytest.mark.parametrize("rank", RANKS)
 def test_every_rank_meets_the_budget_exactly(name, rank):
+    tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = getattr(tv.models, name)(num_classes=10).eval()
     x = torch.randn(4, 3, 64, 64)

@@ -288,7 +288,7 @@ def render_compress(job: Any) -> None:
     render_notes(job.report)
     r = job.report
     o, c = r["original"], r["compressed"]
-    t = Table(title=f"explainfix compress · {pruned_how(r['pct'], r['criterion'], r['budget'], r.get('rank'))}", title_justify="left")
+    t = Table(title=f"explainfix compress · {pruned_how(r['pct'], r['criterion'], r['budget'], r.get('rank_used'))}", title_justify="left")
     for col in ("", "original", "compressed", "ratio"):
         t.add_column(col, justify="left" if not col else "right")
     t.add_row("params", human(o["params"]), human(c["params"]), ratio(c["params"], o["params"]))

@@ -58,8 +58,10 @@ def peer_point(original: nn.Module, opened: Opened, data: DataSpec, fraction: fl
         with channels_last(model, example):
             recalibrate_opened(point, data, seed)
     pruned, _, final, _ = recover_and_measure(point, data, recovery, eval_calib, seed=seed)
-    entry.update(ratio=ratio, macs=macs, params=params, macs_kept=macs / count_macs(original, example),
-                 params_kept=params / count_params(original), accuracy_after_prune=pruned["accuracy"],
+    kept = (macs / count_macs(original, example), params / count_params(original))
+    entry.update(ratio=ratio, macs=macs, params=params, macs_kept=kept[0], params_kept=kept[1],
+                 within_budget=kept[0 if metric == "macs" else 1] <= fraction * 1.02,  # its bisection may miss it
+                 accuracy_after_prune=pruned["accuracy"],
                  agreement_after_prune=agreement(before["preds"], pruned["preds"]), accuracy=final["accuracy"],
                  agreement=agreement(before["preds"], final["preds"]))
     return entry, model.to("cpu").eval()

@@ -193,7 +193,8 @@ def compress_job(
         gates += _int8_gates(int8, acc_b, max_accuracy_drop)
     report = {
         "load_notes": opened.loaded.notes, "command": "compress", "weights_dtype": opened.written_dtype, "model": str(model.path), "out": str(out), "time": now(), "pct": result.pct,
-        "budget": result.budget, "criterion": result.criterion, "rank": result.options.get("rank_used"), "rank_why": result.options.get("rank_why"),
+        "budget": result.budget, "criterion": result.criterion, "rank": resolved.rank,
+        **({"rank_used": resolved.ranking[0], "rank_why": resolved.ranking[1]} if resolved.criterion == "channel" else {}),
         "preprocessing": opened.pre.to_dict(), "data": opened.calib.describe(), "eval_data": eval_calib.describe(),
         "passed": all(g.passed for g in gates), "gates": [asdict(g) for g in gates],
         "original": {"params": first_result.params_before, "macs": first_result.macs_before, "accuracy": acc_b},
@@ -233,6 +234,8 @@ def _step_options(opts: PruneOptions, k: int, steps: int, current: dict, origina
     if steps == 1:
         return opts
     metric, frac = opts.budget
+    if opts.criterion == "channel":  # --rank auto decides on the whole budget, not on one round's share of it
+        opts = replace(opts, rank=opts.ranking[0])
     want = original[metric] * frac ** (k / steps) / current[metric]
     if not 0 < want < 1:
         raise BadInput(f"round {k} of --steps {steps} has nothing left to remove ({metric} already at "

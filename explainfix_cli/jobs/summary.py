@@ -29,7 +29,7 @@ def summary_markdown(report: dict) -> str:
     if report["passed"] and not any(g["flag"] in QUALITY_FLAGS for g in report["gates"]):
         status = "✅ ONNX check passed · no quality gate set"
     lines = [
-        f"### explainfix compress · `{Path(report['model']).name}` · {pruned_how(report['pct'], report['criterion'], report['budget'], report.get('rank'))} — {status}",
+        f"### explainfix compress · `{Path(report['model']).name}` · {pruned_how(report['pct'], report['criterion'], report['budget'], report.get('rank_used'))} — {status}",
         "",
         "| | original | compressed | change |",
         "|---|---:|---:|---:|",

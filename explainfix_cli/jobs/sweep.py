@@ -127,7 +127,9 @@ def sweep_job(
         rnd = run_round(point, data, opts, recovery, eval_calib, seed=run.seed, pruner=pruner)
         result, pruned_eval, tuned, final, recipe = rnd.result, rnd.pruned, rnd.tuned, rnd.final, rnd.recipe
         rows.append({
-            "target": label, "requested": frac, "rank": opts.ranking[0], "macs": result.macs_after, "params": result.params_after,
+            "target": label, "requested": frac,
+            **({"rank_used": opts.ranking[0], "rank_why": opts.ranking[1]} if opts.criterion == "channel" else {}),
+            "macs": result.macs_after, "params": result.params_after,
             "macs_kept": result.macs_after / macs0, "params_kept": result.params_after / params0,
             "within_tolerance": result.budget["within_tolerance"], "note": result.budget["note"],
             "self_check": result.check.status, "accuracy_after_prune": pruned_eval["accuracy"],

@@ -37,18 +37,20 @@ class BudgetOutcome:
 def check_reachable(floor: float, target: float, metric: str, why_floor: str = "") -> None:
     """Refuse (exit 2) a budget below ``floor``, the smallest fraction any plan reaches — a property of the
     channel plan, checked before any data is read. The message and the hint give the same number: the floor
-    rounded up to 3 decimals (so that value, given back, is accepted)."""
+    rounded up to 3 significant digits, at least 3 decimals (so that value, given back, is accepted and met
+    within the tolerance: 3 decimals of a floor near 0.02 were 5 % above it)."""
     if floor <= target * (1 + BUDGET_TOLERANCE):
         return
     flag = "--target-macs" if metric == "macs" else "--target-params"
-    shown = math.ceil(floor * 1000 - 1e-9) / 1000
+    decimals = max(3, 2 - math.floor(math.log10(floor))) if floor > 0 else 3
+    shown = math.ceil(floor * 10 ** decimals - 1e-9) / 10 ** decimals
     factor = math.floor(100 / shown) / 100
     if shown >= 1:
         raise BadInput(f"{flag} {target:.3g} is below what this model allows: no channel can be removed{why_floor}",
                        hint="`explainfix info MODEL` lists the prunable channel groups and what keeps channels whole")
-    raise BadInput(f"{flag} {target:.3g} is below what this model allows: the smallest reachable is {shown:.3f} "
+    raise BadInput(f"{flag} {target:.3g} is below what this model allows: the smallest reachable is {shown:.{decimals}f} "
                    f"of the original ({factor:.2f}x){why_floor}",
-                   hint=f"e.g. {flag} {shown:.3f} (the smallest reachable)")
+                   hint=f"e.g. {flag} {shown:.{decimals}f} (the smallest reachable)")
 
 
 def search(evaluate: Callable[[float], float], lo: float, hi: float, target: float, metric: str, *,

@@ -6,8 +6,9 @@ ExplainFix saliency Σ|w · ∂C/∂w| of every weight its removal deletes — p
 parameters (BN, depthwise kernels) and consumer columns — from one gradient pass. ``rank="per-cost"``
 divides by the MACs (or parameters) the group's removal saves, so cheap-to-keep channels go last.
 
-:func:`removal_order` ranks the groups globally, least salient first, skipping any group whose removal
-would take a producer below ``floor`` of its channels (every layer stays alive).
+:func:`removal_order` orders the groups, least important first — globally (``per-cost``, ``saliency``) or by
+their quantile inside their layer (``l1-per-layer``) — skipping any group whose removal would take a producer
+below ``floor`` of its channels (every layer stays alive).
 """
 from __future__ import annotations
 

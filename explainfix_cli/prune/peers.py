@@ -3,8 +3,8 @@
     pruned, ratio = torch_pruning_to(model, example, 0.25)      # ≤ 25 % of the MACs, Torch-Pruning L1, uniform
     count_macs(pruned, example) <= 0.25 * count_macs(model, example)
 
-The peer prunes a copy (``model`` is left as it is) with one per-layer ratio for every layer, the largest whose
-cost meets the budget, found by bisection on the ratio; the classifier head keeps its outputs. The peer library
+The peer prunes a copy (``model`` is left as it is) with one per-layer ratio for every layer, the smallest ratio
+(the largest model) whose cost meets the budget, found by bisection on the ratio; the classifier head keeps its outputs. The peer library
 is imported lazily (``pip install 'explainfix-cli[compare]'``).
 """
 from __future__ import annotations
@@ -78,8 +78,8 @@ def _tensors(out: Any) -> Iterable[torch.Tensor]:
 
 def torch_pruning_to(model: nn.Module, example: torch.Tensor, target_fraction: float, metric: str = "macs",
                      importance: str = "l1", batches: Any = None, steps: int = 14) -> tuple[nn.Module, float]:
-    """Torch-Pruning one-shot (``MetaPruner``, one uniform ratio) at the largest ratio whose MACs (or params) are
-    ≤ ``target_fraction`` of ``model``'s; returns (pruned copy, ratio). ``importance``: ``"l1"`` (group L1
+    """Torch-Pruning one-shot (``MetaPruner``, one uniform ratio) at the smallest ratio (the largest model) whose
+    MACs (or params) are ≤ ``target_fraction`` of ``model``'s; returns (pruned copy, ratio). ``importance``: ``"l1"`` (group L1
     magnitude) or ``"taylor"`` (group Taylor, from the loss gradients over ``batches`` — (x, y) pairs or a callable
     returning them; without labels, cross-entropy against the model's own top-1). BadInput when Torch-Pruning is
     not installed; :class:`PeerFailed` when it fails on this model."""

@@ -26,7 +26,7 @@ from ..core.errors import BadInput
 from ..core.layout import channels_last
 from ..core.model import count_macs, to_device
 from ..core.progress import Progress
-from .options import PruneOptions
+from .options import MAGNITUDE_RANKS, PruneOptions
 from .pipeline import PruneResult, prune_scored
 from .scoring import Scored, score_model
 from .select import check_budget
@@ -94,7 +94,8 @@ class Pruner:
                 self._scored = score_model(self.model, self._gm, opts.criterion, self.batches, device=self.device,
                                            num_batches=self.num_batches, grad_cost_fn=self.grad_cost_fn,
                                            target_fn=self.target_fn, progress=self.progress,
-                                           channel_graph=self._analysed)
+                                           channel_graph=self._analysed,
+                                           gradients=opts.rank not in MAGNITUDE_RANKS)  # pinned: no budget needs saliency
             self._scored.gm = self._gm
             self.timings["saliency"] = time.perf_counter() - tick
         return self._scored

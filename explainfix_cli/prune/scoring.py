@@ -39,12 +39,13 @@ class Scored:
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
                 target_fn: Callable | None = grad.onehot_targets, progress: Progress | None = None,
-                channel_graph: Any = None) -> Scored:
+                channel_graph: Any = None, gradients: bool = True) -> Scored:
     """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. With data the
     channel criterion always has the saliency (a rank that orders by Σ|w|, ``l1-per-layer``, takes the
     weights at selection: prune/channel.magnitudes), so one pass serves every budget of a sweep whichever rank
     ``--rank auto`` picks for it. ``channel_graph``: the channel analysis of ``gm`` when the caller already has
-    it (it is not repeated)."""
+    it (it is not repeated). ``gradients=False`` (a rank pinned to Σ|w|, ``--rank l1-per-layer``): weights only;
+    the data then only records the original predictions."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
 
@@ -52,7 +53,7 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
         channel_graph = None
     if criterion == "channel":
         channel_graph = graph_mod.analyse(gm) if channel_graph is None else channel_graph
-        if batches is not None:
+        if batches is not None and gradients:
             names = scored_modules(channel_graph)
             params = [(n, pn, p) for n in names for pn, p in model.get_submodule(n).named_parameters(recurse=False)]
             values = grad.weight_saliency(model, [p for *_, p in params], batches(), device, num_minibatches=limit,

@@ -95,7 +95,8 @@ def check_budget(model: nn.Module, gm: fx.GraphModule, opts: PruneOptions, examp
         groups = score_groups(gm, graph, magnitudes(model, graph), output_sizes(model, example, scored_modules(graph)))
         for g in groups.values():  # equal scores: per-cost order is then the largest saving first
             g.saliency = 1.0
-        order = removal_order(graph, groups, "per-cost", metric, opts.floor)
+        order = removal_order(graph, groups, opts.ranking[0], metric, opts.floor)  # which groups the floor skips
+        # depends on the order (a group shared by producers stops at the first one at its floor): the rank's own
         floor = costs(plan_removal(gm, graph, opts.round_to, remove=set(order))) / total
         why = channel_floor_why(opts, graph)
     else:

@@ -217,7 +217,8 @@ def finetune(
             measured = evaluate is not None and (evaluate_last or epoch < opt.epochs)
             if opt.recalibrate_bn and (epoch == opt.epochs or measured):  # an epoch's eval accuracy is of the model
                 # as it will be written (BatchNorm re-estimated), not of running statistics mid-training (22.7 % → 96.0 %)
-                recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
+                with torch.random.fork_rng(devices=[]):  # its train-mode passes (dropout) leave training's RNG as it was
+                    recalibrate_batchnorm(model, batches(epoch), device, min(limit, opt.bn_batches))
             eval_acc = evaluate(model) if measured else None
             history.append(EpochStats(epoch, loss_sum / seen, correct / counted if counted else None, seen, optimizer.param_groups[0]["lr"],
                                       time.perf_counter() - t0, eval_acc, (first_lr, last_lr)))
