@@ -76,11 +76,11 @@ class PruneOptions:
 
     @property
     def budget(self) -> tuple[str, float] | None:
-        """("macs" | "params", fraction kept) once resolved."""
-        if self.target_macs is not None:
-            return "macs", float(self.target_macs)
+        """("macs" | "params", fraction kept), or None for --pct."""
+        if self.target_macs is not None:  # parsed, so options not yet resolved ("10x") answer too
+            return "macs", parse_target(self.target_macs, "--target-macs")
         if self.target_params is not None:
-            return "params", float(self.target_params)
+            return "params", parse_target(self.target_params, "--target-params")
         return None
 
     @property
@@ -88,11 +88,10 @@ class PruneOptions:
         """(the rank the channel criterion uses, why): ``--rank`` as given, or what ``auto`` chose for the budget."""
         if self.rank != "auto":
             return self.rank, "--rank " + self.rank
-        macs = parse_target(self.target_macs, "--target-macs")  # also on options not resolved yet ("10x")
-        params = parse_target(self.target_params, "--target-params")
-        if macs is None and params is None:
+        if self.budget is None:
             return "per-cost", "auto: no budget"
-        name, frac, limit = ("MACs", macs, 1 / AUTO_UNIFORM_BELOW) if macs is not None else ("params", params, 1 / AUTO_UNIFORM_BELOW)
+        metric, frac = self.budget
+        name, limit = "MACs" if metric == "macs" else "params", 1 / AUTO_UNIFORM_BELOW
         if frac >= AUTO_UNIFORM_BELOW:
             return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads"
         return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:g}×, where the same fraction "
