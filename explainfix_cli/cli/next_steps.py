@@ -15,7 +15,7 @@ def _n(count: int, noun: str) -> str:
 def rounding_line(n: int, r: Any) -> str:
     """``kept N channels`` for --round-to: in which layers, and the MACs that kept."""
     ro = r.rounding
-    step = ("multiples of 8 in layers of ≥ 64 channels (--round-to auto)" if ro["round_to"] == "auto"
+    step = ("multiples of 8 in layers that keep ≥ 64 channels (--round-to auto)" if ro["round_to"] == "auto"
             else f"multiples of {ro['round_to']} (--round-to)")
     layers = sorted(ro["layers"].items(), key=lambda kv: -kv[1])
     named = ", ".join(f"{name} +{k}" for name, k in layers[:5]) + (f" … +{len(layers) - 5} layers" if len(layers) > 5 else "")
