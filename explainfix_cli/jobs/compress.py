@@ -126,6 +126,7 @@ def compress_job(
         raise BadInput("compress needs --data PATH (calibration images for saliency)")
     out = output_dir(out, "compressed", model, force, data.path, eval_data)
     opened = open_inputs(model, data, run.device)
+    resolved = resolved.with_model(opened.model)  # where --rank auto switches depends on the model
     costs = {"macs": opened.macs, "params": count_params(opened.model)}
     first = pruner_for(opened, data, _step_options(resolved, 1, steps, costs, costs), run.seed, run.progress)
     if steps > 1:  # an unreachable final budget: refused before any data is read (round 1 checks its own below)

@@ -74,7 +74,7 @@ def prune_opened(
     defaults to the loaded model's (pass the current one when chaining in memory); ``opened.macs`` is
     updated to the pruned model's. ``pruner`` (:func:`pruner_for` of a model identical to ``opened.model``, as a
     sweep makes once) reuses its scores; by default the model gets its own."""
-    opts = options.resolved(has_data=opened.calib is not None)
+    opts = options.resolved(has_data=opened.calib is not None).with_model(opened.model)
     torch.manual_seed(seed)
     batches = calibration_batches(opened, data, seed)
     check_x = opened.example(check_samples)

@@ -106,6 +106,7 @@ def sweep_job(
     train = recovery_options(finetune_epochs, train, distill)
     out = output_dir(out, "sweep", model, force, data.path, eval_data)
     opened = open_inputs(model, data, run.device)
+    per_point = [o.with_model(opened.model) for o in per_point]  # where --rank auto switches depends on the model
     smallest = min(per_point, key=lambda o: o.budget[1])
     pruner = pruner_for(opened, data, smallest, run.seed, run.progress)  # one scoring pass, on the original, for every point
     pruner.check()  # an unreachable budget is refused before any data is read

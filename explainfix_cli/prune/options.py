@@ -22,6 +22,12 @@ MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| 
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
 # on the others: benchmarks/README.md, "Every budget, three bases".
 AUTO_UNIFORM_BELOW = 1 / 8
+# On a network with depthwise convolutions (MobileNet-like) auto switches earlier: there per-cost cuts the
+# expansion/depthwise pairs of the high-resolution blocks to --floor (a fifth of MobileNetV2's convs at 4×) and
+# recovers worst. Chosen on the Fashion-MNIST MobileNetV2 (4×: uniform level with Torch-Pruning after fine-tuning,
+# per-cost 3.7 / 15.2 behind after fine-tuning / distillation; 3×: per-cost better after fine-tuning, uniform after
+# distillation) and reported unchanged on a MobileNetV3-Small: benchmarks/README.md, "Every budget".
+AUTO_UNIFORM_BELOW_DEPTHWISE = 0.3
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02
@@ -71,6 +77,7 @@ class PruneOptions:
     floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
     recalibrate_bn: bool | None = None  # None: on with a budget and data
     resolved_for: bool | None = field(default=None, repr=False, compare=False)  # set by resolved(): has_data
+    depthwise: bool = field(default=False, compare=False)  # the model has depthwise convs: set by with_model()
 
     # validated once: resolved() returns an already resolved instance as it is
 
@@ -91,11 +98,19 @@ class PruneOptions:
         if self.budget is None:
             return "per-cost", "auto: no budget"
         metric, frac = self.budget
-        name, limit = "MACs" if metric == "macs" else "params", 1 / AUTO_UNIFORM_BELOW
-        if frac >= AUTO_UNIFORM_BELOW:
-            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads"
-        return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:g}×, where the same fraction "
+        switch = AUTO_UNIFORM_BELOW_DEPTHWISE if self.depthwise else AUTO_UNIFORM_BELOW
+        name, limit = "MACs" if metric == "macs" else "params", 1 / switch
+        name += " on a network with depthwise convolutions" if self.depthwise else ""
+        if frac >= switch:
+            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:.3g}×, where ranking by cost leads"
+        return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:.3g}×, where the same fraction "
                                 "from every layer recovers better")
+
+    def with_model(self, model) -> PruneOptions:
+        """These options for ``model``: where ``--rank auto`` switches depends on whether it has depthwise
+        convolutions (a conv whose groups are its input channels, more than one)."""
+        dw = any(getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", None) for m in model.modules())
+        return replace(self, depthwise=dw)
 
     def resolved(self, has_data: bool) -> PruneOptions:
         """Validated, with every default filled in (raises BadInput with one line); once: a resolved instance
@@ -138,7 +153,7 @@ class PruneOptions:
                        round_to=round_to, recalibrate_bn=bool(recal), resolved_for=has_data)
 
     def to_json(self) -> dict:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "resolved_for"}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("resolved_for", "depthwise")}
         if self.criterion == "channel":
             out["rank_used"], out["rank_why"] = self.ranking
         return out

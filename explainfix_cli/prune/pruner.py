@@ -55,7 +55,7 @@ class Pruner:
     _floor: tuple[str, float] | None = field(default=None, repr=False)  # (metric, smallest reachable fraction)
 
     def __post_init__(self) -> None:
-        self.options = self.options.resolved(has_data=self.batches is not None)
+        self.options = self.options.resolved(has_data=self.batches is not None).with_model(self.model)
         self.model.eval().to(self.device)
         self.example = to_device(self.example, self.device)
         if self.macs_before is None:
