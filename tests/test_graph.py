@@ -75,6 +75,33 @@ def test_chunk_and_shuffle_freeze_the_cut_space_but_not_the_branch():
     assert m.b1.out_channels == 5 and m.b2.in_channels == 5  # the branch's inner space is free
 
 
+class LiteralView(nn.Module):  # a reshape that names the channel count by a number, as user code often does
+    def __init__(self, sized: bool):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1)
+        self.fc = nn.Linear(4, 2)
+        self.sized = sized
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        y = y.reshape(y.shape[0], 4, -1) if self.sized else y.reshape(y.shape[0], y.shape[1], -1)
+        return self.fc(y.mean(-1))
+
+
+def test_a_view_that_names_the_channel_count_by_a_literal_freezes_that_space():
+    # the literal stays 4 after a removal (the model is rebuilt from its unchanged code): b's outputs stay, a's go
+    m = LiteralView(sized=True)
+    gm, graph = build_graph(m, X)
+    (why,) = [k for k in graph.frozen_by if "literal" in k]
+    assert why.startswith("a view that names the size of its channel dim by a literal (4 at dim 1)")
+    prune(m, X, zero=[(m.a, [5]), (m.b, [0])])
+    assert m.a.out_channels == 5 and m.b.out_channels == 4 and m.fc.in_features == 4
+    # the same view with the size read from the tensor: free
+    m = LiteralView(sized=False)
+    prune(m, X, zero=[(m.a, [5]), (m.b, [0])])
+    assert m.a.out_channels == 5 and m.b.out_channels == 3 and m.fc.in_features == 3
+
+
 def test_slicing_maps_indices():
     class Sl(nn.Module):
         def __init__(self):

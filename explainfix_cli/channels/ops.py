@@ -234,6 +234,12 @@ class LayerOps:
         if set(split_dims(x.shape, tuple(value.shape))) & set(x.varying()):
             self.freeze(x, n, "a view that splits the channel dim (e.g. channel shuffle)")
         self.shape_op(n, value)
+        out, sizes = self.labs.get(n.name), _view_sizes(n)
+        if isinstance(out, Lab) and sizes is not None and len(sizes) == len(out.shape):
+            fixed = [d for d in out.varying() if isinstance(sizes[d], int) and sizes[d] != -1]
+            if fixed:  # the code names the size by a number, which stays the same after a removal
+                d = fixed[0]
+                self.freeze(x, n, f"a view that names the size of its channel dim by a literal ({sizes[d]} at dim {d})")
 
     def cut(self, n: fx.Node, x: Lab, args: tuple, kwargs: dict, value: Any) -> None:
         t = n.target
@@ -268,3 +274,13 @@ class LayerOps:
         V = self.call(n, "V").double()
         self.store(n, Lab(L, K, V, tuple(value.shape)))
 
+
+def _view_sizes(n: fx.Node) -> tuple | None:
+    """The sizes a ``view`` / ``reshape`` node asks for, as written (ints, -1, or nodes computed at run time);
+    None for a flatten, which names no size."""
+    if n.op == "call_module" or n.target in (torch.flatten, "flatten"):
+        return None
+    rest = n.args[1:] if len(n.args) > 1 else (n.kwargs.get("shape", n.kwargs.get("size")),)
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = tuple(rest[0])
+    return None if any(r is None for r in rest) else tuple(rest)
