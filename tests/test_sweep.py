@@ -107,19 +107,50 @@ def test_sweep_compare_torch_pruning_same_budget_same_recovery(tmp_path):
     assert not (tmp_path / "s" / "points").exists()  # the peer's models are never written
 
 
-def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path, monkeypatch):
-    import torch_pruning as tp
+HARD_CODED_VIEW = """
+import torch
+from torch import nn
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("cannot trace\nthis graph")
 
-    monkeypatch.setattr(tp.pruner, "MetaPruner", broken)
-    job = sweep_job(ModelSpec(FIXTURE_PT, FIXTURE_ARCH), DataSpec(FIXTURE_CALIB, "32"), "2x", compare="torch-pruning",
+class HardCodedView(nn.Module):
+    \"\"\"conv → BN → ReLU → conv, then a reshape that names the second conv's 32 channels by a literal.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.reshape(x.shape[0], 32, -1).mean(-1))
+"""
+
+
+def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path):
+    # a real failure of the peer: Torch-Pruning cuts conv2, whose 32 channels the forward names by a literal, and
+    # its pruned model no longer runs; explainfix's engine keeps those channels (frozen) and prunes conv1's
+    pytest.importorskip("torch_pruning")
+    (tmp_path / "hcv.py").write_text(HARD_CODED_VIEW)
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("hcv", tmp_path / "hcv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    torch.save(mod.HardCodedView().state_dict(), tmp_path / "hcv.pt")
+    job = sweep_job(ModelSpec(tmp_path / "hcv.pt", f"{tmp_path / 'hcv.py'}:HardCodedView", trust_code=True),
+                    DataSpec(FIXTURE_CALIB, "32"), "2x", compare="torch-pruning", save_models=True,
                     timing=BenchOptions(bench=False), out=tmp_path / "sw", run=Run(device="cpu"))
     (point,) = job.report["points"]
     assert point["self_check"] == "passed" and point["accuracy"] is not None  # explainfix's point is unaffected
-    assert point["compare"]["error"] == "Torch-Pruning failed on this model: RuntimeError: cannot trace this graph"
+    assert point["compare"]["error"].startswith("Torch-Pruning failed on this model: RuntimeError: "), point["compare"]
+    assert "\n" not in point["compare"]["error"]
     assert "| 2x Torch-Pruning L1 | failed: " in (job.out / "sweep.md").read_text()
+    load(job.out / "points" / "2x", trust_code=True)  # what the sweep wrote loads back
 
 
 def test_sweep_compare_unknown_peer_is_bad_input(tmp_path):

@@ -176,6 +176,8 @@ def _usage_error_types() -> tuple[type, ...]:
 
 def main() -> None:
     """Console entry point: usage errors become one ``error:`` line (exit 2) like every other error."""
+    global _failed_said
+    _failed_said = False  # a fresh process-level run (main may be called more than once in one interpreter)
     try:
         code = app(standalone_mode=False)  # returns the exit code of a typer.Exit raised in a command
         if code == 130 and not _failed_said:  # Typer made a Ctrl-C while it parsed the arguments a silent Exit(130)

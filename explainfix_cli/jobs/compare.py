@@ -54,10 +54,14 @@ def peer_point(original: nn.Module, opened: Opened, data: DataSpec, fraction: fl
     model = model.to(opened.device).eval()
     macs, params = count_macs(model, example), count_params(model)
     point = dataclasses.replace(opened, loaded=dataclasses.replace(opened.loaded, model=model), macs=macs)
-    if recalibrate_bn:  # as prune_opened does after explainfix's surgery
-        with channels_last(model, example):
-            recalibrate_opened(point, data, seed)
-    pruned, _, final, _ = recover_and_measure(point, data, recovery, eval_calib, seed=seed)
+    try:  # the peer's model runs in training mode here for the first time: its failure is the peer's
+        if recalibrate_bn:  # as prune_opened does after explainfix's surgery
+            with channels_last(model, example):
+                recalibrate_opened(point, data, seed)
+        pruned, _, final, _ = recover_and_measure(point, data, recovery, eval_calib, seed=seed)
+    except RuntimeError as e:
+        text = " ".join(str(e).split())[:200]
+        return {**entry, "error": f"Torch-Pruning's pruned model failed to recover or run: {type(e).__name__}: {text}"}, None
     kept = (macs / count_macs(original, example), params / count_params(original))
     entry.update(ratio=ratio, macs=macs, params=params, macs_kept=kept[0], params_kept=kept[1],
                  within_budget=kept[0 if metric == "macs" else 1] <= fraction * 1.02,  # its bisection may miss it
