@@ -22,12 +22,11 @@ MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| 
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
 # on the others: benchmarks/README.md, "Every budget, three bases".
 AUTO_UNIFORM_BELOW = 1 / 8
-# On a network with depthwise convolutions (MobileNet-like) auto switches earlier: there per-cost cuts the
-# expansion/depthwise pairs of the high-resolution blocks to --floor (a fifth of MobileNetV2's convs at 4×) and
-# recovers worst. Chosen on the Fashion-MNIST MobileNetV2 (4×: uniform level with Torch-Pruning after fine-tuning,
-# per-cost 3.7 / 15.2 behind after fine-tuning / distillation; 3×: per-cost better after fine-tuning, uniform after
-# distillation) and reported unchanged on a MobileNetV3-Small: benchmarks/README.md, "Every budget".
-AUTO_UNIFORM_BELOW_DEPTHWISE = 0.3
+# On a network with depthwise convolutions (MobileNet-like) auto is l1-per-layer at every budget: there per-cost
+# cut the high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 3.7 / 15.2 points behind
+# Torch-Pruning after fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual
+# stream 96 → 12, and fine-tuning then fell below one-shot), where the uniform allocation is level with
+# Torch-Pruning: benchmarks/README.md, "Every budget".
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02
@@ -98,12 +97,14 @@ class PruneOptions:
         if self.budget is None:
             return "per-cost", "auto: no budget"
         metric, frac = self.budget
-        switch = AUTO_UNIFORM_BELOW_DEPTHWISE if self.depthwise else AUTO_UNIFORM_BELOW
-        name, limit = "MACs" if metric == "macs" else "params", 1 / switch
-        name += " on a network with depthwise convolutions" if self.depthwise else ""
-        if frac >= switch:
-            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:.3g}×, where ranking by cost leads"
-        return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:.3g}×, where the same fraction "
+        name = "MACs" if metric == "macs" else "params"
+        if self.depthwise:
+            return "l1-per-layer", ("auto: a network with depthwise convolutions, where the same fraction from every "
+                                    "layer recovers better at every budget")
+        limit = 1 / AUTO_UNIFORM_BELOW
+        if frac >= AUTO_UNIFORM_BELOW:
+            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads"
+        return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:g}×, where the same fraction "
                                 "from every layer recovers better")
 
     def with_model(self, model) -> PruneOptions:
