@@ -4,12 +4,14 @@
     .venv/bin/python benchmarks/fashion_mnist.py                          # ResNet-18, 6-epoch base (trained once, cached)
     .venv/bin/python benchmarks/fashion_mnist.py --epochs 2               # the 2-epoch base the --rank auto rule was chosen on
     .venv/bin/python benchmarks/fashion_mnist.py --arch mobilenet_v2 --epochs 4
+    .venv/bin/python benchmarks/fashion_mnist.py --arch mobilenet_v3_small --epochs 4
     .venv/bin/python benchmarks/fashion_mnist.py --quick                  # a few minutes: small sizes, one seed
 
 1. A base trained on the 60k training images (AdamW, cosine; cached as
    benchmarks/results/fmnist_ARCH_eEPOCHS.pt, not committed, so later runs skip it): ``--arch resnet18``
    (torchvision, its own 7×7 stem with 1 input channel; images padded to 32×32, 35 M MACs) or
-   ``--arch mobilenet_v2`` (depthwise, inverted residuals; a 1-channel stride-1 stem, 24 M MACs).
+   ``--arch mobilenet_v2`` (depthwise, inverted residuals; a 1-channel stride-1 stem, 24 M MACs) or
+   ``--arch mobilenet_v3_small`` (depthwise, squeeze-excitation, hard-swish; the same stem, 5.2 M MACs).
 2. For every budget (2×, 3×, 4×, 6×, 10× fewer MACs) and seed: explainfix's default (``ef``: the channel
    criterion with ``--rank auto``; ``ef:rank=R`` pins a rank; ``ef-filter-restore`` is the filter criterion
    with ``--fill restore``); Torch-Pruning 1.6.1 (explainfix_cli/prune/peers.py, what ``sweep --compare``

@@ -55,8 +55,8 @@ def test_params_budget_and_default_rounding():
         assert r.budget["note"] == ""
     else:
         assert r.budget["note"].startswith(f"closest plan keeps {achieved:.3f} (asked 0.333): "), r.budget
-    for _, conv in iter_spatial_convs(model):  # every pruned layer keeps a multiple of 8 channels
-        assert conv.out_channels % 8 == 0 or conv.out_channels in (16, 24, 32, 96, 144, 192, 320, 384, 576, 960)
+    for _, conv in iter_spatial_convs(model):  # every pruned spatial layer that keeps >= 64 channels keeps a multiple of 8
+        assert conv.out_channels < 64 or conv.out_channels % 8 == 0, conv
 
 
 def _fixture_inputs():

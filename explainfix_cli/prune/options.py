@@ -20,13 +20,13 @@ MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| 
 # --rank auto: the saliency per cost (per-cost) while the budget keeps at least this fraction, the same fraction
 # from every layer by Σ|w| (l1-per-layer) beyond it. Chosen on one base (Fashion-MNIST ResNet-18, 2 epochs, two
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
-# on the others: benchmarks/README.md, "Every budget, three bases".
+# on the others: benchmarks/README.md, "Every budget, four bases".
 AUTO_UNIFORM_BELOW = 1 / 8
 # On a network with depthwise convolutions (MobileNet-like) auto is l1-per-layer at every budget: there per-cost
-# cut the high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 3.7 / 15.2 points behind
+# cut the high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 4 / 16 points behind
 # Torch-Pruning after fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual
-# stream 96 → 12, and fine-tuning then fell below one-shot), where the uniform allocation is level with
-# Torch-Pruning: benchmarks/README.md, "Every budget".
+# stream 96 → 12, and fine-tuning then fell below one-shot); the uniform allocation is within 2.7 / 3.7 points of
+# Torch-Pruning's better criterion after recovery there: benchmarks/README.md, "Every budget, four bases".
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02
