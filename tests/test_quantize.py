@@ -225,6 +225,8 @@ def test_depthwise_classifier_and_segmentation_model(tmp_path):
     assert c["outputs"][0]["pixel_agreement"] == c["agreement"] >= 0.9 and c["outputs"][0]["shape"] == [3, 32, 32]
     left = {n["op_type"] for n in job.report["float_layers"]}
     assert "HardSigmoid" in left and "ReduceMean" in left  # hardswish (HardSigmoid·x) and the SE pooling stay float
+    names = [n["name"] for n in job.report["float_layers"]]  # every node named (the optimiser's own came unnamed)
+    assert all(names) and len(set(names)) == len(names), names
 
 
 def test_same_seed_same_int8_file(fixture_int8, tmp_path):

@@ -200,11 +200,32 @@ def pre_process(fp32_path: Path, work: Path) -> Path:
         try:
             with _quiet_ort():
                 quant_pre_process(str(fp32_path), str(out), skip_optimization=skip, skip_symbolic_shape=skip)
+            _name_every_node(out)
             return out
         except Exception as exc:  # noqa: BLE001
             last = exc
     raise CannotProcess(f"onnxruntime's quant_pre_process fails on {Path(fp32_path).name}: {first_line(last)}",
                         hint="the FP32 model runs, but onnxruntime cannot prepare it for quantization")
+
+
+def _name_every_node(path: Path) -> None:
+    """Name the nodes the graph optimisation made without one (e.g. hard-swish's HardSigmoid) after their first
+    output, so the report, --keep-float and the accuracy control can name every node."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {n.name for n in model.graph.node if n.name}
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            base = f"{node.op_type}:{node.output[0]}" if node.output and node.output[0] else f"{node.op_type}:{i}"
+            name, k = base, 1
+            while name in names:
+                name, k = f"{base}#{k}", k + 1
+            node.name, changed = name, True
+            names.add(name)
+    if changed:
+        onnx.save(model, str(path))
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calib: CalibrationSet, options: QuantizeOptions, *,
