@@ -57,6 +57,9 @@ def test_params_budget_and_default_rounding():
         assert r.budget["note"].startswith(f"closest plan keeps {achieved:.3f} (asked 0.333): "), r.budget
     for _, conv in iter_spatial_convs(model):  # every pruned spatial layer that keeps >= 64 channels keeps a multiple of 8
         assert conv.out_channels < 64 or conv.out_channels % 8 == 0, conv
+    from explainfix_cli.cli.next_steps import rounding_line  # what the terminal says about it
+
+    assert r.rounding and "multiples of 8 in layers that keep ≥ 64 channels (--round-to auto)" in rounding_line(5, r)
 
 
 def _fixture_inputs():

@@ -3,7 +3,6 @@ the ecosystem's conventions (--version, LICENSE, extras). Real CLI runs on the f
 from __future__ import annotations
 
 import json
-
 import re
 import sys
 import tomllib

@@ -53,18 +53,34 @@ def test_auto_chooses_the_rank_by_budget(budget, want):
     assert ("beyond 8×" in why) == (want == "l1-per-layer") or "no budget" in why
 
 
-@pytest.mark.parametrize("budget", ["1.5x", "2x", "4x", "10x"])
-def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolutions(budget):
+@pytest.fixture(scope="module")
+def nets():
     tv = pytest.importorskip("torchvision")
+    return {"resnet18": small_resnet18(), "resnext50": tv.models.resnext50_32x4d(),
+            "mobilenet_v2": tv.models.mobilenet_v2(num_classes=10), "mobilenet_v3_small": tv.models.mobilenet_v3_small()}
+
+
+@pytest.mark.parametrize("budget", ["1.5x", "2x", "4x", "10x"])
+def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolutions(budget, nets):
     opts = PruneOptions(target_macs=budget).resolved(has_data=True)
-    plain = opts.with_model(small_resnet18()).ranking[0]
+    plain = opts.with_model(nets["resnet18"]).ranking[0]
     assert plain == ("l1-per-layer" if budget == "10x" else "per-cost")  # no depthwise: per-cost up to 8x
-    for dw in (opts.with_model(tv.models.mobilenet_v2(num_classes=10)), opts.with_model(tv.models.mobilenet_v3_small())):
+    for name in ("mobilenet_v2", "mobilenet_v3_small"):
+        dw = opts.with_model(nets[name])
         rank, why = dw.ranking
         assert rank == "l1-per-layer" and why.startswith("auto: a network with depthwise convolutions"), why
+        assert not dw.needs_saliency  # no budget ranks by saliency there: the gradient pass is skipped
+        assert "depthwise" not in dw.to_json()  # a fact of the model, said in rank_why, not an option
+    assert opts.with_model(nets["resnet18"]).needs_saliency  # per-cost below 8x; one pass serves a sweep on both sides
     # grouped but not depthwise (ResNeXt's groups < in_channels) keeps the 8x switch
-    assert opts.with_model(tv.models.resnext50_32x4d()).depthwise is False
-    assert "depthwise" not in dw.to_json()  # a fact of the model, said in rank_why, not an option
+    assert opts.with_model(nets["resnext50"]).depthwise is False
+
+
+def test_which_options_need_the_saliency_pass(nets):
+    dw = nets["mobilenet_v2"]
+    assert not PruneOptions(target_macs="2x", rank="l1-per-layer").resolved(has_data=True).needs_saliency
+    assert PruneOptions(target_macs="2x", rank="per-cost").resolved(has_data=True).with_model(dw).needs_saliency
+    assert PruneOptions(pct=50).resolved(has_data=True).with_model(dw).needs_saliency  # the paper's filter saliency
 
 
 def test_auto_on_mobilenet_v2_prunes_as_l1_per_layer_and_the_report_says_why():

@@ -125,10 +125,24 @@ class HardCodedView(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.reshape(x.shape[0], 32, -1).mean(-1))
+
+
+class TrainingOnly(HardCodedView):
+    \"\"\"The literal only in training mode: a pruned model that runs in eval mode fails in its first training pass.\"\"\"
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        pooled = x.reshape(x.shape[0], 32, -1).mean(-1) if self.training else x.mean((2, 3))
+        return self.fc(pooled)
 """
 
 
-def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path):
+@pytest.mark.parametrize("cls,why", [
+    ("HardCodedView", "Torch-Pruning failed on this model: RuntimeError: "),  # its own eval forward fails
+    ("TrainingOnly", "Torch-Pruning's pruned model failed to recover or run: RuntimeError: "),  # BatchNorm pass fails
+])
+def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path, cls, why):
     # a real failure of the peer: Torch-Pruning cuts conv2, whose 32 channels the forward names by a literal, and
     # its pruned model no longer runs; explainfix's engine keeps those channels (frozen) and prunes conv1's
     pytest.importorskip("torch_pruning")
@@ -141,16 +155,18 @@ def test_sweep_compare_records_a_peer_failure_and_goes_on(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     torch.manual_seed(0)
-    torch.save(mod.HardCodedView().state_dict(), tmp_path / "hcv.pt")
-    job = sweep_job(ModelSpec(tmp_path / "hcv.pt", f"{tmp_path / 'hcv.py'}:HardCodedView", trust_code=True),
+    torch.save(getattr(mod, cls)().state_dict(), tmp_path / "hcv.pt")
+    job = sweep_job(ModelSpec(tmp_path / "hcv.pt", f"{tmp_path / 'hcv.py'}:{cls}", trust_code=True),
                     DataSpec(FIXTURE_CALIB, "32"), "2x", compare="torch-pruning", save_models=True,
                     timing=BenchOptions(bench=False), out=tmp_path / "sw", run=Run(device="cpu"))
     (point,) = job.report["points"]
     assert point["self_check"] == "passed" and point["accuracy"] is not None  # explainfix's point is unaffected
-    assert point["compare"]["error"].startswith("Torch-Pruning failed on this model: RuntimeError: "), point["compare"]
+    assert point["compare"]["error"].startswith(why), point["compare"]
     assert "\n" not in point["compare"]["error"]
     assert "| 2x Torch-Pruning L1 | failed: " in (job.out / "sweep.md").read_text()
-    load(job.out / "points" / "2x", trust_code=True)  # what the sweep wrote loads back
+    pruned = load(job.out / "points" / "2x", trust_code=True)  # what the sweep wrote loads back
+    assert pruned.conv2.out_channels == 32 and pruned.conv1.out_channels < 16  # the literal's space kept, conv1 cut
+    pruned.train()(torch.randn(2, 1, 32, 32))
 
 
 def test_sweep_compare_unknown_peer_is_bad_input(tmp_path):

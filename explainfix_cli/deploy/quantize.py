@@ -200,10 +200,11 @@ def pre_process(fp32_path: Path, work: Path) -> Path:
         try:
             with _quiet_ort():
                 quant_pre_process(str(fp32_path), str(out), skip_optimization=skip, skip_symbolic_shape=skip)
-            _name_every_node(out)
-            return out
         except Exception as exc:  # noqa: BLE001
             last = exc
+            continue
+        _name_every_node(out)
+        return out
     raise CannotProcess(f"onnxruntime's quant_pre_process fails on {Path(fp32_path).name}: {first_line(last)}",
                         hint="the FP32 model runs, but onnxruntime cannot prepare it for quantization")
 

@@ -59,7 +59,11 @@ def peer_point(original: nn.Module, opened: Opened, data: DataSpec, fraction: fl
             with channels_last(model, example):
                 recalibrate_opened(point, data, seed)
         pruned, _, final, _ = recover_and_measure(point, data, recovery, eval_calib, seed=seed)
-    except RuntimeError as e:
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - the peer's model, not ours: recorded, and the sweep goes on
+        if "out of memory" in str(e).lower():
+            raise
         text = " ".join(str(e).split())[:200]
         return {**entry, "error": f"Torch-Pruning's pruned model failed to recover or run: {type(e).__name__}: {text}"}, None
     kept = (macs / count_macs(original, example), params / count_params(original))

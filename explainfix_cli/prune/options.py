@@ -11,6 +11,8 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
+from torch.nn.modules.conv import _ConvNd
+
 from ..core.errors import BadInput
 
 FILTER_CRITERIA = ("saliency", "magnitude")
@@ -76,7 +78,7 @@ class PruneOptions:
     floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
     recalibrate_bn: bool | None = None  # None: on with a budget and data
     resolved_for: bool | None = field(default=None, repr=False, compare=False)  # set by resolved(): has_data
-    depthwise: bool = field(default=False, compare=False)  # the model has depthwise convs: set by with_model()
+    depthwise: bool = field(default=False, repr=False)  # the model has depthwise convs: set by with_model(), not by hand
 
     # validated once: resolved() returns an already resolved instance as it is
 
@@ -91,7 +93,8 @@ class PruneOptions:
 
     @property
     def ranking(self) -> tuple[str, str]:
-        """(the rank the channel criterion uses, why): ``--rank`` as given, or what ``auto`` chose for the budget."""
+        """(the rank the channel criterion uses, why): ``--rank`` as given, or what ``auto`` chose for the budget
+        and the model (call :meth:`with_model` first: on a depthwise network auto differs)."""
         if self.rank != "auto":
             return self.rank, "--rank " + self.rank
         if self.budget is None:
@@ -107,10 +110,18 @@ class PruneOptions:
         return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:g}×, where the same fraction "
                                 "from every layer recovers better")
 
+    @property
+    def needs_saliency(self) -> bool:
+        """Whether any budget of these options ranks by saliency: not a pinned Σ|w| rank, nor ``auto`` with a
+        budget on a depthwise network (l1-per-layer at every budget), so the gradient pass can be skipped."""
+        if self.criterion == "channel" and self.rank in MAGNITUDE_RANKS:
+            return False
+        return not (self.rank == "auto" and self.depthwise and self.budget is not None and self.criterion == "channel")
+
     def with_model(self, model) -> PruneOptions:
         """These options for ``model``: where ``--rank auto`` switches depends on whether it has depthwise
         convolutions (a conv whose groups are its input channels, more than one)."""
-        dw = any(getattr(m, "groups", 1) > 1 and m.groups == getattr(m, "in_channels", None) for m in model.modules())
+        dw = any(isinstance(m, _ConvNd) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
         return replace(self, depthwise=dw)
 
     def resolved(self, has_data: bool) -> PruneOptions:

@@ -146,7 +146,7 @@ def at_floor(rows: list[LayerRow], opts: PruneOptions) -> list[str]:
         if row.out_after >= row.out_before or row.kind == "linear":
             continue
         least = max(1, math.ceil(opts.floor * row.out_before))
-        step = auto_multiple(row.out_after) if opts.round_to == "auto" else int(opts.round_to or 1)
+        step = auto_multiple(row.out_after - 1) if opts.round_to == "auto" else int(opts.round_to or 1)  # the next smaller count
         if row.out_after < least + step:
             out.append(row.name)
     return out

@@ -95,7 +95,7 @@ class Pruner:
                                            num_batches=self.num_batches, grad_cost_fn=self.grad_cost_fn,
                                            target_fn=self.target_fn, progress=self.progress,
                                            channel_graph=self._analysed,
-                                           gradients=opts.rank not in MAGNITUDE_RANKS)  # pinned: no budget needs saliency
+                                           gradients=opts.needs_saliency)
             self._scored.gm = self._gm
             self.timings["saliency"] = time.perf_counter() - tick
         return self._scored
