@@ -97,6 +97,13 @@ def is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+def has_depthwise(model: nn.Module) -> bool:
+    """Whether ``model`` has a depthwise convolution in the wide sense (groups equal to its input channels, more
+    than one, any dimension, channel multipliers included): MobileNet-like, for ``--rank auto``."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
+               for m in model.modules())
+
+
 _SAME: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 

@@ -11,9 +11,8 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from torch.nn.modules.conv import _ConvNd
-
 from ..core.errors import BadInput
+from ..core.model import has_depthwise
 
 FILTER_CRITERIA = ("saliency", "magnitude")
 CRITERIA = ("channel", *FILTER_CRITERIA)
@@ -114,15 +113,16 @@ class PruneOptions:
     def needs_saliency(self) -> bool:
         """Whether any budget of these options ranks by saliency: not a pinned Σ|w| rank, nor ``auto`` with a
         budget on a depthwise network (l1-per-layer at every budget), so the gradient pass can be skipped."""
-        if self.criterion == "channel" and self.rank in MAGNITUDE_RANKS:
+        if self.criterion != "channel":
+            return True
+        if self.rank in MAGNITUDE_RANKS:
             return False
-        return not (self.rank == "auto" and self.depthwise and self.budget is not None and self.criterion == "channel")
+        return not (self.rank == "auto" and self.depthwise and self.budget is not None)
 
     def with_model(self, model) -> PruneOptions:
         """These options for ``model``: where ``--rank auto`` switches depends on whether it has depthwise
         convolutions (a conv whose groups are its input channels, more than one)."""
-        dw = any(isinstance(m, _ConvNd) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
-        return replace(self, depthwise=dw)
+        return replace(self, depthwise=has_depthwise(model))
 
     def resolved(self, has_data: bool) -> PruneOptions:
         """Validated, with every default filled in (raises BadInput with one line); once: a resolved instance

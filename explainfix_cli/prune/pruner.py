@@ -26,7 +26,7 @@ from ..core.errors import BadInput
 from ..core.layout import channels_last
 from ..core.model import count_macs, to_device
 from ..core.progress import Progress
-from .options import MAGNITUDE_RANKS, PruneOptions
+from .options import PruneOptions
 from .pipeline import PruneResult, prune_scored
 from .scoring import Scored, score_model
 from .select import check_budget
