@@ -61,7 +61,10 @@ def test_compress_impossible_gate_exit_1_names_it_last(tmp_path):
     assert last.startswith("error: gate failed:") and "top-1 agreement" in last and "--min-agreement" in last
     assert "accuracy drop" in last and "pts" in last
     report = json.loads((out / "report.json").read_text())  # artifacts are kept for the CI job summary
-    assert not report["passed"] and "❌ FAILED" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert not report["passed"] and "❌ FAILED" in summary
+    # no --eval-data: accuracy is measured on the calibration data, and the row says it is not held out
+    assert "accuracy (100 calibration samples, not held out)" in summary and "not held out" in " ".join(res.stderr.split())
     agreement = next(g for g in report["gates"] if g["name"] == "top-1 agreement")
     assert not agreement["passed"] and agreement["value"] in last
 

@@ -57,6 +57,15 @@ def test_sweep_cli_json_and_one_shot_table(tmp_path):
     assert "accuracy (pruned)" not in (tmp_path / "s" / "sweep.md").read_text()  # one-shot: one accuracy column
 
 
+def test_sweep_by_magnitude_reports_no_saliency_pass(tmp_path):
+    res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--targets", "2x", "--rank", "l1-per-layer",
+                 "--no-bench", "-o", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    assert report["saliency_passes"] == 0 and report["points"][0]["rank_used"] == "l1-per-layer"
+    assert "no saliency pass" in (tmp_path / "s" / "sweep.md").read_text()
+
+
 def test_sweep_with_distillation_per_point(tmp_path):
     res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--eval-data", EVAL, "--targets", "2x",
                  "--finetune-epochs", "1", "--distill", "--no-bench", "-o", tmp_path / "s", "--json")

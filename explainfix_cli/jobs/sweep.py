@@ -171,7 +171,8 @@ def sweep_job(
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": base.rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
-        "saliency_passes": 1 if calib is not None else 0, "finetune_epochs": finetune_epochs,
+        "saliency_passes": int(smallest.needs_saliency),  # 0: every point ranked by Σ|w|
+        "finetune_epochs": finetune_epochs,
         "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed, "compare": compare,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
                      "latency_ms": latency[0]["p50_ms"] if latency else None,
@@ -219,7 +220,10 @@ def sweep_markdown(report: dict) -> str:
     o = report["original"]
     lat0 = "—" if o["latency_ms"] is None else f"{o['latency_ms']:.3f} ms"
     lines = [f"# explainfix sweep · {report['model']}", "",
-             f"{report['criterion']} criterion, one saliency pass over {report['data']['samples']} images; accuracy on "
+             f"{report['criterion']} criterion, "
+             + (f"one saliency pass over {report['data']['samples']} images" if report["saliency_passes"] else
+                "groups ranked by Σ|w| (no saliency pass)")
+             + "; accuracy on "
              f"{report['eval_samples']} images of {report['eval_data']['source']}"
              + (f"; {report['finetune_epochs']} fine-tune epoch(s) per point"
                 + (" (distillation)" if report["distill"] else "") if report["finetune_epochs"] else "; one-shot") + "."
