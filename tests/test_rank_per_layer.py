@@ -1,11 +1,13 @@
 """The channel criterion's ranks: ``--rank l1-per-layer`` (channel groups by Σ|w| within their layer, the same
 fraction from every layer; pinned, the data then only feeds BatchNorm and the agreement), ``--rank auto`` (the default:
-per-cost up to 8× fewer, l1-per-layer beyond; l1-per-layer at every budget on a network with depthwise convs) and every rank's budget and self-check on real torchvision models."""
+per-cost up to 8× fewer, l1-per-layer beyond; on a network with depthwise convs the same fraction from every layer at every
+budget, saliency-per-layer up to 2× and l1-per-layer beyond) and every rank's budget and self-check on real torchvision models."""
 import pytest
 import torch
 from conftest import seeded_batches, small_resnet18
 from torch import nn
 
+from explainfix_cli.core.errors import BadInput
 from explainfix_cli.prune.options import RANKS, PruneOptions
 from explainfix_cli.prune.pruner import prune_model
 
@@ -60,18 +62,19 @@ def nets():
             "mobilenet_v2": tv.models.mobilenet_v2(num_classes=10), "mobilenet_v3_small": tv.models.mobilenet_v3_small()}
 
 
-@pytest.mark.parametrize("budget", ["1.5x", "2x", "4x", "10x"])
-def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolutions(budget, nets):
+@pytest.mark.parametrize("budget,depthwise_rank", [("1.5x", "saliency-per-layer"), ("2x", "saliency-per-layer"),
+                                                   ("2.1x", "l1-per-layer"), ("4x", "l1-per-layer"), ("10x", "l1-per-layer")])
+def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolutions(budget, depthwise_rank, nets):
     opts = PruneOptions(target_macs=budget).resolved(has_data=True)
     plain = opts.with_model(nets["resnet18"]).ranking[0]
     assert plain == ("l1-per-layer" if budget == "10x" else "per-cost")  # no depthwise: per-cost up to 8x
     for name in ("mobilenet_v2", "mobilenet_v3_small"):
         dw = opts.with_model(nets[name])
         rank, why = dw.ranking
-        assert rank == "l1-per-layer" and why.startswith("auto: a network with depthwise convolutions"), why
-        assert not dw.needs_saliency  # no budget ranks by saliency there: the gradient pass is skipped
+        assert rank == depthwise_rank and "on a network with depthwise convolutions" in why, why
+        assert dw.needs_saliency == (rank == "saliency-per-layer")  # beyond 2x Σ|w|: the gradient pass is skipped
         assert "depthwise" not in dw.to_json()  # a fact of the model, said in rank_why, not an option
-    assert opts.with_model(nets["resnet18"]).needs_saliency  # per-cost below 8x; one pass serves a sweep on both sides
+    assert opts.with_model(nets["resnet18"]).needs_saliency == (plain == "per-cost")
     # grouped but not depthwise (ResNeXt's groups < in_channels) keeps the 8x switch
     assert opts.with_model(nets["resnext50"]).depthwise is False
 
@@ -80,7 +83,42 @@ def test_which_options_need_the_saliency_pass(nets):
     dw = nets["mobilenet_v2"]
     assert not PruneOptions(target_macs="2x", rank="l1-per-layer").resolved(has_data=True).needs_saliency
     assert PruneOptions(target_macs="2x", rank="per-cost").resolved(has_data=True).with_model(dw).needs_saliency
+    assert PruneOptions(target_macs="4x", rank="saliency-per-layer").resolved(has_data=True).with_model(dw).needs_saliency
     assert PruneOptions(pct=50).resolved(has_data=True).with_model(dw).needs_saliency  # the paper's filter saliency
+    assert not PruneOptions(pct=50, criterion="magnitude").resolved(has_data=True).needs_saliency
+
+
+def test_saliency_per_layer_takes_the_same_fraction_as_l1_but_other_channels():
+    _, by_saliency = _prune("saliency-per-layer", seeded_batches())
+    _, by_l1 = _prune("l1-per-layer", seeded_batches())
+    spread = lambda kept: max(kept.values()) - min(kept.values())  # noqa: E731
+    assert spread(by_saliency) <= 0.1, by_saliency  # the same allocation as l1-per-layer
+    model_s, model_l = small_resnet18(), small_resnet18()
+    for m, rank in ((model_s, "saliency-per-layer"), (model_l, "l1-per-layer")):
+        prune_model(m, example=torch.randn(1, 3, 48, 48), batches=seeded_batches(),
+                    options=PruneOptions(target_macs="4x", rank=rank))
+    # the channels kept differ: the stem keeps different rows of the original's weight
+    w_s, w_l = model_s.conv1.weight, model_l.conv1.weight
+    assert w_s.shape == w_l.shape and not torch.equal(w_s, w_l)
+
+
+def test_a_sweep_pruner_scores_once_for_budgets_on_both_sides_of_the_depthwise_switch(nets):
+    from explainfix_cli.prune.pruner import Pruner
+    import copy
+
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(4, 3, 64, 64)
+    batches = lambda: iter([(x, torch.tensor([0, 1, 2, 3]))])  # noqa: E731
+    lean = Pruner(copy.deepcopy(model), PruneOptions(target_macs="4x"), x[:1], batches)  # 4x: Σ|w|, no gradients
+    with pytest.raises(BadInput, match="saliency-per-layer at this budget ranks by the saliency"):
+        lean.to("2x", model=copy.deepcopy(model))  # never silently Σ|w| where the rank says saliency
+    both = Pruner(copy.deepcopy(model), PruneOptions(target_macs="4x"), x[:1], batches, gradients=True)
+    r2 = both.to("2x", model=copy.deepcopy(model), check_inputs=x)
+    r4 = both.to("4x", model=copy.deepcopy(model), check_inputs=x)
+    assert r2.options["rank_used"] == "saliency-per-layer" and r4.options["rank_used"] == "l1-per-layer"
+    assert r2.check.passed and r4.check.passed
 
 
 def test_auto_on_mobilenet_v2_prunes_as_l1_per_layer_and_the_report_says_why():
@@ -91,7 +129,7 @@ def test_auto_on_mobilenet_v2_prunes_as_l1_per_layer_and_the_report_says_why():
     for rank in ("auto", "l1-per-layer"):
         torch.manual_seed(0)
         model = tv.models.mobilenet_v2(num_classes=10).eval()
-        r = prune_model(model, example=x[:1], check_inputs=x, batches=batches, options=PruneOptions(target_macs="2x", rank=rank))
+        r = prune_model(model, example=x[:1], check_inputs=x, batches=batches, options=PruneOptions(target_macs="3x", rank=rank))
         assert r.check.passed
         kept[rank] = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
         if rank == "auto":

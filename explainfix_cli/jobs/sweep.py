@@ -108,7 +108,8 @@ def sweep_job(
     opened = open_inputs(model, data, run.device)
     per_point = [o.with_model(opened.model) for o in per_point]  # where --rank auto switches depends on the model
     smallest = min(per_point, key=lambda o: o.budget[1])
-    pruner = pruner_for(opened, data, smallest, run.seed, run.progress)  # one scoring pass, on the original, for every point
+    saliency = any(o.needs_saliency for o in per_point)  # auto may rank by it at some budgets and not at others
+    pruner = pruner_for(opened, data, smallest, run.seed, run.progress, gradients=saliency)  # one scoring pass, on the original, for every point
     pruner.check()  # an unreachable budget is refused before any data is read
     eval_calib = load_calibration(eval_data, opened.pre) if eval_data is not None else opened.calib
     check_recovery_data(train, distill, opened.calib)
@@ -171,7 +172,7 @@ def sweep_job(
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": base.rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
-        "saliency_passes": int(smallest.needs_saliency),  # 0: every point ranked by Σ|w|
+        "saliency_passes": int(saliency),  # 0: every point ranked by Σ|w|
         "finetune_epochs": finetune_epochs,
         "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed, "compare": compare,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],

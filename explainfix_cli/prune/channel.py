@@ -7,7 +7,7 @@ parameters (BN, depthwise kernels) and consumer columns — from one gradient pa
 divides by the MACs (or parameters) the group's removal saves, so cheap-to-keep channels go last.
 
 :func:`removal_order` orders the groups, least important first — globally (``per-cost``, ``saliency``) or by
-their quantile inside their layer (``l1-per-layer``) — skipping any group whose removal would take a producer
+their quantile inside their layer (``l1-per-layer``, ``saliency-per-layer``) — skipping any group whose removal would take a producer
 below ``floor`` of its channels (every layer stays alive).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..channels.labels import ChannelGraph, Consumer
 from ..channels.plan import column_sums
+from .options import PER_LAYER_RANKS
 
 
 @dataclass
@@ -134,7 +135,8 @@ def _column_size(m: nn.Module, c: Consumer) -> int:
 def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost: str, floor: float) -> list[int]:
     """Space roots, least important first; a group that would leave some producer with fewer than
     ``max(1, ceil(floor · rows))`` channels is skipped (it stays). ``per-cost``: saliency (or Σ|w|) per MAC or
-    parameter saved, ranked globally; ``saliency``: the score alone. ``l1-per-layer``: every layer (the groups
+    parameter saved, ranked globally; ``saliency``: the score alone. ``l1-per-layer`` (scored by Σ|w|) and
+    ``saliency-per-layer`` (by the saliency): every layer (the groups
     with the same producers: one conv, or one residual stream) loses the same fraction — groups are taken in the
     order of their quantile within their layer (Torch-Pruning's uniform ratio, in the engine's exact groups),
     and the per-cost score only picks which channels of a layer go."""
@@ -143,7 +145,7 @@ def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost
         return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
 
     key: dict[int, tuple[float, ...]] = {r: (per_cost(g), r) for r, g in groups.items()}
-    if rank == "l1-per-layer":
+    if rank in PER_LAYER_RANKS:
         layers: dict[tuple[str, ...], list[Group]] = {}
         for g in groups.values():
             layers.setdefault(tuple(sorted(g.producers)), []).append(g)

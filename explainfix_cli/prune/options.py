@@ -16,18 +16,22 @@ from ..core.model import has_depthwise
 
 FILTER_CRITERIA = ("saliency", "magnitude")
 CRITERIA = ("channel", *FILTER_CRITERIA)
-RANKS = ("auto", "per-cost", "saliency", "l1-per-layer")
+RANKS = ("auto", "per-cost", "saliency", "l1-per-layer", "saliency-per-layer")
+PER_LAYER_RANKS = ("l1-per-layer", "saliency-per-layer")  # the same fraction from every layer
 MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| even when data is given
 # --rank auto: the saliency per cost (per-cost) while the budget keeps at least this fraction, the same fraction
 # from every layer by Σ|w| (l1-per-layer) beyond it. Chosen on one base (Fashion-MNIST ResNet-18, 2 epochs, two
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
 # on the others: benchmarks/README.md, "Every budget, four bases".
 AUTO_UNIFORM_BELOW = 1 / 8
-# On a network with depthwise convolutions (MobileNet-like) auto is l1-per-layer at every budget: there per-cost
-# cut the high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 4 / 16 points behind
-# Torch-Pruning after fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual
-# stream 96 → 12, and fine-tuning then fell below one-shot); the uniform allocation is within 2.7 / 3.7 points of
-# Torch-Pruning's better criterion after recovery there: benchmarks/README.md, "Every budget, four bases".
+# On a network with depthwise convolutions (MobileNet-like) auto never ranks across layers: there per-cost cut the
+# high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 4 / 16 points behind Torch-Pruning after
+# fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual stream 96 → 12, and
+# fine-tuning then fell below one-shot). Every layer loses the same fraction; up to this fraction kept (2×) its
+# channels go by saliency (saliency-per-layer), beyond it by Σ|w| (l1-per-layer). Chosen on MobileNetV3-Small
+# (two seeds: saliency ahead at 2× one-shot / fine-tuned / distilled, behind from 3× after distillation) and
+# reported unchanged on MobileNetV2: benchmarks/README.md, "The saliency inside each layer".
+AUTO_DEPTHWISE_SALIENCY_FROM = 1 / 2
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02
@@ -101,8 +105,13 @@ class PruneOptions:
         metric, frac = self.budget
         name = "MACs" if metric == "macs" else "params"
         if self.depthwise:
-            return "l1-per-layer", ("auto: a network with depthwise convolutions, where the same fraction from every "
-                                    "layer recovers better at every budget")
+            if frac >= AUTO_DEPTHWISE_SALIENCY_FROM:
+                return "saliency-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise "
+                                              "convolutions: the same fraction from every layer, its channels by saliency "
+                                              f"(up to {1 / AUTO_DEPTHWISE_SALIENCY_FROM:g}×)")
+            return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise convolutions: the "
+                                    f"same fraction from every layer, its channels by Σ|w| (beyond "
+                                    f"{1 / AUTO_DEPTHWISE_SALIENCY_FROM:g}×, where that recovers better)")
         limit = 1 / AUTO_UNIFORM_BELOW
         if frac >= AUTO_UNIFORM_BELOW:
             return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads"
@@ -111,13 +120,11 @@ class PruneOptions:
 
     @property
     def needs_saliency(self) -> bool:
-        """Whether any budget of these options ranks by saliency: not a pinned Σ|w| rank, nor ``auto`` with a
-        budget on a depthwise network (l1-per-layer at every budget), so the gradient pass can be skipped."""
+        """Whether these options, at their budget, rank by the saliency (a gradient pass over the data); not when
+        the rank is Σ|w| (``l1-per-layer``, pinned or chosen by ``auto``), so the gradient pass can be skipped."""
         if self.criterion != "channel":
-            return True
-        if self.rank in MAGNITUDE_RANKS:
-            return False
-        return not (self.rank == "auto" and self.depthwise and self.budget is not None)
+            return self.criterion == "saliency"  # the paper's filter saliency; magnitude needs no data
+        return self.ranking[0] not in MAGNITUDE_RANKS
 
     def with_model(self, model) -> PruneOptions:
         """These options for ``model``: where ``--rank auto`` switches depends on whether it has depthwise

@@ -48,6 +48,8 @@ class Pruner:
     progress: Progress | None = None
     amp: bool = False
     macs_before: int | None = None  # of one ``example``, when the caller counted them already
+    gradients: bool | None = None  # the saliency pass: None = when ``options`` need it; True when another budget
+    # passed to :meth:`to` will (a sweep), False to rank by Σ|w| only
     timings: dict[str, float] = field(default_factory=dict)
     _scored: Scored | None = field(default=None, repr=False)
     _gm: Any = field(default=None, repr=False)  # the trace of the model as given
@@ -95,7 +97,7 @@ class Pruner:
                                            num_batches=self.num_batches, grad_cost_fn=self.grad_cost_fn,
                                            target_fn=self.target_fn, progress=self.progress,
                                            channel_graph=self._analysed,
-                                           gradients=opts.needs_saliency)
+                                           gradients=opts.needs_saliency if self.gradients is None else self.gradients)
             self._scored.gm = self._gm
             self.timings["saliency"] = time.perf_counter() - tick
         return self._scored
@@ -106,6 +108,10 @@ class Pruner:
         ``budget`` (default: the options' own), reusing the one scoring pass."""
         opts = self.at(budget)
         scored = self.scored()
+        if opts.needs_saliency and not scored.gradients and self.batches is not None:
+            raise BadInput(f"{opts.ranking[0]} at this budget ranks by the saliency, but this Pruner scored by Σ|w| "
+                           "(its own budget did not need the gradient pass)",
+                           hint="make the Pruner with gradients=True to prune to several budgets")
         if model is None or model is self.model:  # the model as scored, now pruned in place: its trace is spent
             if scored.gm is None:
                 raise BadInput("this Pruner's model was pruned already; its scores are of the model before",

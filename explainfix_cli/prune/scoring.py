@@ -34,6 +34,7 @@ class Scored:
     record: "Recorder"
     graph: Any = None  # the channel analysis (channel criterion)
     gm: Any = None  # the trace of the model as scored (prune/pruner.py: spent once that model is pruned)
+    gradients: bool = False  # the scores are the saliency (a gradient pass), not Σ|w|
 
 
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,
@@ -78,7 +79,8 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
                 record(first_output(call_model(model, to_device(x, device))), y)
                 if progress:
                     progress("saliency", i + 1, None if limit == math.inf else int(limit))
-    return Scored(criterion, scores, record, channel_graph)
+    saliency = batches is not None and (criterion == "saliency" or (criterion == "channel" and gradients))
+    return Scored(criterion, scores, record, channel_graph, gradients=saliency)
 
 
 class Recorder:
