@@ -92,6 +92,14 @@ def load(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
+def load_both(data_dir: Path) -> tuple[np.ndarray, ...] | None:
+    """(train x, train y, test x, test y), or None (said on stderr) without the Debian package's files."""
+    if not (data_dir / "t10k-images-idx3-ubyte.gz").is_file():
+        print(f"no Fashion-MNIST in {data_dir} (apt-get install dataset-fashion-mnist)", file=sys.stderr)
+        return None
+    return (*load(data_dir, "train"), *load(data_dir, "test"))
+
+
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, bs: int = 128, lr: float = 2e-3) -> float:
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -319,11 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.test_samples, a.iters, a.compress, a.ft_epochs = 2000, 50, a.compress[:1], 1
     torch.set_num_threads(a.threads)
-    if not (a.data_dir / "t10k-images-idx3-ubyte.gz").is_file():
-        print(f"no Fashion-MNIST in {a.data_dir} (apt-get install dataset-fashion-mnist)", file=sys.stderr)
+    if (splits := load_both(a.data_dir)) is None:
         return 2
-    x, y = load(a.data_dir, "train")
-    tx, ty = load(a.data_dir, "test")
+    x, y, tx, ty = splits
     tx, ty = tx[: a.test_samples], ty[: a.test_samples]
     a.work.mkdir(parents=True, exist_ok=True)
     from explainfix_cli.deploy.isa import detect_isa

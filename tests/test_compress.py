@@ -24,7 +24,7 @@ def test_compress_gates_met_exit_0_with_all_artifacts(tmp_path):
     assert report["passed"] and all(g["passed"] for g in report["gates"])
     assert [g["name"] for g in report["gates"]] == ["accuracy drop", "top-1 agreement", "ONNX verification"]
     assert report["compressed"]["macs"] < report["original"]["macs"]
-    assert report["eval_samples"] == 300 and report["finetune"]["epochs"][0]["samples"] == 100
+    assert report["eval_samples"] == 300 and report["held_out"] and report["finetune"]["epochs"][0]["samples"] == 100
     assert {r["label"] for r in report["bench"]["rows"]} == {"original", "compressed"}
     summary = (out / "summary.md").read_text()
     assert "| params |" in summary and "| MACs (1 input) |" in summary and "latency p50" in summary
@@ -64,7 +64,7 @@ def test_compress_impossible_gate_exit_1_names_it_last(tmp_path):
     summary = (out / "summary.md").read_text()
     assert not report["passed"] and "❌ FAILED" in summary
     # no --eval-data: accuracy is measured on the calibration data, and the row says it is not held out
-    assert "accuracy (100 calibration samples, not held out)" in summary and "not held out" in " ".join(res.stderr.split())
+    assert not report["held_out"] and "accuracy (100 calibration samples, not held out)" in summary and "not held out" in " ".join(res.stderr.split())
     agreement = next(g for g in report["gates"] if g["name"] == "top-1 agreement")
     assert not agreement["passed"] and agreement["value"] in last
 

@@ -1,4 +1,4 @@
-"""sweep: several budgets from one saliency pass; a table, JSON and tradeoff.png; every point exact."""
+"""sweep: several budgets from one scoring pass; a table, JSON and tradeoff.png; every point exact."""
 import json
 
 import pytest
@@ -57,10 +57,15 @@ def test_sweep_cli_json_and_one_shot_table(tmp_path):
     assert "accuracy (pruned)" not in (tmp_path / "s" / "sweep.md").read_text()  # one-shot: one accuracy column
 
 
-def test_sweep_by_magnitude_reports_no_saliency_pass(tmp_path):
+def test_sweep_by_magnitude_reports_no_saliency_pass(tmp_path, monkeypatch):
+    passes = []
+    real = grad.weight_saliency
+    monkeypatch.setattr("explainfix_cli.prune.scoring.grad.weight_saliency",
+                        lambda *a, **k: passes.append(1) or real(*a, **k))
     res = invoke("sweep", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--targets", "2x", "--rank", "l1-per-layer",
                  "--no-bench", "-o", tmp_path / "s", "--json")
     assert res.exit_code == 0, res.output
+    assert passes == []  # no backward pass ran
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert report["saliency_passes"] == 0 and report["points"][0]["rank_used"] == "l1-per-layer"
     assert "no saliency pass" in (tmp_path / "s" / "sweep.md").read_text()

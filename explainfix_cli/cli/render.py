@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..core.fmt import human, pct, pruned_how, ratio
-from ..jobs.summary import NOT_HELD_OUT, checks_ran, held_out
+from ..jobs.summary import NOT_HELD_OUT, checks_ran
 from .next_steps import next_steps, rounding_line, short_labels
 
 console = Console(stderr=True, highlight=False)
@@ -298,10 +298,10 @@ def render_compress(job: Any) -> None:
         lo, lc = rows["original"]["p50_ms"], rows["compressed"]["p50_ms"]
         t.add_row(f"latency p50 ({r['bench']['threads']} threads)", f"{lo:.3f} ms", f"{lc:.3f} ms", ratio(lc, lo))
     if c["agreement"] is not None:  # a classifier (other outputs have no top-1)
-        t.add_row(f"accuracy ({r['eval_samples']} {'eval' if held_out(r) else 'calib.*'})", pct(o["accuracy"]), pct(c["accuracy"]), "")
+        t.add_row(f"accuracy ({r['eval_samples']} {'eval' if r['held_out'] else 'calib.*'})", pct(o["accuracy"]), pct(c["accuracy"]), "")
         t.add_row("  after pruning only", "", pct(c["accuracy_after_prune"]), "")
         t.add_row("top-1 agreement", "100.0%", pct(c["agreement"]), "")
-    if c["agreement"] is not None and not held_out(r):
+    if c["agreement"] is not None and not r["held_out"]:
         t.caption, t.caption_justify = f"* {NOT_HELD_OUT}", "left"
     console.print(t)
     if r.get("finetune"):

@@ -1,4 +1,4 @@
-"""`explainfix sweep`: one model, several budgets, one saliency pass; a table and tradeoff.png."""
+"""`explainfix sweep`: one model, several budgets, one scoring pass; a table and tradeoff.png."""
 from __future__ import annotations
 
 from typing import Any
@@ -37,7 +37,7 @@ def sweep(
     ranking: Ranking, inputs: Tuning, recovery: Recovery, timing: SweepTiming, source: Source, output: SweepOutput,
     quantize: Quantize = None, compare: Compare = None, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
 ) -> Any:
-    """See the trade-off: prune to every budget of --targets from one saliency pass, measure each, draw tradeoff.png.
+    """See the trade-off: prune to every budget of --targets from one scoring pass, measure each, draw tradeoff.png.
 
     Writes OUT/ with sweep.md (the table), sweep.json and tradeoff.png (accuracy against MACs kept and against
     measured latency, the original marked). Every point is exact (the self-check runs for each). --compare

@@ -322,6 +322,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def held_out(eval_data: str | Path | None, data: str | Path | None) -> bool:
+    """Whether ``--eval-data`` is other data than ``--data`` (compared as resolved paths): numbers measured on
+    it hold on images the model was not calibrated, ranked or tuned on."""
+    return eval_data is not None and (data is None or Path(eval_data).resolve() != Path(data).resolve())
+
+
 def load_calibration(path: str | Path, pre: Preprocessing) -> CalibrationSet:
     """Open ``--data PATH``: class folders, a flat folder of images, or an ``.npz`` with ``x`` (and ``y``)."""
     path = Path(path)

@@ -34,7 +34,7 @@ from ..core.errors import BadInput
 from ..core.model import count_params
 from ..core.progress import Progress
 from ..deploy.verify import check_tolerances
-from ..io.data import load_calibration
+from ..io.data import held_out, load_calibration
 from ..io.model_dir import save_model_dir
 from ..deploy.quantize import QuantizeOptions
 from ..io.outdir import staging
@@ -202,7 +202,7 @@ def compress_job(
         "compressed": {"params": result.params_after, "macs": result.macs_after, "accuracy": acc_a,
                        "accuracy_after_prune": rounds[-1].pruned["accuracy"], "agreement": agree,
                        "agreement_after_prune": agreement(before["preds"], rounds[-1].pruned["preds"])},
-        "eval_samples": after["samples"], "steps": steps, "distill": asdict(distill) if distill else None,
+        "eval_samples": after["samples"], "held_out": held_out(eval_data, data.path), "steps": steps, "distill": asdict(distill) if distill else None,
         "rounds": [_round_json(i, r, {**before, **costs}) for i, r in enumerate(rounds, start=1)] if steps > 1 else None,
         "prune": result.to_json(), "finetune": tuned.to_json() if tuned else None,
         "export": {**exported.to_json(), "path": str(Path(out) / "model.onnx")}, "verify": check.to_json(), "verify_summary": check.summary_line(),

@@ -125,15 +125,16 @@ def calibration_batches(opened: Opened, data: DataSpec, seed: int):
 
 def pruner_for(opened: Opened, data: DataSpec, options: PruneOptions, seed: int = 0,
                progress: Progress | None = None, gradients: bool | None = None) -> Pruner:
-    """The :class:`Pruner` of ``opened.model`` as it is now, on the job's calibration data (``gradients``: see
-    :class:`Pruner`)."""
+    """The :class:`Pruner` of ``opened.model`` as it is now, on the job's calibration data. ``gradients``: whether
+    the scoring pass computes the saliency; by default when ``options`` rank by it at their own budget."""
     calib = opened.calib
     total = calib.num_batches(data.batch_size, data.batches or float("inf")) if calib else None
     if progress and calib is not None:
         progress("saliency", 0, total)
     return Pruner(opened.model, options, opened.example(1), calibration_batches(opened, data, seed),
                   device=opened.device, num_batches=data.batches, target_fn=grad.onehot_targets,
-                  progress=with_total(progress, total), amp=opened.amp, macs_before=opened.macs, gradients=gradients)
+                  progress=with_total(progress, total), amp=opened.amp, macs_before=opened.macs,
+                  gradients=options.needs_saliency if gradients is None else gradients)
 
 
 def budget_of(options: PruneOptions) -> float:

@@ -36,7 +36,7 @@ from ..deploy.quantize import (
     resolve_settings,
 )
 from ..deploy.sensitivity import ControlResult
-from ..io.data import CalibrationSet, Preprocessing, load_calibration, parse_input_size, resolve_preprocessing
+from ..io.data import CalibrationSet, Preprocessing, held_out, load_calibration, parse_input_size, resolve_preprocessing
 from ..io.outdir import publish, staging
 from ..prune.pipeline import Progress
 from .bench import BenchOptions
@@ -100,7 +100,7 @@ def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = N
         raise BadInput(f"--data {calib.source} holds {len(calib)} samples; calibration needs at least {MIN_CALIB_IMAGES}",
                        hint="pass a folder with a few hundred images like those the model will see")
     eval_set = load_calibration(eval_data, pre) if eval_data is not None else calib
-    if eval_data is None or Path(eval_data).resolve() == Path(data.path).resolve():
+    if not held_out(eval_data, data.path):
         notes.append(f"INT8 is checked on the calibration data ({calib.source}): pass a disjoint --eval-data for "
                      "numbers that hold on unseen images")
     if max_accuracy_drop is not None and not eval_set.labeled:

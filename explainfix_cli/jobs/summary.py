@@ -22,13 +22,8 @@ def checks_ran(gates: list[dict]) -> str:
     return ran
 
 
-def held_out(report: dict) -> bool:
-    """Whether a compress report's accuracy was measured on data other than the calibration data (which it was
-    ranked and tuned on: an optimistic number)."""
-    return (report.get("eval_data") or {}).get("source") != (report.get("data") or {}).get("source")
-
-
-NOT_HELD_OUT = "measured on the calibration data the model was pruned and tuned on, not held out: pass --eval-data DIR"
+NOT_HELD_OUT = ("measured on the calibration data the model was pruned and tuned on, not held out: pass a disjoint "
+                "--eval-data DIR")
 
 
 def summary_markdown(report: dict) -> str:
@@ -54,7 +49,7 @@ def summary_markdown(report: dict) -> str:
     drop = "—" if o["accuracy"] is None or c["accuracy"] is None else f"{100 * (c['accuracy'] - o['accuracy']):+.2f} pts"
     if c["agreement"] is not None:  # a classifier (other outputs have no top-1)
         lines += [
-            f"| accuracy ({report['eval_samples']} {'eval' if held_out(report) else 'calibration'} samples{'' if held_out(report) else ', not held out'}) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
+            f"| accuracy ({report['eval_samples']} {'eval samples' if report['held_out'] else 'calibration samples, not held out'}) | {_pct2(o['accuracy'])} | {_pct2(c['accuracy'])} | {drop} |",
             f"| top-1 agreement with original | 100% | {_pct2(c['agreement'])} | |",
         ]
     q = report.get("int8")

@@ -1,4 +1,4 @@
-"""``explainfix sweep``: prune one model to several budgets from one saliency pass, and show the trade-off.
+"""``explainfix sweep``: prune one model to several budgets from one scoring pass over the data, and show the trade-off.
 
     job = sweep_job(ModelSpec(Path("model.pt"), arch="…"), DataSpec(Path("calib")), "2x,3x,4x",
                     eval_data=Path("val"))
@@ -172,7 +172,7 @@ def sweep_job(
         "load_notes": opened.loaded.notes, "command": "sweep", "model": str(model.path), "out": str(out), "time": now(), "metric": metric,
         "criterion": per_point[0].criterion, "rank": base.rank, "round_to": per_point[0].round_to,
         "data": calib.describe(), "eval_data": eval_calib.describe(), "eval_samples": before["samples"],
-        "saliency_passes": int(saliency),  # 0: every point ranked by Σ|w|
+        "saliency_passes": int(pruner.scored().gradients),  # 0: every point ranked by Σ|w|, no backward pass
         "finetune_epochs": finetune_epochs,
         "distill": dataclasses.asdict(distill) if distill else None, "seed": run.seed, "compare": compare,
         "original": {"macs": macs0, "params": params0, "accuracy": before["accuracy"],
@@ -223,7 +223,7 @@ def sweep_markdown(report: dict) -> str:
     lines = [f"# explainfix sweep · {report['model']}", "",
              f"{report['criterion']} criterion, "
              + (f"one saliency pass over {report['data']['samples']} images" if report["saliency_passes"] else
-                "groups ranked by Σ|w| (no saliency pass)")
+                "ranked by Σ|w| (no saliency pass)")
              + "; accuracy on "
              f"{report['eval_samples']} images of {report['eval_data']['source']}"
              + (f"; {report['finetune_epochs']} fine-tune epoch(s) per point"

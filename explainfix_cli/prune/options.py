@@ -19,6 +19,7 @@ CRITERIA = ("channel", *FILTER_CRITERIA)
 RANKS = ("auto", "per-cost", "saliency", "l1-per-layer", "saliency-per-layer")
 PER_LAYER_RANKS = ("l1-per-layer", "saliency-per-layer")  # the same fraction from every layer
 MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| even when data is given
+SALIENCY_RANKS = ("saliency", "saliency-per-layer")  # ranks that name the saliency: they need data
 # --rank auto: the saliency per cost (per-cost) while the budget keeps at least this fraction, the same fraction
 # from every layer by Σ|w| (l1-per-layer) beyond it. Chosen on one base (Fashion-MNIST ResNet-18, 2 epochs, two
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
@@ -105,6 +106,9 @@ class PruneOptions:
         metric, frac = self.budget
         name = "MACs" if metric == "macs" else "params"
         if self.depthwise:
+            if self.resolved_for is False:  # no data: every group is scored by Σ|w|
+                return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise convolutions "
+                                        "and no --data: the same fraction from every layer, its channels by Σ|w|")
             if frac >= AUTO_DEPTHWISE_SALIENCY_FROM:
                 return "saliency-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise "
                                               "convolutions: the same fraction from every layer, its channels by saliency "
@@ -114,7 +118,8 @@ class PruneOptions:
                                     f"{1 / AUTO_DEPTHWISE_SALIENCY_FROM:g}×, where that recovers better)")
         limit = 1 / AUTO_UNIFORM_BELOW
         if frac >= AUTO_UNIFORM_BELOW:
-            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads"
+            scored = "; no --data: Σ|w| per cost" if self.resolved_for is False else ""
+            return "per-cost", f"auto: {1 / frac:.3g}× fewer {name} is within {limit:g}×, where ranking by cost leads{scored}"
         return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} is beyond {limit:g}×, where the same fraction "
                                 "from every layer recovers better")
 
@@ -125,6 +130,14 @@ class PruneOptions:
         if self.criterion != "channel":
             return self.criterion == "saliency"  # the paper's filter saliency; magnitude needs no data
         return self.ranking[0] not in MAGNITUDE_RANKS
+
+    @property
+    def may_need_saliency(self) -> bool:
+        """Whether these options rank by the saliency at some budget (what a pruner that may be asked for any
+        budget computes): not when the rank is pinned to Σ|w|."""
+        if self.criterion != "channel":
+            return self.criterion == "saliency"
+        return self.rank not in MAGNITUDE_RANKS
 
     def with_model(self, model) -> PruneOptions:
         """These options for ``model``: where ``--rank auto`` switches depends on whether it has depthwise
@@ -154,6 +167,9 @@ class PruneOptions:
             raise BadInput("--criterion saliency needs calibration data", hint="pass --data PATH, or use --criterion magnitude")
         if self.rank not in RANKS:
             raise BadInput(f"--rank must be one of {', '.join(RANKS)}, got {self.rank!r}")
+        if self.rank in SALIENCY_RANKS and criterion == "channel" and not has_data:
+            raise BadInput(f"--rank {self.rank} ranks by the saliency, which needs calibration data",
+                           hint="pass --data PATH, or use --rank l1-per-layer")
         fill = FILL_ALIASES.get(self.fill, self.fill)
         if fill not in FILL_METHODS:
             raise BadInput(f"--fill must be one of {', '.join(FILL_METHODS)}, got {self.fill!r}")

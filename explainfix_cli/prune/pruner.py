@@ -7,7 +7,10 @@
 Every way into pruning goes through here: :func:`prune_model` (the API), ``explainfix prune``, each point of
 ``sweep`` and each round of ``compress`` (jobs/prune.py ``prune_opened``). The options are validated once, when
 the pruner is made; the budget is checked against the channel plan before the scoring pass reads any data;
-the scoring pass (one forward/backward over the calibration data) runs once, on the model as it was given.
+the scoring pass (one pass over the calibration data: forward/backward for the saliency, forward only when
+no budget ranks by it) runs once, on the model as it was given. By default a pruner computes the saliency
+whenever its rank may use it at some budget (``gradients=None``), so it prunes to any budget; the jobs pass
+``gradients`` to skip the backward pass where their budgets rank by Σ|w| only.
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ class Pruner:
     progress: Progress | None = None
     amp: bool = False
     macs_before: int | None = None  # of one ``example``, when the caller counted them already
-    gradients: bool | None = None  # the saliency pass: None = when ``options`` need it; True when another budget
-    # passed to :meth:`to` will (a sweep), False to rank by Σ|w| only
+    gradients: bool | None = None  # the saliency pass: None = unless the rank is pinned to Σ|w| (any budget can
+    # then be asked); False = Σ|w| only (a budget that ranks by the saliency is then refused)
     timings: dict[str, float] = field(default_factory=dict)
     _scored: Scored | None = field(default=None, repr=False)
     _gm: Any = field(default=None, repr=False)  # the trace of the model as given
@@ -62,6 +65,12 @@ class Pruner:
         self.example = to_device(self.example, self.device)
         if self.macs_before is None:
             self.macs_before = count_macs(self.model, self.example)
+
+    def _gradients(self) -> bool:
+        """Whether the scoring pass computes the saliency (see ``gradients``)."""
+        if self._scored is not None:
+            return self._scored.gradients
+        return self.options.may_need_saliency if self.gradients is None else self.gradients
 
     def at(self, budget: str | float | None) -> PruneOptions:
         """The options with another budget of the same metric (``"10x"`` or ``0.1``); a pct for ``--pct``."""
@@ -97,7 +106,7 @@ class Pruner:
                                            num_batches=self.num_batches, grad_cost_fn=self.grad_cost_fn,
                                            target_fn=self.target_fn, progress=self.progress,
                                            channel_graph=self._analysed,
-                                           gradients=opts.needs_saliency if self.gradients is None else self.gradients)
+                                           gradients=self._gradients())
             self._scored.gm = self._gm
             self.timings["saliency"] = time.perf_counter() - tick
         return self._scored
@@ -107,11 +116,10 @@ class Pruner:
         """Prune ``model`` (default: the pruner's own, in place; else a copy of it, e.g. ``copy.deepcopy``) to
         ``budget`` (default: the options' own), reusing the one scoring pass."""
         opts = self.at(budget)
+        if opts.needs_saliency and self.batches is not None and not self._gradients():  # before any data is read
+            raise BadInput(f"{opts.ranking[0]} at this budget ranks by the saliency, but this Pruner was made with "
+                           "gradients=False (Σ|w| only)", hint="make the Pruner with gradients=None or True")
         scored = self.scored()
-        if opts.needs_saliency and not scored.gradients and self.batches is not None:
-            raise BadInput(f"{opts.ranking[0]} at this budget ranks by the saliency, but this Pruner scored by Σ|w| "
-                           "(its own budget did not need the gradient pass)",
-                           hint="make the Pruner with gradients=True to prune to several budgets")
         if model is None or model is self.model:  # the model as scored, now pruned in place: its trace is spent
             if scored.gm is None:
                 raise BadInput("this Pruner's model was pruned already; its scores are of the model before",

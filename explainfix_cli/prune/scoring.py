@@ -41,12 +41,13 @@ def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[],
                 device: Any = "cpu", num_batches: int | None = None, grad_cost_fn: Callable = grad.default_grad_cost,
                 target_fn: Callable | None = grad.onehot_targets, progress: Progress | None = None,
                 channel_graph: Any = None, gradients: bool = True) -> Scored:
-    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. With data the
-    channel criterion always has the saliency (a rank that orders by Σ|w|, ``l1-per-layer``, takes the
-    weights at selection: prune/channel.magnitudes), so one pass serves every budget of a sweep whichever rank
-    ``--rank auto`` picks for it. ``channel_graph``: the channel analysis of ``gm`` when the caller already has
-    it (it is not repeated). ``gradients=False`` (a rank pinned to Σ|w|, ``--rank l1-per-layer``): weights only;
-    the data then only records the original predictions."""
+    """One pass over ``batches()`` (at most ``num_batches``), or none for magnitude / no data. With data and
+    ``gradients`` the channel criterion has the saliency (a rank that orders by Σ|w|, ``l1-per-layer``, takes
+    the weights at selection: prune/channel.magnitudes), so one pass serves every budget of a sweep whichever
+    rank ``--rank auto`` picks for it. ``channel_graph``: the channel analysis of ``gm`` when the caller already
+    has it (it is not repeated). ``gradients=False`` (no budget asked ranks by the saliency: ``l1-per-layer``,
+    pinned or chosen by ``auto``): weights only; the data then only records the original predictions (a
+    forward pass). ``Scored.gradients`` says which."""
     record = Recorder(target_fn)
     limit = math.inf if num_batches is None else num_batches
 
