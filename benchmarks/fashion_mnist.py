@@ -5,13 +5,15 @@
     .venv/bin/python benchmarks/fashion_mnist.py --epochs 2               # the 2-epoch base the --rank auto rule was chosen on
     .venv/bin/python benchmarks/fashion_mnist.py --arch mobilenet_v2 --epochs 4
     .venv/bin/python benchmarks/fashion_mnist.py --arch mobilenet_v3_small --epochs 4
+    .venv/bin/python benchmarks/fashion_mnist.py --arch mnasnet0_5 --epochs 4     # a depthwise base no rule was chosen on
     .venv/bin/python benchmarks/fashion_mnist.py --quick                  # a few minutes: small sizes, one seed
 
 1. A base trained on the 60k training images (AdamW, cosine; cached as
    benchmarks/results/fmnist_ARCH_eEPOCHS.pt, not committed, so later runs skip it): ``--arch resnet18``
    (torchvision, its own 7×7 stem with 1 input channel; images padded to 32×32, 35 M MACs) or
    ``--arch mobilenet_v2`` (depthwise, inverted residuals; a 1-channel stride-1 stem, 24 M MACs) or
-   ``--arch mobilenet_v3_small`` (depthwise, squeeze-excitation, hard-swish; the same stem, 5.2 M MACs).
+   ``--arch mobilenet_v3_small`` (depthwise, squeeze-excitation, hard-swish; the same stem, 5.2 M MACs) or
+   ``--arch mnasnet0_5`` (depthwise, 5×5 kernels, no squeeze-excitation; the same stem, BatchNorm momentum 0.1).
 2. For every budget (2×, 3×, 4×, 6×, 10× fewer MACs) and seed: explainfix's default (``ef``: the channel
    criterion with ``--rank auto``; ``ef:rank=R`` pins a rank; ``ef-filter-restore`` is the filter criterion
    with ``--fill restore``); Torch-Pruning 1.6.1 (explainfix_cli/prune/peers.py, what ``sweep --compare``
@@ -120,7 +122,22 @@ def mobilenet_v3_small_fmnist() -> nn.Module:
     return m
 
 
-ARCHES = {"resnet18": resnet18_fmnist, "mobilenet_v2": mobilenet_v2_fmnist, "mobilenet_v3_small": mobilenet_v3_small_fmnist}
+def mnasnet0_5_fmnist() -> nn.Module:
+    """torchvision MNASNet-0.5 (depthwise, inverted residuals, 5×5 kernels, no squeeze-excitation) with a 1-channel
+    stride-1 stem: a depthwise base that no ranking rule was chosen on (session 12)."""
+    from torchvision.models import mnasnet0_5
+
+    m = mnasnet0_5(num_classes=CLASSES)
+    m.layers[0] = nn.Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(m.layers[0].weight, mode="fan_out")
+    for bn in m.modules():  # torchvision's TF-style momentum (3e-4) is for 100s of epochs; 4 would leave stale statistics
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = 0.1
+    return m
+
+
+ARCHES = {"resnet18": resnet18_fmnist, "mobilenet_v2": mobilenet_v2_fmnist, "mobilenet_v3_small": mobilenet_v3_small_fmnist,
+          "mnasnet0_5": mnasnet0_5_fmnist}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
