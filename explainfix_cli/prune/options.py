@@ -127,16 +127,14 @@ class PruneOptions:
     def needs_saliency(self) -> bool:
         """Whether these options, at their budget, rank by the saliency (a gradient pass over the data); not when
         the rank is Σ|w| (``l1-per-layer``, pinned or chosen by ``auto``), so the gradient pass can be skipped."""
-        if self.criterion != "channel":
-            return self.criterion == "saliency"  # the paper's filter saliency; magnitude needs no data
-        return self.ranking[0] not in MAGNITUDE_RANKS
+        return self.may_need_saliency and (self.criterion != "channel" or self.ranking[0] not in MAGNITUDE_RANKS)
 
     @property
     def may_need_saliency(self) -> bool:
         """Whether these options rank by the saliency at some budget (what a pruner that may be asked for any
         budget computes): not when the rank is pinned to Σ|w|."""
         if self.criterion != "channel":
-            return self.criterion == "saliency"
+            return self.criterion == "saliency"  # the paper's filter saliency; magnitude needs no data
         return self.rank not in MAGNITUDE_RANKS
 
     def with_model(self, model) -> PruneOptions:
