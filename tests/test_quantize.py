@@ -108,7 +108,12 @@ def test_accuracy_control_keeps_the_most_sensitive_layers_in_float(fixture_int8,
                       min_agreement=0.98, calib_images=32, max_float=10)
     ac = job.report["accuracy_control"]
     assert ac is not None and ac["sensitivity"] and ac["tried"]
-    assert [t["float_layers"] for t in ac["tried"]] == list(range(1, len(ac["tried"]) + 1))  # fewest first
+    counts = [t["float_layers"] for t in ac["tried"]]
+    assert counts[:8] == list(range(1, min(8, len(counts)) + 1))  # fewest first
+    if ac["passed"]:  # the fewest that passed, and every count tried below it failed
+        k = len(ac["kept_float"])
+        assert k == min(t["float_layers"] for t in ac["tried"] if t["passed"])
+        assert not any(t["passed"] for t in ac["tried"] if t["float_layers"] < k)
     ranked = [s["name"] for s in ac["sensitivity"]]
     assert ac["kept_float"] == ranked[:len(ac["kept_float"])]  # the most sensitive ones
     floats = {n["name"]: n for n in job.report["float_layers"]}
@@ -122,6 +127,27 @@ def test_accuracy_control_keeps_the_most_sensitive_layers_in_float(fixture_int8,
         assert job.report["comparison"]["agreement"] >= 0.98
 
 
+@pytest.mark.parametrize("n", [1, 5, 8, 9, 40, 64, 263])
+def test_float_counts_finds_the_fewest_passing_count_in_few_tries(n):
+    from explainfix_cli.deploy.sensitivity import LINEAR_TRIES, float_counts
+
+    for need in [1, 3, 8, 9, 17, 33, 48, 64, 200, 263]:
+        tried: list[int] = []
+
+        def passed(k: int) -> bool:
+            tried.append(k)
+            return k >= need
+
+        got = float_counts(n, passed)
+        assert got == (need if need <= n else None), (n, need, tried)
+        assert tried[:LINEAR_TRIES] == list(range(1, min(n, need, LINEAR_TRIES) + 1))  # 1, 2, 3, … first
+        assert len(tried) <= LINEAR_TRIES + 2 * max(1, n).bit_length()  # then doubling and bisection, not n tries
+        assert max(tried) <= n
+    # not monotone: still a count that passed, never one that failed
+    tried = []
+    assert float_counts(64, lambda k: tried.append(k) or k in (16, 40, 64)) in (16, 40, 64)
+
+
 def test_keep_float_pins_a_layer_by_its_module_name(fixture_int8, tmp_path):
     out = tmp_path / "o"
     r = run_cli("quantize", fixture_int8 / "model.onnx", "--data", FIXTURE_CALIB, *FAST, "--keep-float", "layers.0.conv1",
@@ -133,8 +159,18 @@ def test_keep_float_pins_a_layer_by_its_module_name(fixture_int8, tmp_path):
     assert "model.onnx" not in {p.name for p in out.iterdir()}  # MODEL was the .onnx: nothing re-exported
     assert doc["settings"]["activation_type"] == "int8" and doc["settings"]["chosen_by"]["activations"] == "--activations"
     assert any("calibration data" in n for n in doc["notes"])  # no --eval-data: it says so
-    types = {t.name: t.data_type for t in _onnx(out / "model.int8.onnx").graph.initializer}
+    m = _onnx(out / "model.int8.onnx")
+    types = {t.name: t.data_type for t in m.graph.initializer}
     assert types["layers.0.conv1.weight"] == 1 and types["layers.0.conv2.weight_quantized"] == 3
+    # float means float inputs too: the residual stream the skip-add reads quantized reaches the pinned conv unquantized
+    made_by = {o: n.op_type for n in m.graph.node for o in n.output}
+    conv = next(n for n in m.graph.node if n.name == pinned[0]["name"])
+    assert made_by.get(conv.input[0]) not in (None, "DequantizeLinear"), made_by.get(conv.input[0])
+    shared = [n for n in m.graph.node if conv.input[0] in n.input]
+    assert len(shared) > 1 and any(n.op_type == "QuantizeLinear" for n in shared)  # the others still read it quantized
+    import onnx
+
+    onnx.checker.check_model(m)
 
 
 @pytest.mark.parametrize("case", ["no-data", "int4", "already-quantized", "unreadable", "too-few-images", "unlabeled-accuracy"])
@@ -227,6 +263,39 @@ def test_depthwise_classifier_and_segmentation_model(tmp_path):
     assert "HardSigmoid" in left and "ReduceMean" in left  # hardswish (HardSigmoid·x) and the SE pooling stay float
     names = [n["name"] for n in job.report["float_layers"]]  # every node named (the optimiser's own came unnamed)
     assert all(names) and len(set(names)) == len(names), names
+
+
+def test_float_nodes_read_float_values_even_where_onnxruntime_folded_an_activation(tmp_path):
+    """Every node in float but the first convolution: the model must be the FP32 model up to that one layer's
+    quantization. onnxruntime folds MobileNetV2's ReLU6 into the first conv's output pair (the tensor keeps the
+    Clip's name, unclamped); a float reader of that tensor must get the Clip back, not the raw conv output."""
+    import onnx
+    import torch
+    import torchvision
+
+    import explainfix_cli as ef
+    from explainfix_cli.deploy.quantize import MOVE_OPS
+
+    torch.manual_seed(0)
+    mnv2 = tmp_path / "mnv2.pt"
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5).state_dict(), mnv2)
+    kw = dict(arch="torchvision.models:mobilenet_v2", arch_kwargs='{"num_classes": 10, "width_mult": 0.5}',
+              input_size="32", bench=False, calib_images=16)
+    plain = ef.quantize(mnv2, FIXTURE_CALIB, out=tmp_path / "plain", **kw)
+    m = _onnx(tmp_path / "plain" / "model.int8.onnx")
+    ops = {n.name: n.op_type for n in m.graph.node}
+    first = next(n.name for n in m.graph.node if n.op_type == "Conv")
+    floats = [n for n in plain.report["quantized_nodes"] if ops[n] not in MOVE_OPS and n != first]
+    job = ef.quantize(tmp_path / "plain" / "model.onnx", FIXTURE_CALIB, out=tmp_path / "f", keep_float=floats,
+                      bench=False, calib_images=16)
+    m = _onnx(tmp_path / "f" / "model.int8.onnx")
+    onnx.checker.check_model(m)
+    made_by = {o: n for n in m.graph.node for o in n.output}
+    readers = [n for n in m.graph.node if n.name in floats and made_by.get(n.input[0]) is not None
+               and made_by[n.input[0]].name.endswith("_float")]
+    assert readers and all(made_by[n.input[0]].op_type == "Clip" for n in readers)  # the ReLU6, put back in float
+    out = job.report["comparison"]["outputs"][0]
+    assert out["cosine"] > 0.999 and out["snr_db"] > plain.report["comparison"]["outputs"][0]["snr_db"], out
 
 
 def test_same_seed_same_int8_file(fixture_int8, tmp_path):

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..jobs.quantize import MAX_FLOAT
 from .base import app, command
 from .options import RECOVERY, Budget, Device, Gates, Json, MaxFloat, ModelArg, Opset, Quantize, Ranking, Recovery, Seed
 from .options import Source
@@ -21,7 +22,7 @@ Steps = Annotated[int, typer.Option("--steps", rich_help_panel=RECOVERY, help="I
 def compress(
     model: ModelArg, *, budget: Budget, ranking: Ranking, inputs: Tuning, recovery: Recovery, steps: Steps = 1,
     gates: Gates, timing: Timing, source: Source, output: Weights, opset: Opset = 18, quantize: Quantize = None,
-    max_float: MaxFloat = 8, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
+    max_float: MaxFloat = MAX_FLOAT, device: Device = "auto", seed: Seed = 0, json_out: Json = False,
 ) -> Any:
     """Prune → (fine-tune) → export ONNX → verify → quality gates, in one command for CI.
 

@@ -109,7 +109,7 @@ Compare = Annotated[Optional[str], typer.Option("--compare", rich_help_panel=OUT
                    "evaluate and time it like explainfix's point, for the table and tradeoff.png (needs the compare "
                    "extra: pip install 'explainfix-cli[compare]').")]
 MaxFloat = Annotated[int, typer.Option("--max-float", rich_help_panel=GATES,
-                     help="INT8 accuracy control: keep at most N layers in float to meet the gates (0: off).")]
+                     help="INT8 accuracy control: keep at most N nodes (layers, and the Mul/Add/Softmax between them) in float to meet the gates (0: off).")]
 Bench = Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel=BENCH, help="Measure onnxruntime latency (batch 1) of the original and every result.")]
 Threads = Annotated[int, typer.Option("--threads", rich_help_panel=BENCH, help="onnxruntime intra-op threads (fixed) for the latency measurement.")]
 TimingThreads = Annotated[int, typer.Option("--threads", rich_help_panel=BENCH, help="onnxruntime intra-op threads (fixed) for the latency measurement and any INT8 check.")]

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..jobs.quantize import MAX_FLOAT
 from .base import app, command
 from .options import (
     BENCH,
@@ -42,7 +43,7 @@ class Int8Gates:
                                  help="Gate: INT8 accuracy at most PTS percentage points below FP32 (labeled --eval-data).")] = None
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", rich_help_panel=GATES,
                              help="Gate: top-1 (dense models: per-pixel) agreement of INT8 with FP32 ≥ F.")] = None
-    max_float: MaxFloat = 8
+    max_float: MaxFloat = MAX_FLOAT
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 from ..core.errors import BadInput, CannotProcess, first_line
 from ..io.data import CalibrationSet
 from .isa import Isa, detect_isa, recommended_settings
+from .qdq import feed_float
 
 TYPES = ("int8",)
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -36,6 +37,10 @@ WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 #: ops that move or describe data without arithmetic worth quantizing (never reported as "left in float")
 _SHAPE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Range", "Cast", "Identity", "Expand", "Size",
                         "NonZero", "Dropout", "QuantizeLinear", "DequantizeLinear"})
+#: ops that only move, select or resize values (a QDQ model gives their output their input's scale): keeping one
+#: in float changes nothing worth a try, so accuracy control does not rank them
+MOVE_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split", "Concat", "Gather",
+                      "GatherElements", "Resize", "Pad", "Tile", "MaxPool", "DepthToSpace", "SpaceToDepth"})
 _QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                         "ConvInteger", "MatMulInteger", "MatMulNBits", "QGemm", "QLinearAdd"})
 _INT_WEIGHTS = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 17: "float8e4m3fn", 22: "int4", 21: "uint4"}
@@ -264,6 +269,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib: CalibrationSet, option
         raise CannotProcess(f"onnxruntime cannot quantize {Path(fp32_path).name}: {first_line(exc)}",
                             hint="--keep-float NAME keeps the node it names in float") from None
     model = onnx.load(str(out_path))
+    feed_float(model, excluded, graph)  # an excluded node reads float tensors, not the copies others read
     quantized, float_nodes, int8 = _inspect(model, set(excluded), why_excluded or {}, set(pinned), module_names(graph))
     result = QuantizeResult(str(out_path), settings, quantized, float_nodes, int8, sum(len(b) for b in index))
     meta = {**(metadata or {}), "explainfix.quantization": json.dumps({k: v for k, v in settings.items() if k != "isa"}),

@@ -1,12 +1,15 @@
 """Accuracy control: which quantized layers hurt most, and the fewest to keep in float so a gate holds.
 
     ranked = rank_layers(fp32, int8, candidates, batches, work)              # most sensitive first
-    found = keep_float_until(ranked, requantize, evaluate, max_float=8)       # fewest first
+    found = keep_float_until(ranked, requantize, evaluate, max_float=64)      # fewest found
 
 Sensitivity comes from one pass of each model over a few calibration batches (onnxruntime's
 ``qdq_loss_debug``: every intermediate tensor of the INT8 model matched with the FP32 one): the noise a
-layer adds, relative to its output's power. Layers are then kept in float in that order — 1, 2, 3, … — until ``evaluate`` (the gates on ``--eval-data``) passes, or
-``max_float`` is reached and the best model found is returned with ``passed = False``.
+node adds, relative to its output's power. The candidates are every quantized node that computes — weighted
+layers and the Mul / Add / Softmax / LayerNormalization between them: on MobileViT-XXS the SiLU products
+matter more than any one layer. The top 1, 2, … 8 nodes are kept in float, then 16, 32, … up to ``max_float``,
+then the count is bisected (:func:`float_counts`), until ``evaluate`` (the gates on ``--eval-data``) passes; or
+the best model found is returned with ``passed = False``.
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
     model (onnxruntime's ``qdq_loss_debug`` activation matching on ``batches``).
 
     A layer's sensitivity is the quantization noise it adds: the relative noise power of its output (before
-    its own output is quantized) minus that of its input, against the FP32 model. That is what keeping it in
-    float removes — its weights' and its input's quantization."""
+    its own output is quantized) minus that of its inputs before their quantization, against the FP32 model.
+    That is what keeping it in float removes — its weights' and its inputs' quantization (a float node reads
+    its inputs unquantized: deploy/qdq.py)."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
@@ -59,6 +63,7 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
     graph = onnx.load(str(fp32), load_external_data=False).graph
     nodes = {n.name: n for n in graph.node}
     graph_inputs = {i.name for i in graph.input}
+    inits = {t.name for t in graph.initializer}
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
@@ -68,9 +73,7 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
         node = nodes.get(name)
         if node is None:
             continue
-        noise_in = _rel_noise(match.get(node.input[0]), "post_qdq")
-        if noise_in is None and node.input[0] in graph_inputs:
-            noise_in = 0.0  # the model's input, exact in both (its own quantization shows in the output)
+        noise_in = _input_noise(node, match, graph_inputs, inits)
         out, which = node.output[0], "pre_qdq"
         while out not in match and len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in ("Relu", "Clip"):
             # onnxruntime removed the activation: the layer writes its output, clamped by the output's quantization
@@ -82,6 +85,21 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
                        "snr_out_db": _db(noise_out)})
     ranked.sort(key=lambda r: -r["added_noise"])
     return ranked
+
+
+def _input_noise(node, match: dict, graph_inputs: set[str], inits: set[str]) -> float | None:
+    """The noise a node kept in float still sees: its activation inputs as computed upstream in the INT8
+    model, before their own quantization (deploy/qdq.py feeds a float node those), summed (a product's
+    relative errors add). None when the first input was not matched."""
+    total = 0.0
+    for k, t in enumerate(node.input):
+        if not t or t in inits:
+            continue
+        n = 0.0 if t in graph_inputs else _rel_noise(match.get(t), "pre_qdq")
+        if n is None and k == 0:
+            return None
+        total += n or 0.0
+    return total
 
 
 def _rel_noise(m: dict | None, which: str) -> float | None:
@@ -117,27 +135,64 @@ class _Batches(FeedReader):
         return None if nxt is None else {self.name: np.ascontiguousarray(nxt[0].numpy(), dtype=np.float32)}
 
 
+#: the default cap of ``--max-float``: nodes kept in float by accuracy control (most are cheap elementwise ones)
+MAX_FLOAT = 64
+#: up to this many nodes, every count is tried (1, 2, 3, …); beyond, the count doubles and is then bisected
+LINEAR_TRIES = 8
+
+
+def float_counts(n: int, passed: Callable[[int], bool]) -> int | None:
+    """The fewest of the ``n`` most sensitive nodes to keep in float for which ``passed(k)``: every count up to
+    :data:`LINEAR_TRIES`, then doubling (16, 32, …, ``n``), then bisection between the last count that failed and
+    the first that passed (the gates are close to monotone in k, not exactly: this finds a small passing k in
+    O(log n) tries instead of n). None when no count up to ``n`` passes."""
+    k, failed = 0, 0
+    while k < n:
+        k = k + 1 if k < LINEAR_TRIES else min(2 * k, n)
+        if passed(k):
+            break
+        failed = k
+    else:
+        return None
+    hi = k
+    while hi - failed > 1:
+        mid = (failed + hi) // 2
+        if passed(mid):
+            hi = mid
+        else:
+            failed = mid
+    return hi
+
+
 def keep_float_until(ranked: list[dict], requantize: Requantize, evaluate: Evaluate, max_float: int) -> ControlResult:
-    """Keep the top 1, 2, … ranked layers in float until every gate passes (at most ``max_float``)."""
+    """Keep the top ranked nodes in float, the fewest that pass every gate (at most ``max_float``; the counts
+    tried: :func:`float_counts`)."""
     best: ControlResult | None = None
+    found: ControlResult | None = None
     tried = []
-    for k in range(1, min(max_float, len(ranked)) + 1):
+
+    def passed(k: int) -> bool:
+        nonlocal best, found
         names = [r["name"] for r in ranked[:k]]
         path = requantize(names)
         cmp, gates = evaluate(path)
         ok = all(g.passed for g in gates)
         tried.append({"float_layers": k, "names": names, "agreement": cmp.agreement,
                       "accuracy_drop_pts": cmp.accuracy_drop_pts, "passed": ok})
-        if ok:
-            return ControlResult(True, path, names, cmp, gates, tried)
-        if best is None or _score(cmp) > _score(best.comparison):
+        if ok:  # the fewest so far (bisection only tries fewer after a pass)
+            keep = path.with_name(f"passed-{path.name}")
+            path.replace(keep)
+            found = ControlResult(True, keep, names, cmp, gates)
+        elif best is None or _score(cmp) > _score(best.comparison):
             keep = path.with_name(f"best-{path.name}")
             path.replace(keep)
             best = ControlResult(False, keep, names, cmp, gates)
-    if best is None:
-        return ControlResult(False, None, [], None, [], tried)
-    best.tried = tried
-    return best
+        return ok
+
+    float_counts(min(max_float, len(ranked)), passed)
+    result = found or best or ControlResult(False, None, [], None, [])
+    result.tried = tried
+    return result
 
 
 def _score(cmp: Int8Comparison) -> tuple:
@@ -147,7 +202,8 @@ def _score(cmp: Int8Comparison) -> tuple:
 
 def node_macs(model) -> dict[str, int]:
     """Multiply-accumulates of one sample per weighted node (Conv, ConvTranspose, Gemm, MatMul), from the
-    weight shape and the inferred output shape: the basis of the float layers' latency estimate."""
+    weight shape and the inferred output shape, and one operation per output element of the others: the basis
+    of the float layers' latency estimate."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
     shapes = {}
     for v in [*model.graph.value_info, *model.graph.output]:
@@ -169,4 +225,10 @@ def node_macs(model) -> dict[str, int]:
             out[n.name] = int(np.prod(w, dtype=np.int64) * np.prod(y[1:-1], dtype=np.int64))
         else:
             out[n.name] = int(np.prod(w, dtype=np.int64))
+    for n in model.graph.node:  # the rest (Mul, Add, Softmax, …): one operation per output element; a MatMul of
+        y = shapes.get(n.output[0]) if n.output else None  # two activations (attention): × the shared dimension
+        if n.name in out or not y or not all(y[1:]) or n.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        inner = (shapes.get(n.input[0]) or [1])[-1] if n.op_type == "MatMul" else 1
+        out[n.name] = int(np.prod(y[1:], dtype=np.int64)) * max(1, inner)
     return out

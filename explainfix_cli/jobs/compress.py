@@ -49,7 +49,7 @@ from .finetune import check_recovery_data, recovery_options
 from .prune import pruner_for
 from .rounds import Recovery, Round, run_round
 from .result import JobResult
-from .quantize import quantize_checked
+from .quantize import MAX_FLOAT, quantize_checked
 from .summary import summary_markdown
 
 
@@ -102,7 +102,7 @@ def compress_job(
     steps: int = 1,
     distill: Any = None,
     quantize: QuantizeOptions | None = None,
-    max_float: int = 8,
+    max_float: int = MAX_FLOAT,
 ) -> CompressJob:
     """``options``: how much to prune (``PruneOptions(target_macs="4x")``, ``PruneOptions(pct=70)``); ``distill`` is a
     ``train.objectives.DistillOptions``; ``finetune_epochs`` are per step. ``quantize`` (``QuantizeOptions()``:

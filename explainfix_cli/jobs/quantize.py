@@ -24,7 +24,7 @@ from ..core.errors import BadInput, CheckFailed
 from ..deploy.int8_check import Gate, Int8Comparison, check_gate_values, compare_onnx, int8_gates, measure_int8
 from ..deploy.quantize import (
     MIN_CALIB_IMAGES,
-    WEIGHTED_OPS,
+    MOVE_OPS,
     QuantizeOptions,
     QuantizeResult,
     calibration_index,
@@ -35,7 +35,7 @@ from ..deploy.quantize import (
     quantize_onnx,
     resolve_settings,
 )
-from ..deploy.sensitivity import ControlResult
+from ..deploy.sensitivity import MAX_FLOAT, ControlResult
 from ..io.data import CalibrationSet, Preprocessing, held_out, load_calibration, parse_input_size, resolve_preprocessing
 from ..io.outdir import publish, staging
 from ..prune.pipeline import Progress
@@ -71,7 +71,7 @@ class QuantizeJob(JobResult):
 
 def quantize_job(model: ModelSpec, data: DataSpec, *, eval_data: Path | None = None,
                  options: QuantizeOptions | None = None, out: Path | None = None, force: bool = False,
-                 max_accuracy_drop: float | None = None, min_agreement: float | None = None, max_float: int = 8,
+                 max_accuracy_drop: float | None = None, min_agreement: float | None = None, max_float: int = MAX_FLOAT,
                  timing: BenchOptions = BenchOptions(), opset: int = 18, progress: Progress | None = None) -> QuantizeJob:
     """Quantize, check, control, time (module docstring). A failed gate returns the job with ``passed``
     False and nothing written; the CLI makes it exit 1. ``timing.threads`` also runs the check."""
@@ -170,7 +170,7 @@ class Int8Step:
 
 def quantize_checked(fp32: Path, int8: Path, calib: CalibrationSet, eval_set: CalibrationSet, options: QuantizeOptions,
                      *, work: Path, shape: tuple[int, ...], max_accuracy_drop: float | None = None,
-                     min_agreement: float | None = None, max_float: int = 8, timing: BenchOptions = BenchOptions(),
+                     min_agreement: float | None = None, max_float: int = MAX_FLOAT, timing: BenchOptions = BenchOptions(),
                      progress: Progress | None = None) -> Int8Step:
     """The quantize job's steps on an FP32 ONNX file, for any job that has one (compress composes this):
     quantize → check against FP32 on ``eval_set`` → keep layers in float while a gate fails → time FP32 and
@@ -233,14 +233,15 @@ def _take(kwargs: dict, options: type) -> Any:
 
 
 def _control(prep, fp32, res, calib, eval_set, options, tmp, threads, max_drop, min_agree, max_float, progress):
-    """Rank the weighted quantized layers by sensitivity, then keep the fewest in float that pass the gates."""
+    """Rank the quantized nodes that compute (weighted layers, and the Mul / Add / Softmax … between them; not
+    the ones that only move values) by sensitivity, then keep the fewest in float that pass the gates."""
     import onnx
 
     from ..deploy.sensitivity import keep_float_until, rank_layers
 
     graph = onnx.load(str(prep), load_external_data=False).graph
     ops = {n.name: n.op_type for n in graph.node}
-    candidates = [n for n in res.quantized_nodes if ops.get(n) in WEIGHTED_OPS]
+    candidates = [n for n in res.quantized_nodes if ops.get(n) not in MOVE_OPS]  # arithmetic: weighted or not
     cand_path = tmp / "candidate.int8.onnx"
 
     def requantize(names: list[str]) -> Path:
