@@ -296,6 +296,55 @@ def test_float_nodes_read_float_values_even_where_onnxruntime_folded_an_activati
     assert readers and all(made_by[n.input[0]].op_type == "Clip" for n in readers)  # the ReLU6, put back in float
     out = job.report["comparison"]["outputs"][0]
     assert out["cosine"] > 0.999 and out["snr_db"] > plain.report["comparison"]["outputs"][0]["snr_db"], out
+    # the ranking compares a folded tensor clamped, as its float reader will see it (unclamped: about -3 dB, so
+    # every conv after a ReLU6 ranked last)
+    ranked = ef.quantize(tmp_path / "plain" / "model.onnx", FIXTURE_CALIB, out=tmp_path / "r", min_agreement=1.0,
+                         max_float=1, bench=False, calib_images=16).report["accuracy_control"]["sensitivity"]
+    readers = {n.name for n in readers}
+    assert readers & {r["name"] for r in ranked} and min(r["snr_in_db"] for r in ranked) > 10, ranked
+
+
+def test_a_float_node_gets_back_the_float_constant_it_shares_with_a_quantized_one(tmp_path):
+    """Two Muls by one constant, the second kept in float: onnxruntime stores the constant once, in int8, and both
+    read its dequantized copy; feed_float gives the float node the float constant back."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from explainfix_cli.deploy.qdq import feed_float
+
+    rng = np.random.default_rng(0)
+    c = rng.uniform(0.3, 3.0, (1, 8, 1, 1)).astype("float32")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "c"], ["a"], name="first"), helper.make_node("Mul", ["a", "c"], ["y"], name="second")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], [numpy_helper.from_array(c, "c")])
+    src = tmp_path / "f.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    xs = [rng.standard_normal((1, 8, 4, 4)).astype("float32") for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(xs)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"x": x}
+
+    dst = tmp_path / "q.onnx"
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, nodes_to_exclude=["second"])
+    m = onnx.load(str(dst))
+    second = next(n for n in m.graph.node if n.name == "second")
+    made_by = {o: n.op_type for n in m.graph.node for o in n.output}
+    assert made_by.get(second.input[1]) == "DequantizeLinear"  # onnxruntime: the shared int8 copy
+    assert feed_float(m, ["second"], onnx.load(str(src)).graph) >= 1
+    inits = {t.name: t for t in m.graph.initializer}
+    assert second.input[1] == "c" and inits["c"].data_type == TensorProto.FLOAT
+    assert made_by.get(second.input[0]) not in ("DequantizeLinear",)  # and the float activation
+    onnx.checker.check_model(m)
+    y = ort.InferenceSession(m.SerializeToString()).run(None, {"x": xs[0]})[0]
+    assert y.shape == (1, 8, 4, 4) and np.isfinite(y).all()
 
 
 def test_same_seed_same_int8_file(fixture_int8, tmp_path):

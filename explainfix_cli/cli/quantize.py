@@ -71,8 +71,9 @@ def quantize(
     """Static INT8 (onnxruntime QDQ: int8 per-channel weights, 8-bit activations), checked against FP32.
 
     Writes OUT/ (default <model-stem>-int8/) with model.int8.onnx, model.onnx (the FP32 model, when MODEL is
-    not .onnx) and report.json, only when every gate passes. When a gate fails, the most sensitive layers
-    are kept in float, fewest first (--max-float); exit 1 when none meets it.
+    not .onnx) and report.json, only when every gate passes. When a gate fails, the most sensitive nodes
+    are kept in float, the fewest found (1..8, then doubling up to --max-float, then bisection); exit 1 when
+    none meets it.
 
     Example: explainfix quantize model-pruned/ --data calib/ --eval-data val/ --max-accuracy-drop 1 -o model-int8
     """

@@ -22,11 +22,13 @@ def feed_float(model, names: Iterable[str], source) -> int:
     a reader. ``source``: the float graph that was quantized. Where onnxruntime folded a Relu or Clip into the
     pair (it renames the producer's output to the activation's and lets the pair's range clamp), ``x`` is the
     unclamped value: the float reader gets the activation back, a copy of ``source``'s node (without it
-    MobileNetV2's ReLU6 vanished and top-1 agreement fell from 0.97 to 0.48). Weights are not touched (an excluded
-    node's weights are float already). Returns the number of inputs rewired."""
+    MobileNetV2's ReLU6 vanished and top-1 agreement fell from 0.97 to 0.48). An excluded node's own weights are
+    float already; a constant it shares with a quantized node (stored once in int8) comes back from ``source``.
+    Returns the number of inputs rewired."""
     graph = model.graph
     made_by = {o: n for n in graph.node for o in n.output}
     inits = {t.name for t in graph.initializer}
+    graph_inputs = {t.name for t in graph.input}
     src_made_by = {o: n for n in source.node for o in n.output}
     src_inits = {t.name: t for t in source.initializer}
     wanted = set(names)
@@ -41,15 +43,27 @@ def feed_float(model, names: Iterable[str], source) -> int:
             dq = made_by.get(t)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
+            tensor = dq.output[0][: -len(_DQ)] if dq.output[0].endswith(_DQ) else dq.output[0]
+            if dq.input[0] in inits:  # a constant shared with a quantized node, stored once in int8
+                if tensor not in src_inits:
+                    continue
+                if tensor not in inits:
+                    graph.initializer.append(copy.deepcopy(src_inits[tensor]))
+                    inits.add(tensor)
+                node.input[i] = tensor
+                rewired += 1
+                continue
             q = made_by.get(dq.input[0])
             if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
-                continue  # a stored int8 tensor, or a quantized initializer: not an activation's copy
+                continue  # not a pair this module knows: the node keeps the copy
             x = q.input[0]
-            tensor = dq.output[0][: -len(_DQ)] if dq.output[0].endswith(_DQ) else dq.output[0]
             want, have = src_made_by.get(tensor), made_by.get(x)
-            if want is None or have is None or want.op_type == have.op_type:
-                node.input[i] = x  # the same value (a graph input, or the same op made it)
-            elif want.op_type in _FOLDED and x == tensor and have.op_type not in _FOLDED:
+            if want is None and have is None and x in graph_inputs:
+                node.input[i] = x  # the model's input
+            elif want is not None and have is not None and want.op_type == have.op_type:
+                node.input[i] = x  # the same value: the same op made it
+            elif want is not None and have is not None and want.op_type in _FOLDED and x == tensor \
+                    and have.op_type not in _FOLDED:
                 clamped = tensor + "_float"
                 if clamped not in made_by:  # once per tensor, right before its first float reader
                     act = copy.deepcopy(want)

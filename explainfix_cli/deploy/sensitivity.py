@@ -68,12 +68,13 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    clamps = {n.output[0]: b for n in graph.node if (b := _clamp(n, graph)) is not None}
     ranked = []
     for name in candidates:
         node = nodes.get(name)
         if node is None:
             continue
-        noise_in = _input_noise(node, match, graph_inputs, inits)
+        noise_in = _input_noise(node, match, graph_inputs, inits, clamps)
         out, which = node.output[0], "pre_qdq"
         while out not in match and len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in ("Relu", "Clip"):
             # onnxruntime removed the activation: the layer writes its output, clamped by the output's quantization
@@ -87,27 +88,54 @@ def rank_layers(fp32: Path, int8: Path, candidates: Sequence[str], batches: list
     return ranked
 
 
-def _input_noise(node, match: dict, graph_inputs: set[str], inits: set[str]) -> float | None:
+def _input_noise(node, match: dict, graph_inputs: set[str], inits: set[str], clamps: dict) -> float | None:
     """The noise a node kept in float still sees: its activation inputs as computed upstream in the INT8
     model, before their own quantization (deploy/qdq.py feeds a float node those), summed (a product's
-    relative errors add). None when the first input was not matched."""
+    relative errors add). A Relu / Clip output is clamped first: where onnxruntime folded the activation into
+    the pair, the tensor before it is the raw producer's output (qdq.py puts the activation back). None when
+    the first input was not matched."""
     total = 0.0
     for k, t in enumerate(node.input):
         if not t or t in inits:
             continue
-        n = 0.0 if t in graph_inputs else _rel_noise(match.get(t), "pre_qdq")
+        n = 0.0 if t in graph_inputs else _rel_noise(match.get(t), "pre_qdq", clamps.get(t))
         if n is None and k == 0:
             return None
         total += n or 0.0
     return total
 
 
-def _rel_noise(m: dict | None, which: str) -> float | None:
-    """‖qdq − float‖² / ‖float‖² of one tensor over all batches (None when it was not matched)."""
+def _clamp(node, graph) -> tuple[float, float] | None:
+    """(low, high) of a Relu or Clip of the float graph (bounds from initializers, Constant nodes or the
+    opset-6 attributes); None for any other node or bounds it cannot read."""
+    if node.op_type == "Relu":
+        return 0.0, float("inf")
+    if node.op_type != "Clip":
+        return None
+    from onnx import numpy_helper
+
+    attrs = {a.name: a.f for a in node.attribute}
+    bounds = [attrs.get("min", -float("inf")), attrs.get("max", float("inf"))]
+    values = {t.name: t for t in graph.initializer}
+    values.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    for k, name in enumerate(node.input[1:3]):
+        if not name:
+            continue
+        if name not in values:
+            return None
+        bounds[k] = float(numpy_helper.to_array(values[name]).reshape(-1)[0])
+    return bounds[0], bounds[1]
+
+
+def _rel_noise(m: dict | None, which: str, clamp: tuple[float, float] | None = None) -> float | None:
+    """‖qdq − float‖² / ‖float‖² of one tensor over all batches (None when it was not matched); ``clamp``:
+    bounds the INT8 side is clipped to first."""
     if not m or not m.get("float") or m.get(which) is None:
         return None
     f = np.concatenate([np.ravel(a) for a in m["float"]]).astype(np.float64)
     q = np.concatenate([np.ravel(a) for a in m[which]]).astype(np.float64)
+    if clamp is not None:
+        q = np.clip(q, *clamp)
     if f.shape != q.shape:
         return None
     return float(np.sum((q - f) ** 2) / max(np.sum(f * f), 1e-30))

@@ -8,7 +8,7 @@ MODEL is an explainfix directory or a checkpoint with ``--arch`` (exported to FP
 job's own step, verified against torch), or an ``.onnx`` file (its input size from the graph when fixed, its
 preprocessing from its explainfix metadata, else ``--input-size/--mean/--std``). Then: quantize
 (deploy/quantize.py) → INT8 vs FP32 on ``--eval-data`` (deploy/int8_check.py) → when a gate fails, keep the
-most sensitive layers in float, fewest first (deploy/sensitivity.py) → FP32 and INT8 timed interleaved
+most sensitive nodes in float, the fewest found (deploy/sensitivity.py) → FP32 and INT8 timed interleaved
 (deploy/bench.py). OUT gets ``model.int8.onnx``, ``model.onnx`` (the FP32 model, when this run exported it)
 and ``report.json``, only when every gate passes (as ``export``: a model that failed its check never lands).
 """
