@@ -53,7 +53,8 @@ def quantize(base: Path, arch: str, work: Path, label: str, flags: list[str]) ->
     return {"exit": r.returncode, "accuracy_fp32": c["accuracy_fp32"], "accuracy_int8": c["accuracy_int8"],
             "drop_pts": c["accuracy_drop_pts"], "agreement": c["agreement"],
             "control": bool(ac), "control_passed": ac.get("passed"), "kept_float": ac.get("kept_float"),
-            "max_float": ac.get("max_float")}
+            "max_float": ac.get("max_float"), "ranked": len(ac.get("sensitivity") or []),
+            "tried": [{k: t[k] for k in ("float_layers", "agreement", "accuracy_drop_pts", "passed")} for t in ac.get("tried", [])]}
 
 
 def main(argv: list[str] | None = None) -> int:
