@@ -33,6 +33,28 @@ def test_scores_are_magnitudes_even_with_data():
     assert abs(with_data.macs_after / with_data.macs_before - 0.25) <= 0.25 * 0.02
 
 
+def test_biases_do_not_rank_channels():
+    """Σ|w| scores the weights a channel passes its input on with, not the shift it adds: large random BatchNorm
+    β and conv biases leave the l1-per-layer plan unchanged (counted, they reorder every layer)."""
+    torch.manual_seed(0)
+    model = small_resnet18()
+    shifted = small_resnet18()
+    shifted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for m in shifted.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.copy_(10 * torch.randn_like(m.bias))
+    kept = []
+    for net in (model, shifted):
+        before = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+        r = prune_model(net, example=torch.randn(1, 3, 48, 48), batches=None,
+                        options=PruneOptions(target_macs="4x", rank="l1-per-layer"))
+        assert r.check.passed
+        kept.append({n: m.weight.detach().abs().sum().item() for n, m in net.named_modules() if isinstance(m, nn.Conv2d)})
+        assert _kept(net, before)
+    assert kept[0] == pytest.approx(kept[1], rel=1e-6)  # the same channels kept in every conv
+
+
 def test_every_layer_loses_about_the_same_fraction():
     _, per_layer = _prune("l1-per-layer", seeded_batches())
     _, per_cost = _prune("per-cost", seeded_batches())
