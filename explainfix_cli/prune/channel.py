@@ -40,11 +40,12 @@ def scored_modules(graph: ChannelGraph) -> list[str]:
 
 def magnitudes(model: nn.Module, graph: ChannelGraph) -> dict[str, dict[str, torch.Tensor]]:
     """|w| of every weight a group's removal touches, in the shape of the saliency scores (no data). Biases
-    (BatchNorm's β, a conv's bias) are left out: they shift a channel, they do not say how much of its input
-    it passes on, and counting them kept near-constant channels (as Torch-Pruning's magnitude leaves them out;
+    (BatchNorm's β, a conv's bias) score zero (their parameters still count in the group's cost): they shift a
+    channel, they do not say how much of its input it passes on, and counting them kept near-constant channels
+    (as Torch-Pruning's magnitude leaves them out;
     session 13 on the depthwise bases: +1.2 to +2.9 points after recovery at 4×-6×, benchmarks/README.md)."""
-    return {n: {pn: p.detach().abs().double().cpu() for pn, p in model.get_submodule(n).named_parameters(recurse=False)
-                if pn != "bias"}
+    return {n: {pn: (p.detach().abs() if pn != "bias" else torch.zeros_like(p)).double().cpu()  # zero, yet counted
+                for pn, p in model.get_submodule(n).named_parameters(recurse=False)}     # in a group's cost
             for n in scored_modules(graph)}
 
 
