@@ -187,6 +187,8 @@ def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int
         opts = PruneOptions(target_macs=frac, criterion="saliency", fill="restore")
     else:
         kw = dict(kv.split("=", 1) for kv in method.split(":")[1:])
+        if "refit" in kw:  # ef:refit=0 is the default without the least-squares refit
+            kw["refit"] = kw["refit"] not in ("0", "false")
         opts = PruneOptions(target_macs=frac, **kw)
     r = prune_model(m, example=cx[:1], batches=calib_batches(cx, cy, bs), check_inputs=cx[:8], seed=seed, options=opts)
     assert r.check.passed, r.check

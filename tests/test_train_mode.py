@@ -84,7 +84,8 @@ def test_cli_budget_prunes_what_a_train_only_branch_reads(tmp_path, recalibrate)
     data = write_image_folder(tmp_path / "data", 4, size=32)
     out = tmp_path / "out"
     r = run_cli("prune", tmp_path / "m.pt", "--arch", f"{ARCH}:TrainOnlyAux", "--input-size", "32", "--data", data,
-                "--batch-size", "2", "--target-macs", "2x", "-o", out, *([] if recalibrate else ["--no-recalibrate-bn"]))
+                "--batch-size", "2", "--target-macs", "2x", "--no-refit",  # the test's own masked model is not refit
+                "-o", out, *([] if recalibrate else ["--no-recalibrate-bn"]))
     assert r.returncode == 0, r.stderr
     pruned = _loaded(out)
     assert pruned.mid.out_channels < 24 and pruned.aux_conv.in_channels == pruned.mid.out_channels
@@ -118,7 +119,8 @@ def test_cli_inception_v3_with_aux_logits_prunes_and_trains(tmp_path):
     data = write_image_folder(tmp_path / "data", 4, size=64)
     out = tmp_path / "out"
     r = run_cli("prune", tmp_path / "m.pt", "--arch", "torchvision:inception_v3", "--arch-kwargs", json.dumps(kwargs),
-                "--input-size", "299", "--data", data, "--batch-size", "2", "--target-macs", "2x", "-o", out)
+                "--input-size", "299", "--data", data, "--batch-size", "2", "--target-macs", "2x",
+                "--no-refit", "-o", out)  # the test's own masked model is not refit
     assert r.returncode == 0, r.stderr
     pruned = _loaded(out)
     e = pruned.Mixed_6e

@@ -81,6 +81,7 @@ Criterion = Annotated[Optional[str], typer.Option("--criterion", rich_help_panel
 Rank = Annotated[str, typer.Option("--rank", rich_help_panel=BUDGET, help="Channel criterion: auto (default: per-cost up to 8× fewer, l1-per-layer beyond; on networks with depthwise convs saliency-per-layer up to 2×, l1-per-layer beyond) | per-cost (saliency per MAC, or per parameter with --target-params, removed) | saliency | l1-per-layer (the same fraction from every layer, its channels by Σ|w|: recovers better after fine-tuning beyond 8×) | saliency-per-layer (the same fraction from every layer, its channels by saliency per cost; needs --data).")]
 Floor = Annotated[float, typer.Option("--floor", rich_help_panel=BUDGET, help="Channel criterion: every layer keeps at least this fraction of its channels.")]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", rich_help_panel=BUDGET, help="Keep every pruned layer's channel count a multiple of N, or auto (the default with a budget: multiples of 8 for layers that keep ≥ 64 channels, any count below): faster kernels, still exact.")]
+Refit = Annotated[Optional[bool], typer.Option("--refit/--no-refit", rich_help_panel=RECOVERY, help="Refit, by least squares on --data, the layers that read removed channels (default: on with a budget and data).")]
 RecalibrateBn = Annotated[Optional[bool], typer.Option("--recalibrate-bn/--no-recalibrate-bn", rich_help_panel=RECOVERY, help="Re-estimate BatchNorm statistics on --data after pruning (default: on with a budget and data).")]
 AllowInexact = Annotated[bool, typer.Option("--allow-inexact-folds", rich_help_panel=BUDGET, help="Also remove channels whose constant would fold into a zero-padded conv (differs at the borders; the report gives the distance and never says passed).")]
 # ---------------------------------------------------------------------------------------- recovery
@@ -211,6 +212,7 @@ class Ranking:
     floor: Floor = 0.1
     round_to: RoundTo = None
     recalibrate_bn: RecalibrateBn = None
+    refit: Refit = None
     allow_inexact_folds: AllowInexact = False
 
     def options(self, budget: Budget | None = None) -> PruneOptions:

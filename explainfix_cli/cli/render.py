@@ -93,6 +93,12 @@ def render_prune(job: Any) -> None:
         console.print(f"[bold yellow]quality fell[/]: {first}", soft_wrap=True)
         for step in steps:
             console.print(step, soft_wrap=True, markup=False)
+    if r.refit:
+        f = r.refit
+        console.print(f"refit {_n(f['layers'], 'layer')} reading removed channels by least squares "
+                      f"(relative output residual {f['residual_before']:.3g} → {f['residual_after']:.3g}, "
+                      f"summed; {len(f['skipped'])} not refit)" if f["layers"] else
+                      f"no layer refit ({len(f['skipped'])} read removed channels; none with a BatchNorm alone after it)")
     if r.recalibrated and r.recalibrated.get("skipped"):
         console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
     elif r.recalibrated:
@@ -210,6 +216,8 @@ def work_progress(batch_size: int | None = None, enabled: bool = True) -> Iterat
             speed = task.finished_speed or task.speed
             if not speed:
                 return Text("")
+            if task.description == "refit":  # layers, not batches
+                return Text(f"{speed:.1f} layers/s", style="dim")
             return Text(f"{speed * batch_size:,.0f} img/s" if batch_size else f"{speed:.1f} it/s", style="dim")
 
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),

@@ -133,7 +133,7 @@ def pruner_for(opened: Opened, data: DataSpec, options: PruneOptions, seed: int 
         progress("saliency", 0, total)
     return Pruner(opened.model, options, opened.example(1), calibration_batches(opened, data, seed),
                   device=opened.device, num_batches=data.batches, target_fn=grad.onehot_targets,
-                  progress=with_total(progress, total), amp=opened.amp, macs_before=opened.macs,
+                  progress=with_total(progress, total), stage_progress=progress, amp=opened.amp, macs_before=opened.macs,
                   gradients=options.needs_saliency if gradients is None else gradients)
 
 

@@ -81,6 +81,7 @@ class PruneOptions:
     allow_inexact_folds: bool = False
     floor: float = 0.1  # fraction of every producer's channels that stays (channel criterion)
     recalibrate_bn: bool | None = None  # None: on with a budget and data
+    refit: bool | None = None  # least-squares refit of the layers reading removed channels; None: on with a budget and data
     resolved_for: bool | None = field(default=None, repr=False, compare=False)  # set by resolved(): has_data
     depthwise: bool = field(default=False, repr=False)  # the model has depthwise convs: set by with_model(), not by hand
 
@@ -182,8 +183,13 @@ class PruneOptions:
         recal = self.recalibrate_bn if self.recalibrate_bn is not None else (budget and has_data)
         if recal and not has_data:
             raise BadInput("--recalibrate-bn needs calibration data", hint="pass --data PATH")
+        refit = self.refit if self.refit is not None else (criterion == "channel" and has_data)
+        if refit and not has_data:
+            raise BadInput("--refit needs calibration data", hint="pass --data PATH")
+        if refit and criterion != "channel":
+            raise BadInput("--refit applies to a budget (the channel criterion)", hint="e.g. --target-macs 2x --refit")
         return replace(self, target_macs=macs, target_params=params, criterion=criterion, fill=fill,
-                       round_to=round_to, recalibrate_bn=bool(recal), resolved_for=has_data)
+                       round_to=round_to, recalibrate_bn=bool(recal), refit=bool(refit), resolved_for=has_data)
 
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("resolved_for", "depthwise")}

@@ -39,6 +39,7 @@ from .channel import output_sizes, scored_modules
 from .check import SelfCheck, check_training_mode, masked_train_outputs, run_outputs, self_check
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import PruneOptions
+from .reconstruct import norm_after, refit_consumers
 from .scoring import Scored, empty_quality, random_agreement
 from .select import select_channels, select_filters
 from .surgery import mask_and_fold
@@ -94,6 +95,7 @@ class PruneResult:
     kept: dict[str, int] = field(default_factory=dict)  # channels removable by their weights that stay, by reason
     frozen_by: dict[str, int] = field(default_factory=dict)  # frozen channels by the op that froze them, most first
     floor_layers: list[str] = field(default_factory=list)  # channel criterion: layers cut to --floor (no more could go)
+    refit: dict | None = None  # --refit: layers refit by least squares, their relative residual before/after
     rounding: dict | None = None  # --round-to gave channels back: {"layers": {layer: channels kept}, "macs": MACs kept}
 
     @property
@@ -212,6 +214,7 @@ def prune_scored(
     seed: int,
     macs_before: int,
     measure_quality: bool = True,
+    progress: Progress | None = None,
 ) -> PruneResult:
     """Steps 2–5 of a prune, in place, given the scores (prune/pruner.py ``Pruner`` runs step 1 once and calls
     this for every budget): ``gm`` is ``model``'s trace, ``channel_graph`` its channel analysis (channel
@@ -248,9 +251,16 @@ def prune_scored(
     # 3. surgery: masked equivalent (a copy) and the pruned model (in place)
     before = layer_shapes(model)
     out_asked = run_outputs(model, check_inputs) if opts.criterion != "channel" else None
-    masked = copy.deepcopy(model)
-    mask_and_fold(masked, plan.folds, plan.masked_inputs)
+    original = copy.deepcopy(model) if opts.refit and batches is not None else None
     mask_and_fold(model, plan.folds, plan.masked_inputs)
+    refit = None
+    if original is not None:  # on the masked model: the surgery and the self-check below see the refit weights
+        lap("surgery")
+        refit = refit_consumers(model, original, plan.masked_inputs, norm_after(gm), batches, device, example, seed=seed,
+                                progress=(lambda done, total: progress("refit", done, total)) if progress else None)
+        del original
+        lap("refit")
+    masked = copy.deepcopy(model)
     apply_edit(model, plan.edit)
     rows = layer_table(before, model, chosen.masks)
     graph_mod.check_control_flow(model, gm)
@@ -300,5 +310,6 @@ def prune_scored(
         groups_removed=chosen.groups_removed, kept=plan.kept, record=record,
         frozen_by=dict(list(chosen.graph.frozen_by.items())[:5]),
         floor_layers=at_floor(rows, opts) if opts.criterion == "channel" else [],
+        refit=refit.to_json() if refit is not None else None,
         rounding={"round_to": opts.round_to, "layers": plan.rounded, "macs": chosen.rounding_macs} if plan.rounded else None,
     )

@@ -48,7 +48,8 @@ class Pruner:
     num_batches: int | None = None
     grad_cost_fn: Callable = grad.default_grad_cost
     target_fn: Callable | None = grad.onehot_targets
-    progress: Progress | None = None
+    progress: Progress | None = None  # the scoring pass's batches
+    stage_progress: Progress | None = None  # later stages (the refit: "refit", layers done, layers)
     amp: bool = False
     macs_before: int | None = None  # of one ``example``, when the caller counted them already
     gradients: bool | None = None  # the saliency pass: None = unless the rank is pinned to Σ|w| (any budget can
@@ -137,7 +138,7 @@ class Pruner:
         result = prune_scored(target, gm, graph, scored, opts, example=self.example,
                               check_inputs=self.example if check_inputs is None else check_inputs,
                               batches=self.batches, device=self.device, seed=seed, macs_before=self.macs_before,
-                              measure_quality=measure_quality)
+                              measure_quality=measure_quality, progress=self.stage_progress)
         result.timings = {**self.timings, **result.timings}
         return result
 
