@@ -8,7 +8,7 @@ reconstruction step of He et al. 2017 ("Channel pruning for accelerating very de
 ThiNet, layer after layer in forward order so each fit sees the upstream layers already refit.
 
 Only layers whose output a BatchNorm alone reads are refit, and each refit row is scaled back to the norm it
-had (the BatchNorm's running statistics scaled by c and c², which undoes it up to the BatchNorm's eps). A fit
+had (the BatchNorm's running statistics rescaled to undo it exactly in eval mode: :func:`rescale_rows`). A fit
 that grows the weights slows every later fine-tune of a normalised layer (its effective learning rate falls
 as ‖w‖²), and a refit classifier or squeeze-excitation layer (no BatchNorm) grows its logits until
 fine-tuning diverges: measured on MobileNetV3-Small at 10× fewer MACs, refitting every layer left the
@@ -18,8 +18,8 @@ It runs on the *masked* model (every shape kept, removed channels' consumer colu
 surgery: the surgery and the self-check are then unchanged — the pruned model must still compute what the
 masked (and refit) model computes. The fit is a ridge regression toward the layer's weights before it
 (``RIDGE``, relative to the mean diagonal of ``X'ᵀX'``): stable when a layer has more inputs than sampled
-rows, and never further from ``Y`` than the weights it starts from. Under torchrun ``X'ᵀX'`` and ``X'ᵀY`` are summed over the ranks, so every rank
-fits the same weights.
+rows, and never further from ``Y`` than the weights it starts from. Under torchrun ``X'ᵀX'`` and ``X'ᵀY``
+are summed over the ranks, so every rank fits the same weights.
 """
 from __future__ import annotations
 
@@ -189,6 +189,8 @@ def refit_consumers(masked: nn.Module, original: nn.Module, masked_inputs: dict[
             names.append(name)
     if not names:
         return report
+    masked.eval()  # no forward below may move a BatchNorm's statistics
+    original.eval()
     order, shared = _forward_order(masked, names, to_device(example, device))  # every rank has the example
     for name in names:
         if name in shared:
@@ -196,8 +198,6 @@ def refit_consumers(masked: nn.Module, original: nn.Module, masked_inputs: dict[
         elif name not in order:
             report.skipped[name] = "not called by the forward"
     order = [n for n in order if n not in shared]
-    masked.eval()
-    original.eval()
     for i, name in enumerate(order):
         if _refit_one(masked, original, name, masked_inputs[name], norms[name], batches, device, seed + i,
                       rows_per_batch, ridge, report):
