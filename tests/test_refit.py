@@ -69,6 +69,19 @@ def test_rescaled_rows_leave_the_batchnorm_output_unchanged(bias):
     assert torch.allclose(train_after, train_before, rtol=1e-2, atol=1e-2)  # up to eps against the batch variance
 
 
+def test_a_conv_whose_padding_changed_after_it_was_made_is_refit_with_the_padding_it_uses():
+    """Segmentation libraries dilate a backbone by setting ``dilation``/``padding`` on built convs; the conv's
+    stale ``_reversed_padding_repeated_twice`` must not be what the patches are padded with."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    conv.dilation, conv.padding = (2, 2), (2, 2)
+    x = torch.randn(2, 3, 5, 6)
+    y = conv(x) - conv.bias.view(1, -1, 1, 1)
+    flat = y.permute(0, 2, 3, 1).reshape(-1, 4)
+    index = torch.arange(flat.shape[0])
+    got = _patches(conv, x, index, tuple(y.shape[2:])) @ conv.weight.flatten(1).t()
+    assert torch.allclose(got, flat, atol=1e-5)
+
+
 def _fixture():
     loaded = load_model(FIXTURE_ARGS[0], FIXTURE_ARGS[2])
     calib = load_calibration(FIXTURE_CALIB, resolve_preprocessing(loaded.model, (32, 32), None, None, None))

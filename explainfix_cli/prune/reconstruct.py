@@ -72,17 +72,39 @@ def _eligible(m: nn.Module, entry: dict) -> str | None:
     return None
 
 
-def _patches(m: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+class _Mismatch(Exception):
+    """The input padded as the layer's forward pads it does not give the layer's output size."""
+
+
+def _padding(m: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) as the conv's forward pads now (its attributes may have been changed after
+    it was made, as segmentation libraries do to dilate a backbone)."""
+    if m.padding_mode != "zeros":
+        return tuple(m._reversed_padding_repeated_twice)  # what its forward passes to F.pad
+    if m.padding == "valid":
+        return (0, 0, 0, 0)
+    if m.padding == "same":  # F.conv2d's own split: the odd pixel on the right/bottom
+        (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = m.padding
+    return (pw, pw, ph, ph)
+
+
+def _patches(m: nn.Module, x: torch.Tensor, index: torch.Tensor, out_hw: tuple[int, ...] = ()) -> torch.Tensor:
     """Rows of the layer's unfolded input at the flat output positions ``index``: (rows, in·kh·kw), in the
-    order of ``weight.flatten(1)`` (a linear layer: the input rows themselves)."""
+    order of ``weight.flatten(1)`` (a linear layer: the input rows themselves). ``out_hw``: the conv's output
+    size, which the padded input must give (else :class:`_Mismatch`)."""
     if isinstance(m, nn.Linear):
         return x.reshape(-1, x.shape[-1])[index]
     kh, kw = m.kernel_size
     (sh, sw), (dh, dw) = m.stride, m.dilation
     mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-    xp = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+    xp = F.pad(x, _padding(m), mode=mode)
     ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    if out_hw and (ho, wo) != tuple(out_hw):
+        raise _Mismatch
     n, rest = index // (ho * wo), index % (ho * wo)
     oy, ox = rest // wo, rest % wo
     rows = (oy * sh)[:, None] + dh * torch.arange(kh, device=x.device)[None, :]  # (S, kh)
@@ -228,7 +250,7 @@ def _refit_one(masked: nn.Module, original: nn.Module, name: str, entry: dict, b
     gram = torch.zeros(d, d, dtype=torch.float64, device=w.device)
     cross = torch.zeros(d, w.shape[0], dtype=torch.float64, device=w.device)
     energy = torch.zeros(1, dtype=torch.float64, device=w.device)  # ‖Y‖²
-    rows, read, limit = 0, 0, None
+    rows, read, limit, mismatch = 0, 0, None, 0.0
     enough = max(ROWS_ENOUGH, ROWS_PER_INPUT * d)  # the sums cost d² per row: a 3×3×512 conv has 4,608 inputs
     with torch.no_grad():
         for x, _ in batches():
@@ -236,10 +258,11 @@ def _refit_one(masked: nn.Module, original: nn.Module, name: str, entry: dict, b
                 break
             x = to_device(x, device)
             try:
-                y = _outputs(m0, _capture(original, m0, x, "out"))
+                y_raw = _capture(original, m0, x, "out")
                 xin = _capture(masked, m, x, "in")
             except LookupError:  # not called on this batch (data-dependent control flow): nothing to add
                 continue
+            y = _outputs(m0, y_raw)
             count = y.shape[0]
             if limit is None:  # the first K batches of the global order, K from the first batch's rows: under
                 # torchrun this rank's share of them (batch b is on rank b % world), so any world reads the same
@@ -251,7 +274,11 @@ def _refit_one(masked: nn.Module, original: nn.Module, name: str, entry: dict, b
             # the same positions in every batch (the layer's seed, restarted per batch): any order of batches, any world
             index = (torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:rows_per_batch]
                      if count > rows_per_batch else torch.arange(count)).to(y.device)
-            a = _patches(m, xin, index)[:, keep].double()
+            try:
+                a = _patches(m, xin, index, tuple(y_raw.shape[2:]) if y_raw.dim() == 4 else ())[:, keep].double()
+            except _Mismatch:
+                mismatch = 1.0
+                break
             if has_bias:
                 a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
             t = y[index].double()
@@ -260,6 +287,9 @@ def _refit_one(masked: nn.Module, original: nn.Module, name: str, entry: dict, b
             energy += (t * t).sum()
             rows += len(a)
     dist.all_reduce_sum([gram, cross, energy])  # every rank fits the same weights
+    if dist.sum_counts(mismatch)[0]:  # every rank decides alike (and reached both collectives)
+        report.skipped[name] = "its input, padded as its forward pads it, does not give its output size"
+        return False
     report.rows = max(report.rows, int(dist.sum_counts(rows)[0]))
 
     def err(wt: torch.Tensor) -> float:  # ‖Y − X'·W‖² from the sums
