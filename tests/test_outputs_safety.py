@@ -25,8 +25,11 @@ PRUNE = ["prune", *FIXTURE_ARGS, "--pct", "70", "--data", str(FIXTURE_CALIB)]
 
 
 def _popen(*args: str) -> subprocess.Popen:
+    """The CLI in a child whose SIGINT is the default: a shell starts a background job (``cmd &``) with SIGINT
+    ignored, which the child would inherit, and these tests would then see no interrupt at all."""
     return subprocess.Popen([sys.executable, "-m", "explainfix_cli", *map(str, args)], cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _one_error_line(res) -> str:
