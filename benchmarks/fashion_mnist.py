@@ -52,6 +52,7 @@ from explainfix_cli.core.errors import BadInput  # noqa: E402
 from explainfix_cli.core.model import count_macs, count_params  # noqa: E402
 from explainfix_cli.deploy.bench import BenchTarget, bench_interleaved, compare_bench  # noqa: E402
 from explainfix_cli.deploy.onnx import export_onnx  # noqa: E402
+from explainfix_cli.prune import pipeline  # noqa: E402  (ef:ridge=R wraps its refit_consumers)
 from explainfix_cli.prune.options import PruneOptions  # noqa: E402
 from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 from explainfix_cli.train.batches import tensor_batches  # noqa: E402
@@ -180,8 +181,8 @@ def calib_batches(cx, cy, bs):
 
 
 def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int, seed: int) -> nn.Module:
-    """``method``: ``ef`` (the default of ``--target-macs``), ``ef:rank=R`` (the same with ``--rank R``), or
-    ``ef-filter-restore`` (``--criterion saliency --fill restore``)."""
+    """``method``: ``ef`` (the default of ``--target-macs``), ``ef:rank=R`` (the same with ``--rank R``; also
+    ``refit=0`` and ``ridge=R``, joined by ``:``), or ``ef-filter-restore`` (``--criterion saliency --fill restore``)."""
     m = copy.deepcopy(model).eval()
     if method == "ef-filter-restore":
         opts = PruneOptions(target_macs=frac, criterion="saliency", fill="restore")
@@ -189,8 +190,16 @@ def explainfix_prune(model: nn.Module, frac: float, method: str, cx, cy, bs: int
         kw = dict(kv.split("=", 1) for kv in method.split(":")[1:])
         if "refit" in kw:  # ef:refit=0 is the default without the least-squares refit
             kw["refit"] = kw["refit"] not in ("0", "false")
+        ridge = kw.pop("ridge", None)  # ef:ridge=1: the refit's ridge before session 15 (no option of the package)
         opts = PruneOptions(target_macs=frac, **kw)
-    r = prune_model(m, example=cx[:1], batches=calib_batches(cx, cy, bs), check_inputs=cx[:8], seed=seed, options=opts)
+    refit = pipeline.refit_consumers
+    if method.startswith("ef:") and ridge is not None:
+        pipeline.refit_consumers = lambda *args, **k: refit(*args, **{**k, "ridge": float(ridge)})
+    try:
+        r = prune_model(m, example=cx[:1], batches=calib_batches(cx, cy, bs), check_inputs=cx[:8], seed=seed,
+                        options=opts)
+    finally:
+        pipeline.refit_consumers = refit
     assert r.check.passed, r.check
     return m
 
@@ -242,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3, help="base training: AdamW lr (cosine)")
     p.add_argument("--budgets", type=float, nargs="+", default=[2, 3, 4, 6, 10], help="MACs reduction factors")
     p.add_argument("--methods", nargs="+", default=["ef", "tp-l1", "tp-taylor"],
-                   help="ef (explainfix's default), ef:rank=R (with --rank R), ef-filter-restore, tp-l1, tp-taylor")
+                   help="ef (explainfix's default), ef:rank=R (with --rank R; also refit=0, ridge=R), ef-filter-restore, "
+                        "tp-l1, tp-taylor")
     p.add_argument("--long-epochs", type=int, default=10, help="the longer fine-tune of --long-budgets (both tools)")
     p.add_argument("--long-budgets", type=float, nargs="*", default=[4, 10], help="budgets that also get --long-epochs")
     p.add_argument("--no-bench", action="store_true", help="skip the onnxruntime latency (accuracy only)")

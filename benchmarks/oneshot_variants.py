@@ -15,7 +15,9 @@ the library's functions, not in the package:
   removed alone and the rest refit (Optimal Brain Surgeon: ‖w_k‖² / (G⁻¹)_kk, G the Gram matrix of the
   consumer's input in the base, 1×1 convs and linear layers; summed over consumers, relative to ‖Y‖²);
   ``greedy=1``: the same, removed one by one with the OBS update (a layer whose channels only one consumer
-  reads); ``rank=R``: ``--rank R``;
+  reads). G has no bias column and is damped by 10⁻³ × its mean diagonal; a group no 1×1 conv or linear layer
+  reads keeps its saliency (another scale), so the OBS variants only make sense ranked inside a layer, on a
+  network whose channels 1×1 layers read (MobileNets); ``rank=R``: ``--rank R``;
 - ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune.
 
 Usage (rows appended to --out)::
@@ -129,37 +131,63 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
         model.eval()(cx)
         y = base.eval()(cx).double()
     handle.remove()
-    x = torch.cat([feats[0].double(), torch.ones(len(cx), 1, dtype=torch.float64)], 1)
-    cur = torch.cat([head.weight.detach().double(), head.bias.detach().double()[:, None]], 1).t()
+    bias = head.bias is not None
+    x = feats[0].double()
+    cur = head.weight.detach().double()
+    if bias:
+        x = torch.cat([x, torch.ones(len(cx), 1, dtype=torch.float64)], 1)
+        cur = torch.cat([cur, head.bias.detach().double()[:, None]], 1)
+    cur = cur.t()
     gram = x.t() @ x
     lam = ridge * float(gram.diagonal().mean())
     fit = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), x.t() @ y + lam * cur)
     fit *= cur.norm() / fit.norm()
     with torch.no_grad():
-        head.weight.copy_(fit[:-1].t())
-        head.bias.copy_(fit[-1])
+        head.weight.copy_(fit[:len(fit) - int(bias)].t())
+        if bias:
+            head.bias.copy_(fit[-1])
+
+
+KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong"}
+
+
+def parse_variant(spec: str) -> dict[str, str]:
+    """``key=value,...`` (``default``: nothing changed); an unknown key or a part without ``=`` is an error."""
+    if spec == "default":
+        return {}
+    kw = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or key not in KEYS:
+            raise SystemExit(f"variant {spec!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(sorted(KEYS))}")
+        kw[key] = value
+    if "greedy" in kw and kw.get("obs") != "1":
+        raise SystemExit(f"variant {spec!r}: greedy=1 needs obs=1")
+    return kw
 
 
 def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int) -> dict:
-    kw = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    kw = parse_variant(spec)
     refit_kw = {k2: cast(kw[k]) for k, k2, cast in (("ridge", "ridge", float), ("rows", "rows_per_batch", int))
                 if k in kw}
-    pipeline.refit_consumers = lambda *a, **k: REFIT(*a, **{**k, **refit_kw})
     cx, cy = data["calib"]
-    select_mod.score_groups = (obs_scores(consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)()),
-                                          kw.get("greedy") == "1") if kw.get("obs") == "1" else SCORE_GROUPS)
     method = "ef" + "".join(f":{k}={kw[k]}" for k in ("refit", "rank") if k in kw)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     try:
+        pipeline.refit_consumers = lambda *a, **k: REFIT(*a, **{**k, **refit_kw})
+        if kw.get("obs") == "1":
+            grams = consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)())
+            select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
         m = fm.explainfix_prune(base, 1 / budget, method, cx, cy, 128, seed)
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
+    ridge = None if kw.get("refit") in ("0", "false") else float(kw.get("ridge", reconstruct.RIDGE))
     if kw.get("head") == "1":
         refit_head(m, base, cx, float(kw.get("ridge", reconstruct.RIDGE)))
     fm.recalibrate(m, cx, cy, 128)
     xt, yt = data["test"]
-    row = {"variant": spec, "ridge": float(kw.get("ridge", reconstruct.RIDGE)), "budget": budget, "seed": seed,
+    row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
            "prune_seconds": time.perf_counter() - t0,
            "acc_oneshot": fm.evaluate(m, xt, yt)}
     if kw.get("ft") == "1":

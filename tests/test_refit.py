@@ -111,7 +111,7 @@ def test_refit_brings_the_pruned_model_closer_to_the_original():
     assert [(row.name, row.in_after, row.out_after) for row in r0.layers] == \
            [(row.name, row.in_after, row.out_after) for row in r1.layers]  # the same channels went
     e1, e0 = _logit_error(fitted, original, calib), _logit_error(plain, original, calib)
-    assert e1 < 0.95 * e0, (e1, e0)  # 0.92 here: the classifier (no BatchNorm) is not refit
+    assert e1 < 0.95 * e0, (e1, e0)  # 0.89 here: the classifier (no BatchNorm) is not refit
     changed = 0
     for (name, a), b in zip(plain.named_modules(), fitted.modules()):
         if isinstance(a, nn.Conv2d) and not torch.equal(a.weight, b.weight):

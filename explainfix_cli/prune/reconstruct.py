@@ -11,8 +11,9 @@ Only layers whose output a BatchNorm alone reads are refit, and each refit row i
 had (the BatchNorm's running statistics rescaled to undo it exactly in eval mode: :func:`rescale_rows`). A fit
 that grows the weights slows every later fine-tune of a normalised layer (its effective learning rate falls
 as ‖w‖²), and a refit classifier or squeeze-excitation layer (no BatchNorm) grows its logits until
-fine-tuning diverges: measured on MobileNetV3-Small at 10× fewer MACs, refitting every layer left the
-2-epoch fine-tune 18.8 points below no refit (48.6 % against 67.4 %), this rule 5.2 above (benchmarks/README.md).
+fine-tuning diverges: measured on MobileNetV3-Small at 10× fewer MACs (ridge 1.0, session 14), refitting every
+layer left the 2-epoch fine-tune 18.8 points below no refit (48.6 % against 67.4 %), this rule 5.2 above
+(benchmarks/README.md).
 
 It runs on the *masked* model (every shape kept, removed channels' consumer columns zeroed), before the
 surgery: the surgery and the self-check are then unchanged — the pruned model must still compute what the
@@ -39,8 +40,9 @@ ROWS_PER_BATCH = 2048  # sampled output positions per batch and layer (all of th
 MAX_INPUTS = 8192  # a layer with more inputs (in·kh·kw) is not refit: its d×d sums would take > 0.5 GB
 ROWS_ENOUGH, ROWS_PER_INPUT = 16384, 4  # a layer stops reading batches once it has max(these, 4·its inputs) rows
 # ridge toward the weights before the fit, relative to the mean diagonal of X'ᵀX'. 0.1 against 1.0 (session 15, three
-# Fashion-MNIST bases, 2×/4×/10×, two seeds): one-shot ahead in 9 of 9 cells (+0.1 to +10.9 points), after a 2-epoch
-# fine-tune in 8, after distillation in 6 (the worst: MobileNetV2 4×, −1.1); benchmarks/README.md, "Session 15"
+# Fashion-MNIST bases, 2×/4×/10×, means of two seeds): one-shot ahead in 9 of 9 cells (+0.1 to +10.9 points), after a
+# 2-epoch fine-tune in 8, after distillation in 6 (the worst: MobileNetV2 4×, −1.1); not measured on the held-out
+# MNASNet-0.5, where a stronger ridge (10) had helped distillation. benchmarks/README.md, "Session 15"
 RIDGE = 0.1
 
 
