@@ -206,3 +206,31 @@ def test_training_check_draws_no_per_channel_randomness():
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     r = api(model, options=PruneOptions(pct=1, criterion="magnitude"), example=x[:1], check_inputs=x)
     assert model[0].out_channels == 7 and r.check.training == "passed" and r.check.training_rel <= 1e-6
+
+
+def test_the_self_check_forwards_run_without_tf32_and_restore_the_setting():
+    """cuDNN runs float32 convolutions in TF32 by default: on an H100 a pruned ResNet-50 then differed from
+    its masked equivalent by 3e-4 > 1e-4 and every CUDA prune failed its self-check. The check's forwards
+    (eval and training mode) run in IEEE float32; the user's setting is back afterwards, after an error too."""
+    from explainfix_cli.prune.check import run_outputs, train_outputs
+
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
+    read = (lambda: conv.fp32_precision) if conv is not None and hasattr(conv, "fp32_precision") \
+        else (lambda: "tf32" if torch.backends.cudnn.allow_tf32 else "ieee")
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(read())
+            if x.shape[0] == 3:
+                raise ValueError("a forward that fails")
+            return x * 2
+
+    before = read()
+    assert before != "ieee"  # torch's default for cuDNN convolutions is TF32
+    x = torch.randn(2, 3)
+    run_outputs(Probe(), x)
+    train_outputs(Probe(), x)
+    with pytest.raises(ValueError):
+        run_outputs(Probe(), torch.randn(3, 3))
+    assert seen == ["ieee"] * 3 and read() == before

@@ -9,6 +9,32 @@ import torch
 from torch import nn
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 convolutions and matmuls in IEEE precision for the block. cuDNN runs float32 convolutions in
+    TF32 by default (a 10-bit mantissa): two models that compute the same function then differ by about 3e-4
+    of the output's scale on an H100, which a comparison at 1e-4 (the self-check) must not see. No effect on
+    the CPU (the settings are only read by CUDA kernels); the previous settings are restored on exit."""
+    knobs = [k for k in (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cuda, "matmul", None))
+             if k is not None and hasattr(k, "fp32_precision")]
+    if knobs:  # torch >= 2.9: the per-backend precision (mixing it with the legacy allow_tf32 flags is an error)
+        before = [k.fp32_precision for k in knobs]
+        try:
+            for k in knobs:
+                k.fp32_precision = "ieee"
+            yield
+        finally:
+            for k, v in zip(knobs, before):
+                k.fp32_precision = v
+        return
+    before_flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before_flags
+
+
 def count_params(model: nn.Module) -> int:
     """Parameters, counting a tensor shared by several modules once."""
     seen, total = set(), 0

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..core.errors import CannotProcess, InternalError, first_line
-from ..core.model import call_model, in_training_mode, output_tensors, without_dropout
+from ..core.model import call_model, full_float32, in_training_mode, output_tensors, without_dropout
 
 CHECK_RTOL = 1e-4  # pruned vs masked equivalent, relative to the output's largest magnitude
 
@@ -31,7 +31,8 @@ class SelfCheck:
 
 
 def run_outputs(model: nn.Module, x: Any) -> list[torch.Tensor]:
-    with torch.no_grad():
+    """The eval-mode outputs, as float32, computed in full float32 precision (no TF32 on CUDA)."""
+    with torch.no_grad(), full_float32():
         return [t.detach().float() for t in output_tensors(call_model(model, x))]
 
 
@@ -77,7 +78,7 @@ def train_outputs(model: nn.Module, x: Any, seed: int = 0) -> list[torch.Tensor]
     percent-size ones (timm inception_v3 at 64 px: 8e-3), while BatchNorm never mixes channels, so an index
     error shows either way. The model's mode flags and running statistics are unchanged after."""
     devices = [x.device] if isinstance(x, torch.Tensor) and x.device.type == "cuda" else []
-    with torch.no_grad(), in_training_mode(model), without_dropout(), torch.random.fork_rng(devices=devices):
+    with torch.no_grad(), full_float32(), in_training_mode(model), without_dropout(), torch.random.fork_rng(devices=devices):
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
