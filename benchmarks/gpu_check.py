@@ -5,19 +5,22 @@
 
 What it does, on seeded random images (nothing is downloaded; a random-init torchvision model):
 1. the channel-criterion saliency (prune/scoring.score_model) on CUDA and on the CPU over the same batches:
-   the largest relative difference of the scores, and whether the same channels would be cut at 2x MACs;
-2. throughput: saliency images/s ÷ plain forward+backward images/s on CUDA (the price of the scoring), and
-   whether the channels-last probe accepts NHWC there and how much faster the saliency pass is with it;
-3. the AMP speed-up (``--amp``: bf16 autocast) of saliency and of fine-tuning steps, and how far the AMP
-   scores are from the float32 ones;
+   the largest relative difference of the scores and how many of each layer's lower-half channels both
+   rank there (``half_cut_overlap``), with cuDNN's default TF32 and in IEEE float32 (core/model.full_float32);
+2. medians of ``--rounds`` interleaved timings: plain forward+backward, the saliency pass and fine-tuning
+   steps, each contiguous or channels-last (core/layout.py; whether its probe accepts NHWC here) and
+   float32 or AMP (``--amp``: bf16 autocast);
+3. how far the AMP scores are from the float32 ones;
 4. a real prune job on CUDA (--target-macs 2x) whose self-check must pass, and a 1-epoch fine-tune.
 Prints one JSON document and writes benchmarks/results/gpu_check.json. Without CUDA it says so and exits 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +33,7 @@ import torchvision
 from explainfix_cli.channels import graph as graph_mod
 from explainfix_cli.core.gradients import autocast
 from explainfix_cli.core.layout import channels_last
+from explainfix_cli.core.model import full_float32
 from explainfix_cli.jobs import DataSpec, ModelSpec, finetune_job, prune_job
 from explainfix_cli.prune.scoring import score_model
 from explainfix_cli.train.finetune import TrainOptions
@@ -46,12 +50,33 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def max_rel(a: dict, b: dict) -> float:
+    """The largest difference of two score dicts (layer -> parameter -> tensor), relative to each tensor's max."""
+    return max(float((a[n][p] - b[n][p]).abs().max() / a[n][p].abs().max().clamp_min(1e-30)) for n in a for p in a[n])
+
+
+def half_cut_overlap(a: dict, b: dict) -> float:
+    """Of the output channels that ``a`` ranks in each layer's lower half (by the channel's summed weight
+    saliency), the fraction ``b`` ranks there too: 1.0 means the same channels would go at a per-layer 2x."""
+    same = total = 0
+    for n in a:
+        wa, wb = a[n].get("weight"), b[n].get("weight")
+        if wa is None or wa.dim() < 2 or wa.shape[0] < 2:
+            continue
+        ca, cb = wa.flatten(1).sum(1), wb.flatten(1).sum(1)
+        k = ca.numel() // 2
+        low_a, low_b = set(ca.argsort()[:k].tolist()), set(cb.argsort()[:k].tolist())
+        same, total = same + len(low_a & low_b), total + k
+    return same / total if total else 1.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of each variant (medians reported)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
     ap.add_argument("--dry-run-on-cpu", action="store_true", help="run every step on the CPU (to test this script)")
     args = ap.parse_args()
@@ -72,70 +97,79 @@ def main() -> int:
                  "arch": args.arch, "images": args.images, "batch_size": bs, "size": args.size}
 
     # 1. CUDA scores vs CPU scores on the same batches
-    cpu_model = model
     t_cpu = time.perf_counter()
-    cpu_scores = score_model(cpu_model, gm, "channel", batches, device="cpu").scores
+    cpu_scores = score_model(model, gm, "channel", batches, device="cpu").scores
     out["cpu_saliency_s"] = time.perf_counter() - t_cpu
     gpu_model = model.to(cuda)
-    score_model(gpu_model, gm, "channel", lambda: iter([next(batches())]), device=cuda)  # warm-up (cuDNN autotune)
-    gpu_scored = {}
-    out["cuda_saliency_s"] = timed(lambda: gpu_scored.update(s=score_model(gpu_model, gm, "channel", batches, device=cuda).scores))
-    worst = 0.0
-    for name, params in cpu_scores.items():
-        for pn, a in params.items():
-            b = gpu_scored["s"][name][pn]
-            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)))
-    out["cuda_vs_cpu_scores_max_rel"] = worst
+    # the trace keeps its example: the CUDA scoring needs one traced on the CUDA model (a CPU example fails there)
+    gm = graph_mod.trace(gpu_model, x[:1].to(cuda))
 
-    # 2. saliency throughput vs plain forward+backward
+    def scores(amp: bool = False, layout: bool = False, ieee: bool = False) -> dict:
+        with channels_last(gpu_model, x[:1].to(cuda), enabled=layout), autocast(cuda, amp), \
+                (full_float32() if ieee else contextlib.nullcontext()):
+            return score_model(gpu_model, gm, "channel", batches, device=cuda).scores
+
+    scores()  # warm-up (cuDNN autotune)
+    gpu_scores = scores()
+    out["cuda_vs_cpu_scores_max_rel"] = max_rel(cpu_scores, gpu_scores)
+    out["cuda_vs_cpu_half_cut_overlap"] = half_cut_overlap(cpu_scores, gpu_scores)
+    ieee_scores = scores(ieee=True)  # cuDNN's default TF32 off: how much of the distance is TF32's
+    out["cuda_ieee_vs_cpu_scores_max_rel"] = max_rel(cpu_scores, ieee_scores)
+    out["cuda_ieee_vs_cpu_half_cut_overlap"] = half_cut_overlap(cpu_scores, ieee_scores)
+
+    # 2. saliency vs plain forward+backward, channels-last and AMP: medians of interleaved rounds
     def plain():
         for xb, yb in batches():
             gpu_model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(gpu_model(xb.to(cuda)), yb.to(cuda)).backward()
-    plain()
-    t_plain = timed(plain)
-    out["plain_fwd_bwd_images_per_s"] = args.images / t_plain
-    out["saliency_images_per_s"] = args.images / out["cuda_saliency_s"]
-    out["saliency_over_plain_time"] = out["cuda_saliency_s"] / t_plain
 
-    # 2b. channels-last (core/layout.py): does the probe accept NHWC under cuDNN's TF32 default, and what it saves
-    with channels_last(gpu_model, x[:1].to(cuda)) as used:
-        out["channels_last_used"] = used
-        score_model(gpu_model, gm, "channel", lambda: iter([next(batches())]), device=cuda)  # warm-up
-        out["cuda_saliency_channels_last_s"] = timed(lambda: score_model(gpu_model, gm, "channel", batches, device=cuda))
-    out["channels_last_saliency_speedup"] = out["cuda_saliency_s"] / out["cuda_saliency_channels_last_s"]
-
-    # 3. AMP: saliency and training steps
-    amp_scored = {}
-
-    def amp_scores():
-        with autocast(cuda, True):
-            amp_scored.update(s=score_model(gpu_model, gm, "channel", batches, device=cuda).scores)
-    amp_scores()
-    out["amp_saliency_s"] = timed(amp_scores)
-    out["amp_saliency_speedup"] = out["cuda_saliency_s"] / out["amp_saliency_s"]
-    worst = 0.0
-    for name, params in gpu_scored["s"].items():
-        for pn, a in params.items():
-            worst = max(worst, float((a - amp_scored["s"][name][pn]).abs().max() / a.abs().max().clamp_min(1e-30)))
-    out["amp_vs_fp32_scores_max_rel"] = worst
     opt = torch.optim.SGD(gpu_model.parameters(), lr=1e-3)
 
-    def train(amp: bool):
-        gpu_model.train()
-        for xb, yb in batches():
-            with autocast(cuda, amp):
-                loss = torch.nn.functional.cross_entropy(gpu_model(xb.to(cuda)), yb.to(cuda))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        gpu_model.eval()
-    train(False)
-    t32 = timed(lambda: train(False))
-    train(True)
-    t16 = timed(lambda: train(True))
-    out["train_images_per_s_fp32"], out["train_images_per_s_amp"] = args.images / t32, args.images / t16
-    out["amp_train_speedup"] = t32 / t16
+    def train(amp: bool, layout: bool):
+        with channels_last(gpu_model, x[:1].to(cuda), enabled=layout):
+            gpu_model.train()
+            for xb, yb in batches():
+                with autocast(cuda, amp):
+                    loss = torch.nn.functional.cross_entropy(gpu_model(xb.to(cuda)), yb.to(cuda))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            gpu_model.eval()
+
+    with channels_last(gpu_model, x[:1].to(cuda)) as used:
+        out["channels_last_used"] = used  # does the probe accept NHWC under cuDNN's TF32 default
+    variants = {"plain": plain,
+                "saliency": lambda: scores(), "saliency_channels_last": lambda: scores(layout=True),
+                "saliency_amp": lambda: scores(amp=True), "saliency_amp_channels_last": lambda: scores(amp=True, layout=True),
+                "train": lambda: train(False, False), "train_channels_last": lambda: train(False, True),
+                "train_amp": lambda: train(True, False), "train_amp_channels_last": lambda: train(True, True)}
+    for fn in variants.values():  # warm-up: cuDNN picks its kernels for each layout and dtype once
+        fn()
+    seconds = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(args.rounds):  # interleaved, the order reversed every other round
+        for k in names if r % 2 == 0 else names[::-1]:
+            seconds[k].append(timed(variants[k]))
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    out["rounds"] = args.rounds
+    out["median_s"] = med
+    out["spread_s"] = {k: [min(v), max(v)] for k, v in seconds.items()}
+    out["plain_fwd_bwd_images_per_s"] = args.images / med["plain"]
+    out["saliency_images_per_s"] = args.images / med["saliency"]
+    out["saliency_over_plain_time"] = med["saliency"] / med["plain"]
+    out["channels_last_saliency_speedup"] = med["saliency"] / med["saliency_channels_last"]
+    out["channels_last_train_speedup"] = med["train"] / med["train_channels_last"]
+    out["amp_saliency_speedup"] = med["saliency"] / med["saliency_amp"]
+    out["amp_train_speedup"] = med["train"] / med["train_amp"]
+    out["amp_channels_last_saliency_speedup"] = med["saliency"] / med["saliency_amp_channels_last"]
+    out["amp_channels_last_train_speedup"] = med["train"] / med["train_amp_channels_last"]
+    out["train_images_per_s_fp32"], out["train_images_per_s_amp"] = args.images / med["train"], args.images / med["train_amp"]
+
+    # 3. how far the AMP scores are from the float32 ones
+    gpu_model.load_state_dict(original)  # the training steps above changed the weights
+    amp_scores, fp32_scores = scores(amp=True), scores()
+    out["amp_vs_fp32_scores_max_rel"] = max_rel(fp32_scores, amp_scores)
+    out["amp_vs_fp32_half_cut_overlap"] = half_cut_overlap(fp32_scores, amp_scores)
 
     # 4. the jobs end to end on CUDA: prune to 2x (self-check) and a 1-epoch fine-tune with --amp
     with tempfile.TemporaryDirectory() as tmp:
