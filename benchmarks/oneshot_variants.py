@@ -42,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_mnist as fm  # noqa: E402  (the bases, data, recovery and evaluation of the main benchmark)
 
+from explainfix_cli.prune import channel as channel_mod  # noqa: E402
 from explainfix_cli.prune import pipeline, reconstruct  # noqa: E402
 from explainfix_cli.prune import select as select_mod  # noqa: E402
 
@@ -148,7 +149,34 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
             head.bias.copy_(fit[-1])
 
 
-KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong"}
+KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "dwrate"}
+REMOVAL_ORDER = select_mod.removal_order
+DWRATE = channel_mod.DEPTHWISE_FED_RATE
+
+
+def scaled_removal_order(stream: float, expand: float):
+    """The per-layer ranks' removal order, each layer's quantile divided by a factor: ``stream`` for a layer of
+    several producers (a residual stream), ``expand`` for one whose producer is an inverted residual's expansion
+    (a name ending ``conv.0.0`` or ``block.0.0``: torchvision's MobileNetV2 and V3); 1 for the rest. A factor below 1 cuts that class
+    more slowly than the others (0: never), above 1 faster; the budget search then takes the rest elsewhere.
+    The first prototype of the library's ``DEPTHWISE_FED_RATE`` (which is held at 1 under it); unlike that, it
+    classes MobileNetV2's stem (read by a depthwise conv) as an ordinary layer."""
+    def removal_order(graph, groups, rank, cost, floor):
+        channel_mod.DEPTHWISE_FED_RATE = 1.0
+        order = REMOVAL_ORDER(graph, groups, rank, cost, floor)
+        if rank not in ("l1-per-layer", "saliency-per-layer"):
+            return order
+        pos = {r: i for i, r in enumerate(order)}
+        layers: dict = {}
+        for r in order:
+            layers.setdefault(tuple(sorted(groups[r].producers)), []).append(r)
+        key = {}
+        for producers, members in layers.items():
+            f = stream if len(producers) > 1 else expand if all(p.endswith(("conv.0.0", "block.0.0")) for p in producers) else 1.0
+            for i, r in enumerate(members):  # members in the default order: their quantile inside the layer
+                key[r] = ((i + 0.5) / len(members) / f if f > 0 else float("inf"), pos[r])
+        return sorted((r for r in order if key[r][0] != float("inf")), key=key.get)
+    return removal_order
 
 
 def parse_variant(spec: str) -> dict[str, str]:
@@ -178,15 +206,21 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
         if kw.get("obs") == "1":
             grams = consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)())
             select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
+        if "dwrate" in kw:  # the library's rate for layers a depthwise conv reads (1: the same fraction as the rest)
+            channel_mod.DEPTHWISE_FED_RATE = float(kw["dwrate"])
+        if "stream" in kw or "expand" in kw:
+            select_mod.removal_order = scaled_removal_order(float(kw.get("stream", 1)), float(kw.get("expand", 1)))
         m = fm.explainfix_prune(base, 1 / budget, method, cx, cy, 128, seed)
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
+        select_mod.removal_order, channel_mod.DEPTHWISE_FED_RATE = REMOVAL_ORDER, DWRATE
     ridge = None if kw.get("refit") in ("0", "false") else float(kw.get("ridge", reconstruct.RIDGE))
     if kw.get("head") == "1":
         refit_head(m, base, cx, float(kw.get("ridge", reconstruct.RIDGE)))
     fm.recalibrate(m, cx, cy, 128)
     xt, yt = data["test"]
     row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
+           "depthwise_fed_rate": 1.0 if ("stream" in kw or "expand" in kw) else float(kw.get("dwrate", DWRATE)),
            "prune_seconds": time.perf_counter() - t0,
            "acc_oneshot": fm.evaluate(m, xt, yt)}
     if kw.get("ft") == "1":
