@@ -18,6 +18,8 @@ the library's functions, not in the package:
   reads). G has no bias column and is damped by 10⁻³ × its mean diagonal; a group no 1×1 conv or linear layer
   reads keeps its saliency (another scale), so the OBS variants only make sense ranked inside a layer, on a
   network whose channels 1×1 layers read (MobileNets); ``rank=R``: ``--rank R``;
+- ``stream=F``, ``expand=F`` (session 16): with a per-layer rank, a residual stream's (a layer of several
+  producers) or an inverted residual's expansion layer's quantile divided by F (see ``scaled_removal_order``);
 - ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune.
 
 Usage (rows appended to --out)::
@@ -42,7 +44,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_mnist as fm  # noqa: E402  (the bases, data, recovery and evaluation of the main benchmark)
 
-from explainfix_cli.prune import channel as channel_mod  # noqa: E402
 from explainfix_cli.prune import pipeline, reconstruct  # noqa: E402
 from explainfix_cli.prune import select as select_mod  # noqa: E402
 
@@ -149,9 +150,8 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
             head.bias.copy_(fit[-1])
 
 
-KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "dwrate"}
+KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand"}
 REMOVAL_ORDER = select_mod.removal_order
-DWRATE = channel_mod.DEPTHWISE_FED_RATE
 
 
 def scaled_removal_order(stream: float, expand: float):
@@ -159,10 +159,9 @@ def scaled_removal_order(stream: float, expand: float):
     several producers (a residual stream), ``expand`` for one whose producer is an inverted residual's expansion
     (a name ending ``conv.0.0`` or ``block.0.0``: torchvision's MobileNetV2 and V3); 1 for the rest. A factor below 1 cuts that class
     more slowly than the others (0: never), above 1 faster; the budget search then takes the rest elsewhere.
-    The first prototype of the library's ``DEPTHWISE_FED_RATE`` (which is held at 1 under it); unlike that, it
-    classes MobileNetV2's stem (read by a depthwise conv) as an ordinary layer."""
+    (Commit 10cd58c tried the generic form in the library, a layer a depthwise conv reads, at 1.5: the rows of
+    results/fmnist34_allocation.json with ``depthwise_fed_rate`` 1.5; reverted.)"""
     def removal_order(graph, groups, rank, cost, floor):
-        channel_mod.DEPTHWISE_FED_RATE = 1.0
         order = REMOVAL_ORDER(graph, groups, rank, cost, floor)
         if rank not in ("l1-per-layer", "saliency-per-layer"):
             return order
@@ -206,21 +205,18 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
         if kw.get("obs") == "1":
             grams = consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)())
             select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
-        if "dwrate" in kw:  # the library's rate for layers a depthwise conv reads (1: the same fraction as the rest)
-            channel_mod.DEPTHWISE_FED_RATE = float(kw["dwrate"])
         if "stream" in kw or "expand" in kw:
             select_mod.removal_order = scaled_removal_order(float(kw.get("stream", 1)), float(kw.get("expand", 1)))
         m = fm.explainfix_prune(base, 1 / budget, method, cx, cy, 128, seed)
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
-        select_mod.removal_order, channel_mod.DEPTHWISE_FED_RATE = REMOVAL_ORDER, DWRATE
+        select_mod.removal_order = REMOVAL_ORDER
     ridge = None if kw.get("refit") in ("0", "false") else float(kw.get("ridge", reconstruct.RIDGE))
     if kw.get("head") == "1":
         refit_head(m, base, cx, float(kw.get("ridge", reconstruct.RIDGE)))
     fm.recalibrate(m, cx, cy, 128)
     xt, yt = data["test"]
     row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
-           "depthwise_fed_rate": 1.0 if ("stream" in kw or "expand" in kw) else float(kw.get("dwrate", DWRATE)),
            "prune_seconds": time.perf_counter() - t0,
            "acc_oneshot": fm.evaluate(m, xt, yt)}
     if kw.get("ft") == "1":

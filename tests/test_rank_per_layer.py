@@ -200,39 +200,3 @@ def test_every_rank_meets_the_budget_exactly(name, rank):
                     options=PruneOptions(target_macs="0.3", rank=rank, round_to=1))
     assert r.budget["within_tolerance"] and abs(r.budget["achieved"] - 0.3) <= 0.02 * 0.3, r.budget
     assert r.check.passed and r.check.pruned_vs_masked_rel <= 1e-4
-
-
-def test_layers_a_depthwise_conv_reads_lose_their_rate_times_the_fraction(monkeypatch):
-    """The per-layer ranks cut an inverted residual's hidden layer (read by a depthwise conv) DEPTHWISE_FED_RATE
-    times as fast as a stream or the head; at rate 1 every layer loses the same fraction. A network without
-    depthwise convs is planned the same at any rate."""
-    tv = pytest.importorskip("torchvision")
-    from explainfix_cli.prune import channel
-
-    default = channel.DEPTHWISE_FED_RATE
-    assert default == 1.5
-    x = torch.randn(4, 3, 64, 64)
-    batches = lambda: iter([(x, torch.tensor([0, 1, 2, 3]))])  # noqa: E731
-
-    def cut_ratio(rate: float) -> float:
-        monkeypatch.setattr(channel, "DEPTHWISE_FED_RATE", rate)
-        torch.manual_seed(0)
-        model = tv.models.mobilenet_v2(num_classes=10).eval()
-        before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        r = prune_model(model, example=x[:1], check_inputs=x, batches=batches,
-                        options=PruneOptions(target_macs="3x", rank="l1-per-layer", round_to=1))
-        assert r.check.passed and abs(r.macs_after / r.macs_before - 1 / 3) <= 0.02 / 3
-        cut = {n: 1 - m.out_channels / before[n] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        hidden = [cut[f"features.{i}.conv.0.0"] for i in range(2, 18)]  # expansions: a depthwise conv reads them
-        others = [cut[n] for n in ("features.1.conv.1", "features.3.conv.2", "features.6.conv.2", "features.10.conv.2",
-                                   "features.13.conv.2", "features.16.conv.2", "features.17.conv.2", "features.18.0")]
-        assert min(others) > 0
-        return (sum(hidden) / len(hidden)) / (sum(others) / len(others))
-
-    assert cut_ratio(1.0) == pytest.approx(1.0, abs=0.05)
-    assert cut_ratio(default) == pytest.approx(default, abs=0.1)
-    plans = []
-    for rate in (1.0, 1.5):
-        monkeypatch.setattr(channel, "DEPTHWISE_FED_RATE", rate)
-        plans.append(_prune("l1-per-layer", None)[1])
-    assert plans[0] == plans[1]

@@ -8,9 +8,7 @@ divides by the MACs (or parameters) the group's removal saves, so cheap-to-keep 
 
 :func:`removal_order` orders the groups, least important first — globally (``per-cost``, ``saliency``) or by
 their quantile inside their layer (``l1-per-layer``, ``saliency-per-layer``) — skipping any group whose removal would take a producer
-below ``floor`` of its channels (every layer stays alive). Inside the per-layer ranks, a layer whose channels a
-depthwise spatial conv reads (an inverted residual's hidden layer) loses ``DEPTHWISE_FED_RATE`` times the
-fraction the other layers lose (capped at what the floor leaves).
+below ``floor`` of its channels (every layer stays alive).
 """
 from __future__ import annotations
 
@@ -33,14 +31,6 @@ class Group:
     macs: float  # saved by removing it (one input)
     params: float
     producers: dict[str, int]  # producer module → rows removed
-    depthwise_fed: bool = False  # a depthwise spatial conv reads these channels (an inverted residual's hidden layer)
-
-
-# The per-layer ranks cut a layer that a depthwise conv reads this many times faster than the others: a MobileNet's
-# hidden (expansion) layers are 6x wider than the streams around them and give most of a budget with the least
-# loss. MobileNetV2 on Fashion-MNIST, one-shot, seed 0 (benchmarks/README.md, session 16): 1.5 gave +1.0 / +0.0
-# / +8.7 points at 2x / 4x / 10x fewer MACs over 1 (the same fraction everywhere); 2 gave +1.3 / -2.1 / -15.2.
-DEPTHWISE_FED_RATE = 1.5
 
 
 def scored_modules(graph: ChannelGraph) -> list[str]:
@@ -135,10 +125,6 @@ def score_groups(gm: fx.GraphModule, graph: ChannelGraph, saliency: dict[str, di
                 params += t[0].numel()
         macs = params * sizes.get(w.module, 1) if isinstance(m, nn.Conv2d) else 0
         add(w.labels, values, macs, params)
-        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.kernel_size != (1, 1):
-            for a in w.labels.tolist():
-                if a >= 0 and graph.root(a) in groups:
-                    groups[graph.root(a)].depthwise_fed = True
     return groups
 
 
@@ -158,8 +144,7 @@ def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost
     ``saliency-per-layer`` (by the saliency): every layer (the groups
     with the same producers: one conv, or one residual stream) loses the same fraction — groups are taken in the
     order of their quantile within their layer (Torch-Pruning's uniform ratio, in the engine's exact groups),
-    and the per-cost score only picks which channels of a layer go. A layer a depthwise conv reads goes
-    ``DEPTHWISE_FED_RATE`` times as fast."""
+    and the per-cost score only picks which channels of a layer go."""
     def per_cost(g: Group) -> float:
         spend = g.macs if cost == "macs" else g.params
         return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
@@ -171,9 +156,8 @@ def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost
             layers.setdefault(tuple(sorted(g.producers)), []).append(g)
         for members in layers.values():
             members.sort(key=lambda g: key[g.root])
-            rate = DEPTHWISE_FED_RATE if all(g.depthwise_fed for g in members) else 1.0
             for i, g in enumerate(members):  # the middle of its slot: layers of any size interleave evenly
-                key[g.root] = ((i + 0.5) / len(members) / rate, *key[g.root])
+                key[g.root] = ((i + 0.5) / len(members), *key[g.root])
 
     rows = {p.module: len(p.labels) for p in graph.producers}
     kept = dict(rows)
