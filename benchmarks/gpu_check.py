@@ -5,13 +5,16 @@
 
 What it does, on seeded random images (nothing is downloaded; a random-init torchvision model):
 1. the channel-criterion saliency (prune/scoring.score_model) on CUDA and on the CPU over the same batches:
-   the largest relative difference of the scores and how many of each layer's lower-half channels both
-   rank there (``half_cut_overlap``), with cuDNN's default TF32 and in IEEE float32 (core/model.full_float32);
-2. medians of ``--rounds`` interleaved timings: plain forward+backward, the saliency pass and fine-tuning
-   steps, each contiguous or channels-last (core/layout.py; whether its probe accepts NHWC here) and
-   float32 or AMP (``--amp``: bf16 autocast);
-3. how far the AMP scores are from the float32 ones;
-4. a real prune job on CUDA (--target-macs 2x) whose self-check must pass, and a 1-epoch fine-tune.
+   the largest relative difference of the scores and, of the channels in every layer's lower half (by the
+   CPU scores; pooled over the layers), the fraction the CUDA scores put there too (``half_cut_overlap``),
+   with cuDNN's default TF32 and in IEEE float32 (core/model.full_float32);
+2. medians of ``--rounds`` interleaved timings: a plain forward+backward (contiguous, float32), and the
+   saliency pass and fine-tuning steps each contiguous or channels-last (core/layout.py; whether its probe
+   accepts NHWC here) and float32 or AMP (``--amp``: bf16 autocast). "float32" is torch's default here:
+   cuDNN convolutions in TF32;
+3. how far the AMP scores are from the float32 (TF32) ones;
+4. a real prune job on CUDA (--target-macs 2x, with --amp) whose self-check must pass, and a 1-epoch
+   fine-tune with --amp.
 Prints one JSON document and writes benchmarks/results/gpu_check.json. Without CUDA it says so and exits 2.
 """
 from __future__ import annotations

@@ -211,26 +211,33 @@ def test_training_check_draws_no_per_channel_randomness():
 def test_the_self_check_forwards_run_without_tf32_and_restore_the_setting():
     """cuDNN runs float32 convolutions in TF32 by default: on an H100 a pruned ResNet-50 then differed from
     its masked equivalent by 3e-4 > 1e-4 and every CUDA prune failed its self-check. The check's forwards
-    (eval and training mode) run in IEEE float32; the user's setting is back afterwards, after an error too."""
+    (eval and training mode) run with TF32 off for cuDNN and matmuls, through the API the state reads cleanly
+    by, so a forward that uses ``torch.backends.cudnn.flags`` still runs; the user's settings are back
+    afterwards, after an error too."""
     from explainfix_cli.prune.check import run_outputs, train_outputs
 
-    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
-    read = (lambda: conv.fp32_precision) if conv is not None and hasattr(conv, "fp32_precision") \
-        else (lambda: "tf32" if torch.backends.cudnn.allow_tf32 else "ieee")
     seen = []
 
     class Probe(nn.Module):
         def forward(self, x):
-            seen.append(read())
+            seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+            with torch.backends.cudnn.flags(enabled=True):  # reads the legacy flags on entry (raised when mixed)
+                pass
             if x.shape[0] == 3:
                 raise ValueError("a forward that fails")
             return x * 2
 
-    before = read()
-    assert before != "ieee"  # torch's default for cuDNN convolutions is TF32
-    x = torch.randn(2, 3)
-    run_outputs(Probe(), x)
-    train_outputs(Probe(), x)
-    with pytest.raises(ValueError):
-        run_outputs(Probe(), torch.randn(3, 3))
-    assert seen == ["ieee"] * 3 and read() == before
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("high")  # what many training scripts set
+        torch.backends.cudnn.allow_tf32 = True  # torch's default
+        x = torch.randn(2, 3)
+        run_outputs(Probe(), x)
+        train_outputs(Probe(), x)
+        with pytest.raises(ValueError):
+            run_outputs(Probe(), torch.randn(3, 3))
+        assert seen == [(False, "highest")] * 3
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]

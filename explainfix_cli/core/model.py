@@ -13,26 +13,46 @@ from torch import nn
 def full_float32() -> Iterator[None]:
     """Float32 convolutions and matmuls in IEEE precision for the block. cuDNN runs float32 convolutions in
     TF32 by default (a 10-bit mantissa): two models that compute the same function then differ by about 3e-4
-    of the output's scale on an H100, which a comparison at 1e-4 (the self-check) must not see. No effect on
-    the CPU (the settings are only read by CUDA kernels); the previous settings are restored on exit."""
-    knobs = [k for k in (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cuda, "matmul", None))
-             if k is not None and hasattr(k, "fp32_precision")]
-    if knobs:  # torch >= 2.9: the per-backend precision (mixing it with the legacy allow_tf32 flags is an error)
-        before = [k.fp32_precision for k in knobs]
+    of the output's scale on an H100, which a comparison at 1e-4 (the self-check) must not see. The settings
+    are only read by CUDA kernels (on the CPU nothing computes differently); the previous ones are restored on
+    exit, an error included. Each setting is switched through the API it reads cleanly by: torch >= 2.9 raises
+    when the legacy ``allow_tf32`` / matmul-precision getters meet per-backend ``fp32_precision`` values that
+    disagree with them, and a model's own forward may read them (``torch.backends.cudnn.flags``)."""
+    with _setting(lambda: torch.backends.cudnn.allow_tf32, _set_cudnn_tf32, False,
+                  getattr(torch.backends.cudnn, "conv", None), "ieee"), \
+            _setting(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest",
+                     getattr(torch.backends.cuda, "matmul", None), "ieee"):
+        yield
+
+
+def _set_cudnn_tf32(value: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = value
+
+
+@contextmanager
+def _setting(get: Callable[[], Any], put: Callable[[Any], None], value: Any, backend: Any, precision: str) -> Iterator[None]:
+    """``put(value)`` for the block (unless ``get()`` is ``value`` already), ``put(get())`` after; where the legacy getter raises (the user mixed the two
+    APIs already), ``backend.fp32_precision = precision`` instead, likewise restored."""
+    try:
+        before = get()
+    except RuntimeError:
+        if backend is None or not hasattr(backend, "fp32_precision"):
+            raise
+        saved = backend.fp32_precision
         try:
-            for k in knobs:
-                k.fp32_precision = "ieee"
+            backend.fp32_precision = precision
             yield
         finally:
-            for k, v in zip(knobs, before):
-                k.fp32_precision = v
+            backend.fp32_precision = saved
         return
-    before_flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if before == value:
+        yield
+        return
     try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        put(value)
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before_flags
+        put(before)
 
 
 def count_params(model: nn.Module) -> int:
