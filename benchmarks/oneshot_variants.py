@@ -244,6 +244,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the calibration/fine-tune draw of fashion_mnist.py")
     p.add_argument("--variants", nargs="+", default=["default"])
     p.add_argument("--test-samples", type=int, default=5000)
+    p.add_argument("--calib", type=int, default=512,
+                   help="calibration images (saliency, refit, BatchNorm): the first N of the draw; the fine-tune "
+                        "set stays images 512-2511 of it, so N > 512 overlaps it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=fm.REPO / "benchmarks" / "results" / "fmnist33_oneshot_variants.json")
     a = p.parse_args(argv)
@@ -259,13 +262,13 @@ def main(argv=None) -> int:
     x, y = fm.load_split(a.data_dir, "train", None, 0)
     xt, yt = fm.load_split(a.data_dir, "test", a.test_samples, 0)
     perm = torch.from_numpy(np.random.default_rng(1000 + a.seed).permutation(len(x)))  # as fashion_mnist.py draws
-    data = {"calib": (x[perm[:512]], y[perm[:512]]), "finetune": (x[perm[512:2512]], y[perm[512:2512]]),
+    data = {"calib": (x[perm[:a.calib]], y[perm[:a.calib]]), "finetune": (x[perm[512:2512]], y[perm[512:2512]]),
             "test": (xt, yt)}
     results = json.loads(a.out.read_text()) if a.out.is_file() else {"rows": []}
     base_acc = fm.evaluate(base, xt, yt)
     print(f"base {a.arch} e{a.epochs}: {100 * base_acc:.2f}%", file=sys.stderr)
     for spec in a.variants:
-        row = {"arch": a.arch, "epochs": a.epochs, "base_accuracy": base_acc, "threads": a.threads,
+        row = {"arch": a.arch, "epochs": a.epochs, "base_accuracy": base_acc, "threads": a.threads, "calib": a.calib,
                **run_variant(spec, base, data, a.budget, a.seed)}
         results["rows"].append(row)
         a.out.parent.mkdir(parents=True, exist_ok=True)
