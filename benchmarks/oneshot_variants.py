@@ -250,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=fm.REPO / "benchmarks" / "results" / "fmnist33_oneshot_variants.json")
     a = p.parse_args(argv)
+    if a.calib < 1:
+        p.error(f"--calib {a.calib}: needs at least 1 image")
     torch.set_num_threads(a.threads)
     path = fm.REPO / "benchmarks" / "results" / f"fmnist_{a.arch}_e{a.epochs}.pt"
     if not path.is_file():
