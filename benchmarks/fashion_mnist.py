@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", type=int, default=512, help="calibration images (saliency, Taylor, BatchNorm)")
     p.add_argument("--finetune-samples", type=int, default=2000)
     p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="SGD learning rate of every recovery (fine-tune, distillation, long), both tools; default "
+                        "TrainOptions' (0.01)")
     p.add_argument("--test-samples", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
@@ -280,10 +283,15 @@ def main(argv: list[str] | None = None) -> int:
                "base": {"accuracy": base_acc, "macs": base_macs, "params": count_params(base)}, "rows": [], "unreachable": []}
     if a.resume and a.out.is_file():  # keep the (seed, budget) points an interrupted run already measured
         old = json.loads(a.out.read_text())
+        same = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
+        differ = [k for k in same if old["config"].get(k) != results["config"].get(k)]
+        if differ:  # rows measured under other settings would be mixed into one table
+            print(f"error: --resume: {a.out} was measured with other {', '.join(differ)}; give another --out", file=sys.stderr)
+            return 2
         results["rows"], results["unreachable"] = old["rows"], old.get("unreachable", [])
     done = {(r["seed"], r["budget"]) for r in results["rows"]}
     print(f"base: test accuracy {100 * base_acc:.2f}%, {base_macs / 1e6:.1f}M MACs", file=sys.stderr)
-    ft_opts = TrainOptions(epochs=a.finetune_epochs)
+    ft_opts = TrainOptions(epochs=a.finetune_epochs, lr=a.finetune_lr)
     try:
         import torch_pruning  # noqa: F401
     except ImportError:
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["acc_kd"] = evaluate(kd, xt, yt)
                 if budget in a.long_budgets and a.long_epochs:
                     long = copy.deepcopy(m)
-                    train(long, fx, fy, TrainOptions(epochs=a.long_epochs), a.batch_size, seed,
+                    train(long, fx, fy, TrainOptions(epochs=a.long_epochs, lr=a.finetune_lr), a.batch_size, seed,
                           f"ft{a.long_epochs} {method} {budget:g}x")
                     row["acc_ft_long"], row["long_epochs"] = evaluate(long, xt, yt), a.long_epochs
                 pruned.append((row, m))

@@ -20,7 +20,8 @@ the library's functions, not in the package:
   network whose channels 1×1 layers read (MobileNets); ``rank=R``: ``--rank R``;
 - ``stream=F``, ``expand=F`` (session 16): with a per-layer rank, a residual stream's (a layer of several
   producers) or an inverted residual's expansion layer's quantile divided by F (see ``scaled_removal_order``);
-- ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune.
+- ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune; ``lr=X``: their
+  SGD learning rate (default ``TrainOptions``': 0.01; session 17).
 
 Usage (rows appended to --out)::
 
@@ -150,7 +151,7 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
             head.bias.copy_(fit[-1])
 
 
-KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand"}
+KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "lr"}
 REMOVAL_ORDER = select_mod.removal_order
 
 
@@ -219,18 +220,19 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
     row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
            "prune_seconds": time.perf_counter() - t0,
            "acc_oneshot": fm.evaluate(m, xt, yt)}
+    lr = float(kw["lr"]) if "lr" in kw else None
     if kw.get("ft") == "1":
         fx, fy = data["finetune"]
         ft = copy.deepcopy(m)
-        fm.train(ft, fx, fy, fm.TrainOptions(epochs=2), 128, seed, f"ft {spec}")
+        fm.train(ft, fx, fy, fm.TrainOptions(epochs=2, lr=lr), 128, seed, f"ft {spec}")
         kd = copy.deepcopy(m)
-        fm.train(kd, fx, None, fm.TrainOptions(epochs=2), 128, seed, f"kd {spec}",
+        fm.train(kd, fx, None, fm.TrainOptions(epochs=2, lr=lr), 128, seed, f"kd {spec}",
                  objective=fm.Distillation(copy.deepcopy(base)))
         row.update(acc_ft=fm.evaluate(ft, xt, yt), acc_kd=fm.evaluate(kd, xt, yt))
     if "ftlong" in kw:  # the benchmark's longer fine-tune (--long-epochs)
         fx, fy = data["finetune"]
         long = copy.deepcopy(m)
-        fm.train(long, fx, fy, fm.TrainOptions(epochs=int(kw["ftlong"])), 128, seed, f"ft{kw['ftlong']} {spec}")
+        fm.train(long, fx, fy, fm.TrainOptions(epochs=int(kw["ftlong"]), lr=lr), 128, seed, f"ft{kw['ftlong']} {spec}")
         row.update(acc_ft_long=fm.evaluate(long, xt, yt), long_epochs=int(kw["ftlong"]))
     return row
 
