@@ -5,6 +5,7 @@ For every base file: per budget, the mean over the seeds both tools have of one-
 distillation / long fine-tune accuracy, for ``ef`` (or ``--method``) and for the better of ``tp-l1`` and
 ``tp-taylor`` *per column* (the peer's best case), their difference with its sign, and the count of cells where
 explainfix is at or above. One-shot at 2× is also given against the base (the issue's goal: within 2 points).
+Files of the same base and settings (a run split by seeds or budgets over several processes) are merged.
 
     .venv/bin/python benchmarks/gaps.py benchmarks/results/fmnist35_*.json
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 COLUMNS = (("acc_oneshot", "one-shot"), ("acc_ft", "ft 2"), ("acc_kd", "kd 2"), ("acc_ft_long", "ft long"))
 PEERS = ("tp-l1", "tp-taylor")
+# files are one base's rows when these settings and the base's accuracy agree (fashion_mnist.py --resume checks the same)
+SAME = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
 
 
 def means(rows: list[dict], method: str, budget: float, key: str, seeds: set[int]) -> float | None:
@@ -69,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", type=Path, nargs="+", help="JSON files written by benchmarks/fashion_mnist.py")
     p.add_argument("--method", default="ef", help="the explainfix method to score (default: ef, the default)")
     a = p.parse_args(argv)
-    total: list[float] = []
-    total_oneshot: list[float] = []
+    bases: dict[tuple, dict] = {}  # files of one base (a run split over processes) are merged
     for f in a.files:
         try:
             doc = json.loads(f.read_text())
@@ -80,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(doc, dict) or not {"rows", "base", "config"} <= doc.keys():
             print(f"error: {f}: not a result of benchmarks/fashion_mnist.py (no rows/base/config)", file=sys.stderr)
             return 2
+        key = tuple(doc["config"].get(k) for k in SAME) + (doc["base"]["accuracy"],)
+        if key in bases:
+            seen = {(r["seed"], r["budget"], r["method"]) for r in bases[key]["rows"]}
+            twice = [r for r in doc["rows"] if (r["seed"], r["budget"], r["method"]) in seen]
+            if twice:
+                r = twice[0]
+                print(f"error: {f}: seed {r['seed']}, {r['budget']:g}×, {r['method']} is in an earlier file too",
+                      file=sys.stderr)
+                return 2
+            bases[key]["rows"] = bases[key]["rows"] + doc["rows"]
+        else:
+            bases[key] = doc
+    total: list[float] = []
+    total_oneshot: list[float] = []
+    for doc in bases.values():
         text, gaps, oneshot = table(doc, a.method)
         total += gaps
         total_oneshot += oneshot
