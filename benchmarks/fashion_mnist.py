@@ -137,6 +137,10 @@ def mnasnet0_5_fmnist() -> nn.Module:
     return m
 
 
+# runs whose config agrees on these (and on the base) measure the same thing: --resume continues only such a
+# file, and benchmarks/gaps.py merges only such files
+SAME_RUN = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
+
 ARCHES = {"resnet18": resnet18_fmnist, "mobilenet_v2": mobilenet_v2_fmnist, "mobilenet_v3_small": mobilenet_v3_small_fmnist,
           "mnasnet0_5": mnasnet0_5_fmnist}
 
@@ -283,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                "base": {"accuracy": base_acc, "macs": base_macs, "params": count_params(base)}, "rows": [], "unreachable": []}
     if a.resume and a.out.is_file():  # keep the (seed, budget) points an interrupted run already measured
         old = json.loads(a.out.read_text())
-        same = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
-        differ = [k for k in same if old["config"].get(k) != results["config"].get(k)]
+        differ = [k for k in SAME_RUN if old["config"].get(k) != results["config"].get(k)]
         if differ:  # rows measured under other settings would be mixed into one table
             print(f"error: --resume: {a.out} was measured with other {', '.join(differ)}; give another --out", file=sys.stderr)
             return 2

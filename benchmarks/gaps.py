@@ -16,10 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fashion_mnist import SAME_RUN  # noqa: E402  (what makes two result files one base's rows)
+
 COLUMNS = (("acc_oneshot", "one-shot"), ("acc_ft", "ft 2"), ("acc_kd", "kd 2"), ("acc_ft_long", "ft long"))
 PEERS = ("tp-l1", "tp-taylor")
-# files are one base's rows when these settings and the base's accuracy agree (fashion_mnist.py --resume checks the same)
-SAME = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
 
 
 def means(rows: list[dict], method: str, budget: float, key: str, seeds: set[int]) -> float | None:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(doc, dict) or not {"rows", "base", "config"} <= doc.keys():
             print(f"error: {f}: not a result of benchmarks/fashion_mnist.py (no rows/base/config)", file=sys.stderr)
             return 2
-        key = tuple(doc["config"].get(k) for k in SAME) + (doc["base"]["accuracy"],)
+        key = tuple(doc["config"].get(k) for k in SAME_RUN) + (doc["base"]["accuracy"],)
         if key in bases:
             seen = {(r["seed"], r["budget"], r["method"]) for r in bases[key]["rows"]}
             twice = [r for r in doc["rows"] if (r["seed"], r["budget"], r["method"]) in seen]
