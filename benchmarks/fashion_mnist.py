@@ -36,6 +36,7 @@ import argparse
 import copy
 import gzip
 import json
+import math
 import sys
 import tempfile
 import time
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the points already in --out and measure the rest")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fashion_mnist.json")
     a = p.parse_args(argv)
+    if a.finetune_lr is not None and not (a.finetune_lr > 0 and math.isfinite(a.finetune_lr)):
+        p.error(f"--finetune-lr {a.finetune_lr:g}: needs a positive number")
     if a.quick:
         a.budgets, a.seeds, a.test_samples, a.finetune_samples = [2, 4], [0], 2000, 500
     torch.set_num_threads(a.threads)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -189,6 +190,13 @@ def parse_variant(spec: str) -> dict[str, str]:
         if not eq or key not in KEYS:
             raise SystemExit(f"variant {spec!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(sorted(KEYS))}")
         kw[key] = value
+    if "lr" in kw:  # checked here, not after the prune it would follow
+        try:
+            ok = float(kw["lr"]) > 0 and math.isfinite(float(kw["lr"]))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SystemExit(f"variant {spec!r}: lr={kw['lr']} is not a positive number")
     if "greedy" in kw and kw.get("obs") != "1":
         raise SystemExit(f"variant {spec!r}: greedy=1 needs obs=1")
     return kw
@@ -254,6 +262,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.calib < 1:
         p.error(f"--calib {a.calib}: needs at least 1 image")
+    for spec in a.variants:  # every variant checked before the base is loaded and anything runs (exit 2)
+        try:
+            parse_variant(spec)
+        except SystemExit as e:
+            p.error(str(e))
     torch.set_num_threads(a.threads)
     path = fm.REPO / "benchmarks" / "results" / f"fmnist_{a.arch}_e{a.epochs}.pt"
     if not path.is_file():
