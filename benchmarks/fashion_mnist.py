@@ -22,8 +22,10 @@
    BatchNorm re-estimation on the calibration images (what ``explainfix prune`` does after a budget prune),
    then each recovery from a copy: none (one-shot); ``ft``: 2 epochs cross-entropy on 2,000 labelled
    training images; ``kd``: 2 epochs of distillation from the base model on the same 2,000 images with their
-   labels removed; at ``--long-budgets`` (4×, 10×) also ``--long-epochs`` (10) of ``ft``. Test accuracy on
-   ``--test-samples`` test images; onnxruntime batch-1 latency timed interleaved with the base (realized
+   labels removed (SGD at the package's default rates, 0.01 for a fine-tune and 0.003 for a distillation since
+   session 18, 0.01 before; ``--finetune-lr``, ``--distill-lr``); at ``--long-budgets`` (4×, 10×) also ``--long-epochs`` (10) of ``ft``. Test accuracy on
+   ``--test-samples`` test images (``--recoveries`` runs a subset: the other columns stay empty); onnxruntime
+   batch-1 latency timed interleaved with the base (realized
    speed-up ÷ MACs speed-up) unless ``--no-bench``.
 
 Seeds change the calibration and fine-tune subsets and the shuffling. Data: the Debian package's IDX files
@@ -57,8 +59,12 @@ from explainfix_cli.prune import pipeline  # noqa: E402  (ef:ridge=R wraps its r
 from explainfix_cli.prune.options import PruneOptions  # noqa: E402
 from explainfix_cli.prune.pruner import prune_model  # noqa: E402
 from explainfix_cli.train.batches import tensor_batches  # noqa: E402
-from explainfix_cli.train.finetune import TrainOptions, accuracy, finetune, predict, recalibrate_batchnorm  # noqa: E402
+from explainfix_cli.train.finetune import (  # noqa: E402
+    DISTILL_LR, OPTIMIZERS, TrainOptions, accuracy, finetune, predict, recalibrate_batchnorm)
 from explainfix_cli.train.objectives import Distillation  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fmnist_report import markdown, plot  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 CLASSES = 10
@@ -140,7 +146,9 @@ def mnasnet0_5_fmnist() -> nn.Module:
 
 # runs whose config agrees on these (and on the base) measure the same thing: --resume continues only such a
 # file, and benchmarks/gaps.py merges only such files
-SAME_RUN = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "test_samples", "long_epochs")
+SAME_RUN = ("arch", "epochs", "calib", "finetune_samples", "finetune_epochs", "finetune_lr", "distill_lr", "test_samples",
+            "long_epochs", "recoveries")
+RECOVERIES = ("ft", "kd", "long")
 
 ARCHES = {"resnet18": resnet18_fmnist, "mobilenet_v2": mobilenet_v2_fmnist, "mobilenet_v3_small": mobilenet_v3_small_fmnist,
           "mnasnet0_5": mnasnet0_5_fmnist}
@@ -266,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-samples", type=int, default=2000)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=None,
-                   help="SGD learning rate of every recovery (fine-tune, distillation, long), both tools; default "
-                        "TrainOptions' (0.01)")
+                   help="SGD learning rate of the fine-tunes (and of the distillation unless --distill-lr), both "
+                        f"tools; default the package's ({OPTIMIZERS['sgd'][0]:g})")
+    p.add_argument("--distill-lr", type=float, default=None,
+                   help="SGD learning rate of the distillation only, both tools; default --finetune-lr, else the "
+                        f"package's for a distillation ({DISTILL_LR['sgd']:g}; recorded resolved in the JSON)")
+    p.add_argument("--recoveries", nargs="+", choices=RECOVERIES, default=list(RECOVERIES),
+                   help="which recoveries to run (the others' columns stay empty): ft (2-epoch fine-tune), kd "
+                        "(2-epoch distillation), long (the --long-epochs fine-tune)")
     p.add_argument("--test-samples", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
@@ -275,8 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the points already in --out and measure the rest")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fashion_mnist.json")
     a = p.parse_args(argv)
-    if a.finetune_lr is not None and not (a.finetune_lr > 0 and math.isfinite(a.finetune_lr)):
-        p.error(f"--finetune-lr {a.finetune_lr:g}: needs a positive number")
+    for flag, v in (("--finetune-lr", a.finetune_lr), ("--distill-lr", a.distill_lr)):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            p.error(f"{flag} {v:g}: needs a positive number")
+    if a.finetune_epochs < 1:
+        p.error(f"--finetune-epochs {a.finetune_epochs}: needs at least 1")
+    ft_opts = TrainOptions(epochs=a.finetune_epochs, lr=a.finetune_lr)
+    kd_opts = TrainOptions(epochs=a.finetune_epochs, lr=a.distill_lr if a.distill_lr is not None else a.finetune_lr)
+    # the rate the distillation ran at, resolved (files at other rates never merge, whatever the default was then);
+    # None without one
+    a.distill_lr = kd_opts.resolved(distill=True).lr if "kd" in a.recoveries else None
+    a.recoveries = [r for r in RECOVERIES if r in a.recoveries]  # one spelling per set: --resume and gaps.py compare it
     if a.quick:
         a.budgets, a.seeds, a.test_samples, a.finetune_samples = [2, 4], [0], 2000, 500
     torch.set_num_threads(a.threads)
@@ -297,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"], results["unreachable"] = old["rows"], old.get("unreachable", [])
     done = {(r["seed"], r["budget"]) for r in results["rows"]}
     print(f"base: test accuracy {100 * base_acc:.2f}%, {base_macs / 1e6:.1f}M MACs", file=sys.stderr)
-    ft_opts = TrainOptions(epochs=a.finetune_epochs, lr=a.finetune_lr)
     try:
         import torch_pruning  # noqa: F401
     except ImportError:
@@ -328,13 +350,16 @@ def main(argv: list[str] | None = None) -> int:
                 recalibrate(m, cx, cy, a.batch_size)
                 row = {"seed": seed, "budget": budget, "method": method, "tp_ratio": ratio, "macs": count_macs(m, xt[:1]),
                        "params": count_params(m), "prune_seconds": time.perf_counter() - tp, "acc_oneshot": evaluate(m, xt, yt)}
-                ft = copy.deepcopy(m)
-                train(ft, fx, fy, ft_opts, a.batch_size, seed, f"ft {method} {budget:g}x")
-                row["acc_ft"] = evaluate(ft, xt, yt)
-                kd = copy.deepcopy(m)
-                train(kd, fx, None, ft_opts, a.batch_size, seed, f"kd {method} {budget:g}x", objective=Distillation(copy.deepcopy(base)))
-                row["acc_kd"] = evaluate(kd, xt, yt)
-                if budget in a.long_budgets and a.long_epochs:
+                if "ft" in a.recoveries:
+                    ft = copy.deepcopy(m)
+                    train(ft, fx, fy, ft_opts, a.batch_size, seed, f"ft {method} {budget:g}x")
+                    row["acc_ft"] = evaluate(ft, xt, yt)
+                if "kd" in a.recoveries:
+                    kd = copy.deepcopy(m)
+                    train(kd, fx, None, kd_opts, a.batch_size, seed, f"kd {method} {budget:g}x",
+                          objective=Distillation(copy.deepcopy(base)))
+                    row["acc_kd"] = evaluate(kd, xt, yt)
+                if "long" in a.recoveries and budget in a.long_budgets and a.long_epochs:
                     long = copy.deepcopy(m)
                     train(long, fx, fy, TrainOptions(epochs=a.long_epochs, lr=a.finetune_lr), a.batch_size, seed,
                           f"ft{a.long_epochs} {method} {budget:g}x")
@@ -348,11 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                 if lat:
                     row["realized_over_theoretical"] = (1 / lat["latency_ratio"]) / (base_macs / row["macs"])
                     speed = f" speed-up {1 / lat['latency_ratio']:.2f}x (÷ theory {row['realized_over_theoretical']:.2f})"
-                long = f" ft{row['long_epochs']} {100 * row['acc_ft_long']:5.2f}%" if "acc_ft_long" in row else ""
+                accs = " ".join(f"{name} {100 * row[key]:5.2f}%" for key, name in
+                                (("acc_oneshot", "one-shot"), ("acc_ft", "ft"), ("acc_kd", "kd"),
+                                 ("acc_ft_long", f"ft{row.get('long_epochs')}")) if key in row)
                 results["rows"].append(row)
-                print(f"  seed {seed} {budget:>3g}x {row['method']:<18} MACs {row['macs'] / base_macs:.3f} "
-                      f"acc one-shot {100 * row['acc_oneshot']:5.2f}% ft {100 * row['acc_ft']:5.2f}% kd {100 * row['acc_kd']:5.2f}%"
-                      f"{long}{speed}", file=sys.stderr, flush=True)
+                print(f"  seed {seed} {budget:>3g}x {row['method']:<18} MACs {row['macs'] / base_macs:.3f} acc {accs}{speed}",
+                      file=sys.stderr, flush=True)
             print(f"  seed {seed} budget {budget:g}x: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
             results["seconds"] = time.perf_counter() - t_start
             a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -360,70 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(results))
     plot(results, a.out.with_suffix(".png"))
     return 0
-
-
-def summarise(rows: list[dict]) -> dict:
-    """(budget, method) → mean (and range) of each measure over the seeds."""
-    out: dict = {}
-    for r in rows:
-        out.setdefault((r["budget"], r["method"]), []).append(r)
-    return out
-
-
-def _cell(vals: list[float], scale: float = 100, fmt: str = "{:.2f}") -> str:
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return fmt.format(scale * mean)
-    return fmt.format(scale * mean) + f" ({fmt.format(scale * min(vals))}–{fmt.format(scale * max(vals))})"
-
-
-def markdown(r: dict) -> str:
-    b = r["base"]
-    seeds = sorted({row["seed"] for row in r["rows"]})
-    lines = [f"Base {r['config'].get('arch', 'resnet18')}, {r['config']['epochs']} epochs (60k training images): test accuracy {100 * b['accuracy']:.2f}% on "
-             f"{r['config']['test_samples']} test images, {b['macs'] / 1e6:.1f} M MACs. Mean over seeds {seeds} (range).", "",
-             "| budget | method | MACs kept | one-shot % | ft 2 ep. % | kd 2 ep. (no labels) % | ft long % | speed-up | realized ÷ theory |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for (budget, method), rows in sorted(summarise(r["rows"]).items()):
-        longs = [x["acc_ft_long"] for x in rows if "acc_ft_long" in x]
-        timed = [x for x in rows if "latency_ratio" in x]
-        lines.append(f"| {budget:g}× | {method} | {_cell([x['macs'] / b['macs'] for x in rows], 1, '{:.3f}')} | "
-                     f"{_cell([x['acc_oneshot'] for x in rows])} | {_cell([x['acc_ft'] for x in rows])} | "
-                     f"{_cell([x['acc_kd'] for x in rows])} | "
-                     + (f"{_cell(longs)} ({rows[0].get('long_epochs')} ep.)" if longs else "—") + " | "
-                     + (f"{_cell([1 / x['latency_ratio'] for x in timed], 1)}× | "
-                        f"{_cell([x['realized_over_theoretical'] for x in timed], 1)} |" if timed else "— | — |"))
-    lines.append("")
-    for u in r.get("unreachable", []):
-        lines.append(f"- seed {u['seed']}, {u['budget']:g}×, {u['method']}: not reachable ({u['why']})")
-    lines.append(f"Total {r['seconds'] / 60:.1f} min (this run).")
-    return "\n".join(lines)
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    b = r["base"]
-    fig = Figure(figsize=(13, 4), layout="constrained")
-    axes = fig.subplots(1, 3)
-    groups = summarise(r["rows"])
-    methods = sorted({m for _, m in groups})
-    for ax, key, title in zip(axes, ("acc_oneshot", "acc_ft", "acc_kd"), ("one-shot", "fine-tune 2 epochs", "distillation 2 epochs, no labels")):
-        for method in methods:
-            pts = sorted((sum(x["macs"] for x in rows) / len(rows) / b["macs"], 100 * sum(x[key] for x in rows) / len(rows))
-                         for (bud, m), rows in groups.items() if m == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
-        ax.plot([1.0], [100 * b["accuracy"]], "*", markersize=13, color="black", label="base")
-        ax.set_xscale("log")
-        ax.set_xlabel("MACs kept (log)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

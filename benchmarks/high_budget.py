@@ -136,7 +136,9 @@ def main() -> None:
         widths = [mod.out_channels for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
         print(json.dumps({"variant": v, "budget": budget, "macs_kept": round(count_macs(m, xt[:1]) / base_macs, 4), "one_shot": one,
                           "ft": F.evaluate(m, xt, yt),
-                          "kd": F.evaluate(kd, xt, yt) if kd is not None else None, "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
+                          "kd": F.evaluate(kd, xt, yt) if kd is not None else None,
+                          "lr_ft": TrainOptions().resolved().lr,
+                          "lr_kd": TrainOptions().resolved(distill=True).lr if kd is not None else None, "seconds": round(time.perf_counter() - t0, 1), "widths": widths}),
               flush=True)
 
 

@@ -21,7 +21,14 @@ the library's functions, not in the package:
 - ``stream=F``, ``expand=F`` (session 16): with a per-layer rank, a residual stream's (a layer of several
   producers) or an inverted residual's expansion layer's quantile divided by F (see ``scaled_removal_order``);
 - ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune; ``lr=X``: their
-  SGD learning rate (default ``TrainOptions``': 0.01; session 17).
+  SGD learning rate (default the package's: 0.01, a distillation 0.003 since session 18; session 17);
+- ``steps=K`` (session 18): K prunes in a row, the i-th to (1/BUDGET)^(i/K) of the base's MACs, the BatchNorm
+  re-estimated between them (each step's saliency and refit read the model the previous step left). ``--rank auto``
+  decides on each step's own budget (``compress --steps`` decides on the whole one): the same rank only where both
+  budgets fall on the same side of the rule's thresholds (at 2× they do). Not with ``obs=1``.
+
+Rows record the accuracy, the MACs kept and, with a recovery, the rates it ran at (``lr_ft``, ``lr_kd``: the
+package's defaults differ by session; rows from before session 18 have none: distillation ran at 0.01 then).
 
 Usage (rows appended to --out)::
 
@@ -152,7 +159,7 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
             head.bias.copy_(fit[-1])
 
 
-KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "lr"}
+KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "lr", "steps"}
 REMOVAL_ORDER = select_mod.removal_order
 
 
@@ -197,6 +204,10 @@ def parse_variant(spec: str) -> dict[str, str]:
             ok = False
         if not ok:
             raise SystemExit(f"variant {spec!r}: lr={kw['lr']} is not a positive number")
+    if "steps" in kw and not (kw["steps"].isdigit() and int(kw["steps"]) >= 1):
+        raise SystemExit(f"variant {spec!r}: steps={kw['steps']} is not an integer ≥ 1")
+    if int(kw.get("steps", 1)) > 1 and "obs" in kw:  # its Gram matrices are the base's: a later step's layers are smaller
+        raise SystemExit(f"variant {spec!r}: obs=1 works on the base only, not with steps > 1")
     if "greedy" in kw and kw.get("obs") != "1":
         raise SystemExit(f"variant {spec!r}: greedy=1 needs obs=1")
     return kw
@@ -216,7 +227,12 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
             select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
         if "stream" in kw or "expand" in kw:
             select_mod.removal_order = scaled_removal_order(float(kw.get("stream", 1)), float(kw.get("expand", 1)))
-        m = fm.explainfix_prune(base, 1 / budget, method, cx, cy, 128, seed)
+        steps = int(kw.get("steps", 1))
+        m, base_macs = base, fm.count_macs(base, cx[:1])
+        for i in range(1, steps + 1):  # steps=K: K prunes in a row, each to (1/budget)^(i/K) of the base's MACs
+            if i > 1:
+                fm.recalibrate(m, cx, cy, 128)  # the next step's saliency and refit read the pruned model as it will run
+            m = fm.explainfix_prune(m, base_macs * budget ** (-i / steps) / fm.count_macs(m, cx[:1]), method, cx, cy, 128, seed)
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
         select_mod.removal_order = REMOVAL_ORDER
@@ -227,8 +243,10 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
     xt, yt = data["test"]
     row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
            "prune_seconds": time.perf_counter() - t0,
-           "acc_oneshot": fm.evaluate(m, xt, yt)}
+           "acc_oneshot": fm.evaluate(m, xt, yt), "macs_kept": fm.count_macs(m, cx[:1]) / base_macs}
     lr = float(kw["lr"]) if "lr" in kw else None
+    if kw.get("ft") == "1" or "ftlong" in kw:  # the rates the recoveries ran at (the package's defaults change)
+        row.update(lr_ft=fm.TrainOptions(lr=lr).resolved().lr, lr_kd=fm.TrainOptions(lr=lr).resolved(distill=True).lr)
     if kw.get("ft") == "1":
         fx, fy = data["finetune"]
         ft = copy.deepcopy(m)
