@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from explainfix_cli.train.batches import tensor_batches
-from explainfix_cli.train.finetune import TrainOptions, finetune
+from explainfix_cli.train.finetune import DISTILL_LR, OPTIMIZERS, TrainOptions, finetune
 from explainfix_cli.train.objectives import Distillation, DistillOptions
 
 from conftest import FIXTURE_ARGS, FIXTURE_CALIB, FIXTURES, cli_json, invoke, sha256
@@ -34,9 +34,10 @@ def test_finetune_distill_from_unlabeled_folder(pruned, unlabeled, tmp_path):
     report = cli_json("finetune", pruned, "--trust-code", "--distill", "--data", unlabeled, "--eval-data", EVAL,
                       "--epochs", "3", "--batch-size", "20", "-o", out)
     assert report["options"]["objective"] == "distillation" and report["options"]["temperature"] == 4.0
+    assert report["options"]["lr"] == report["epochs"][0]["lr_used"][0] == DISTILL_LR["sgd"]  # a distillation's own default
     losses = [e["loss"] for e in report["epochs"]]
     assert losses[-1] < losses[0], losses  # the student moves toward the teacher
-    assert report["eval_accuracy_after"] > report["eval_accuracy_before"]
+    assert report["eval_accuracy_after"] > report["eval_accuracy_before"] and report["eval_fell"] is False
     recipe = json.loads((out / "explainfix.json").read_text())
     assert recipe["provenance"][-1]["objective"] == "distillation"
     assert report["data"]["labeled"] is False
@@ -153,6 +154,20 @@ def test_compress_steps_with_distillation_on_unlabeled_data(unlabeled, tmp_path)
     ops = [e["op"] for e in recipe["edits"]]
     assert ops.count("prune") == 2 and ops.count("finetune") == 2
     assert report["finetune"]["options"]["objective"] == "distillation"
+    assert report["finetune"]["options"]["lr"] == DISTILL_LR["sgd"]
+
+
+def test_distillation_has_its_own_default_lr_and_an_explicit_lr_wins():
+    assert TrainOptions().resolved().lr == OPTIMIZERS["sgd"][0] == 0.01
+    assert TrainOptions().resolved(distill=True).lr == DISTILL_LR["sgd"] == 0.003
+    assert TrainOptions(lr=0.02).resolved(distill=True).lr == 0.02
+    assert TrainOptions(optimizer="adamw").resolved(distill=True).lr == OPTIMIZERS["adamw"][0]  # no other rate measured
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(5, 3), nn.Linear(5, 3)
+    batches, steps = tensor_batches(torch.randn(16, 5), None, 8)
+    res = finetune(student, batches, TrainOptions(epochs=1, schedule="constant", recalibrate_bn=False),
+                   steps_per_epoch=steps, objective=Distillation(teacher))
+    assert res.options["lr"] == res.epochs[0].lr_used[0] == DISTILL_LR["sgd"]
 
 
 @pytest.mark.parametrize("args, message", [

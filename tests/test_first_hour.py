@@ -143,6 +143,36 @@ def test_compress_finetune_table_shows_the_rate_used_and_eval_accuracy_per_epoch
     assert "—" not in "".join(rows)  # eval acc measured every epoch
 
 
+def test_a_finetune_that_lowers_eval_accuracy_says_so_and_what_next(pruned_2x, tmp_path):
+    """Too high a rate for a short recovery (benchmarks/README.md: it happens at the default on depthwise bases)."""
+    _, _, pruned = pruned_2x
+    out = tmp_path / "t"
+    p = run_cli("finetune", pruned, "--trust-code", "--data", CALIB, "--eval-data", REPO / "fixtures" / "digits" / "eval",
+                "--epochs", "2", "--lr", "0.3", "-o", out, "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    before, after = report["eval_accuracy_before"], report["eval_accuracy_after"]
+    assert report["eval_fell"] is True and after < before - 0.005
+    text = " ".join(p.stderr.split())
+    assert (f"training lowered the eval accuracy: eval accuracy {100 * before:.1f}% → {100 * after:.1f}% after 2 epochs "
+            f"at lr 0.3. Next, one of:") in text
+    assert f"--lr 0.1 --epochs 2 -o {out}-lr" in text and f"--distill --epochs 2 -o {out}-kd" in text
+    assert f"or keep the model you started from: {pruned} is unchanged" in text
+    from explainfix_cli import load
+
+    load(out, trust_code=True)  # what it wrote (the worse model, as asked) still reloads
+
+
+def test_compress_says_when_its_fine_tune_lowered_the_accuracy(tmp_path):
+    p = run_cli("compress", *FIXTURE_ARGS, "--target-macs", "2x", "--data", CALIB, "--eval-data", REPO / "fixtures" / "digits" / "eval",
+                "--finetune-epochs", "2", "--lr", "0.3", "--no-bench", "-o", tmp_path / "c", "--json")
+    assert p.returncode == 0, p.stderr  # no gate was asked for: it is advice, not a failure
+    c = json.loads(p.stdout)["compressed"]
+    assert c["accuracy"] < c["accuracy_after_prune"] - 0.005
+    assert (f"training lowered the accuracy: {100 * c['accuracy_after_prune']:.1f}% after pruning only → "
+            f"{100 * c['accuracy']:.1f}% after the fine-tune at lr 0.3: run again with --lr 0.1 or --distill") in " ".join(p.stderr.split())
+
+
 # ------------------------------------------------------------ 4, 5: the words of the README, budget tables
 @pytest.fixture(scope="module")
 def pruned_2x(tmp_path_factory):

@@ -27,7 +27,7 @@ import typer
 from ..jobs.bench import BenchOptions
 from ..jobs.common import DataSpec, ModelSpec
 from ..prune.options import PruneOptions
-from ..train.finetune import TrainOptions
+from ..train.finetune import DISTILL_LR, OPTIMIZERS, TrainOptions
 from ..train.objectives import DistillOptions
 
 REQUIRED: Any = ...  # a group field's default that makes its flag required (Typer's own marker)
@@ -87,7 +87,9 @@ AllowInexact = Annotated[bool, typer.Option("--allow-inexact-folds", rich_help_p
 # ---------------------------------------------------------------------------------------- recovery
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", rich_help_panel=RECOVERY, help="Epochs of fine-tuning on --data after each prune (each round or point; 0 = none).")]
 Epochs = Annotated[int, typer.Option("--epochs", rich_help_panel=RECOVERY, help="Passes over --data.")]
-Lr = Annotated[Optional[float], typer.Option("--lr", rich_help_panel=RECOVERY, help="Learning rate (default: 0.01 for sgd, 1e-3 for adamw), cosine-decayed to 0.")]
+_LR_DEFAULTS = ", ".join(f"{lr:g} for {name}" + (f" ({DISTILL_LR[name]:g} with --distill)" if name in DISTILL_LR else "")
+                         for name, (lr, _) in OPTIMIZERS.items())
+Lr = Annotated[Optional[float], typer.Option("--lr", rich_help_panel=RECOVERY, help=f"Learning rate (default: {_LR_DEFAULTS}), cosine-decayed to 0.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", rich_help_panel=RECOVERY, help="sgd (momentum 0.9 Nesterov, weight decay 5e-4) | adamw (weight decay 1e-4).")]
 WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", rich_help_panel=RECOVERY, help="Override the optimizer's default weight decay.")]
 Distill = Annotated[bool, typer.Option("--distill", rich_help_panel=RECOVERY, help="Learn from the original model's outputs (KL on logits softened by "

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..core.fmt import human, pct, pruned_how, ratio
 from ..jobs.summary import NOT_HELD_OUT, checks_ran
-from .next_steps import next_steps, rounding_line, short_labels
+from .next_steps import compress_training_fell, next_steps, rounding_line, short_labels, training_fell
 
 console = Console(stderr=True, highlight=False)
 
@@ -287,7 +287,11 @@ def render_finetune(job: Any) -> None:
         how += f" (T {o['temperature']:g}, alpha {o['alpha']:g})"
     console.print(f"{how}; {o['optimizer']} lr {o['lr']:g} wd {o['weight_decay']:g} {o['schedule']}; "
                   f"{human(res.trainable_params)} trainable params; {frozen}")
-    if res.eval_accuracy_before is not None:
+    if res.eval_fell:
+        first, *steps = training_fell(job)
+        console.print(f"[bold yellow]training lowered the eval accuracy[/]: {first}", soft_wrap=True)
+        console.print("\n".join(steps), soft_wrap=True, markup=False)
+    elif res.eval_accuracy_before is not None:
         console.print(f"eval accuracy {pct(res.eval_accuracy_before)} → [bold]{pct(res.eval_accuracy_after)}[/]")
     console.print(f"wrote {job.out}/ ({', '.join(sorted(p.name for p in job.out.iterdir()))})")
 
@@ -317,6 +321,8 @@ def render_compress(job: Any) -> None:
 
         ft = r["finetune"]
         console.print(_epochs_table(SimpleNamespace(epochs=[SimpleNamespace(**e) for e in ft["epochs"]])))
+        if fell := compress_training_fell(r):
+            console.print(f"[bold yellow]training lowered the accuracy[/]: {fell}", soft_wrap=True)
     g = Table(title="gates", title_justify="left")
     for col in ("gate", "needs", "value", "result"):
         g.add_column(col)

@@ -36,7 +36,8 @@ def recovery_options(finetune_epochs: int, train: Any, distill: Any) -> Any:
         distill.resolved()
         if not finetune_epochs:
             raise BadInput("--distill trains the pruned model: give --finetune-epochs N too", hint="e.g. --distill --finetune-epochs 2")
-    return replace((train or TrainOptions()).resolved(), epochs=finetune_epochs) if finetune_epochs else None
+    return replace((train or TrainOptions()).resolved(distill=distill is not None), epochs=finetune_epochs) \
+        if finetune_epochs else None
 
 
 def check_recovery_data(train: Any, distill: Any, calib: CalibrationSet) -> None:
@@ -126,7 +127,7 @@ def finetune_job(
 
     if data.path is None:
         raise BadInput("finetune needs --data PATH (labeled class subfolders, or any images with --distill)")
-    options = options.resolved()
+    options = options.resolved(distill=distill is not None)
     if distill is not None:
         distill.resolved()
     elif teacher is not None:

@@ -4,9 +4,9 @@
 >>> res = finetune(model, batches, TrainOptions(epochs=3), steps_per_epoch=steps)
 >>> [e.accuracy for e in res.epochs], res.frozen_unchanged
 
-Defaults (documented in the CLI's ``--help`` too): SGD, momentum 0.9 (Nesterov), lr 0.01, weight decay
-5e-4, cosine decay of the learning rate to 0 over all steps, no augmentation, no label smoothing. With
-``--optimizer adamw``: lr 1e-3, weight decay 1e-4. After the last epoch the BatchNorm running statistics
+Defaults (documented in the CLI's ``--help`` too): SGD, momentum 0.9 (Nesterov), lr 0.01 (a distillation: 0.003,
+``DISTILL_LR``), weight decay 5e-4, cosine decay of the learning rate to 0 over all steps, no augmentation, no label
+smoothing. With ``--optimizer adamw``: lr 1e-3, weight decay 1e-4. After the last epoch the BatchNorm running statistics
 are re-estimated by a forward pass over (up to 100 batches of) the training data
 (:func:`recalibrate_batchnorm`). Parameters with ``requires_grad=False`` (the frozen
 spatial filters of a fixed model) are left out of the optimizer and checked bit-identical afterwards.
@@ -27,12 +27,17 @@ from ..core.errors import BadInput, CannotProcess, InternalError
 from ..core.gradients import autocast
 from ..core.layout import channels_last
 from .batches import Batches, shuffled_batches, tensor_batches
-from .objectives import CrossEntropy, classifier_logits
+from .objectives import CrossEntropy, Distillation, classifier_logits
 
 OPTIMIZERS = {  # name → (default lr, default weight decay)
     "sgd": (0.01, 5e-4),
     "adamw": (1e-3, 1e-4),
 }
+# a distillation's default lr where it differs from OPTIMIZERS'. SGD 0.003 against 0.01, 2 epochs on 2,000 images (session
+# 18, Fashion-MNIST, five bases, 2×–10× fewer MACs, mean of seeds 0 and 1, Torch-Pruning's models beside): up in all 15
+# cells of the three depthwise bases (+1.05 to +12.20), down in 7 of 10 on ResNet-18 (at most −0.86).
+# benchmarks/README.md, "Session 18"
+DISTILL_LR = {"sgd": 0.003}
 
 
 @dataclass
@@ -49,7 +54,8 @@ class TrainOptions:
     bn_batches: int = 100  # at most this many batches for that
     amp: bool = False  # bf16 autocast of the training forward pass on CUDA (core/gradients.autocast)
 
-    def resolved(self) -> "TrainOptions":
+    def resolved(self, distill: bool = False) -> "TrainOptions":
+        """Defaults filled in; ``distill``: for a distillation (its own default lr, ``DISTILL_LR``)."""
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -57,6 +63,7 @@ class TrainOptions:
         if self.epochs < 1:
             raise BadInput(f"--epochs must be ≥ 1, got {self.epochs}")
         lr, wd = OPTIMIZERS[self.optimizer]
+        lr = DISTILL_LR.get(self.optimizer, lr) if distill else lr
         lr = lr if self.lr is None else self.lr
         if not (lr > 0 and math.isfinite(lr)):
             raise BadInput(f"--lr must be a positive number, got {lr:g}")
@@ -100,8 +107,18 @@ class FinetuneResult:
     eval_accuracy_before: float | None = None
     eval_accuracy_after: float | None = None
 
+    @property
+    def eval_fell(self) -> bool:
+        """Training ended more than :data:`FELL` below the eval accuracy it started from (a short recovery at too
+        high a rate can: benchmarks/README.md, "The recovery's learning rate")."""
+        before, after = self.eval_accuracy_before, self.eval_accuracy_after
+        return before is not None and after is not None and after < before - FELL
+
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "eval_fell": self.eval_fell}
+
+
+FELL = 0.005  # half a point of eval accuracy: less is within the noise of a small eval set
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -160,7 +177,7 @@ def finetune(
     accuracy after each epoch (``evaluate_last`` False: not after the last one, which the caller measures
     itself and fills in; one pass over the evaluation data saved). ``example`` (one input) lets the passes run channels-last where that
     computes the same (core/layout.py). Leaves the model in eval mode."""
-    opt = options.resolved()
+    opt = options.resolved(distill=isinstance(objective, Distillation))
     torch.manual_seed(seed)
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -326,5 +343,5 @@ def spatial_param_names(model: nn.Module) -> list[str]:
 
 __all__ = [
     "TrainOptions", "TrainStep", "EpochStats", "FinetuneResult", "finetune", "predict", "accuracy", "agreement",
-    "shuffled_batches", "tensor_batches", "set_spatial_frozen", "spatial_param_names", "OPTIMIZERS",
+    "shuffled_batches", "tensor_batches", "set_spatial_frozen", "spatial_param_names", "OPTIMIZERS", "DISTILL_LR",
 ]
