@@ -108,6 +108,16 @@ def replace_columns(bases: dict[tuple, dict], later: dict) -> None:
     if len(same) != 1:
         raise ValueError(f"--columns-from: {cfg.get('arch')} {cfg['epochs']}-epoch matches {len(same)} loaded runs, not 1")
     doc = same[0]
+    differ = [k for k in SAME_RUN if k not in ("finetune_lr", "distill_lr", "recoveries", "long_epochs")
+              and doc["config"].get(k) != cfg.get(k)]
+    if differ:
+        raise ValueError(f"--columns-from: {cfg.get('arch')} {cfg['epochs']}-epoch was run with other {', '.join(differ)}")
+    later_keys = {(r["seed"], r["budget"], r["method"]) for r in later["rows"]}
+    missing = [r for r in doc["rows"] if (r["seed"], r["budget"], r["method"]) not in later_keys]
+    if missing:  # a partial rerun would leave cells at the old settings under the new header
+        r = missing[0]
+        raise ValueError(f"--columns-from: the later {cfg.get('arch')} run has no seed {r['seed']}, {r['budget']:g}×, "
+                         f"{r['method']} ({len(missing)} rows missing)")
     keys = [k for k, _ in COLUMNS[1:] if any(k in r for r in later["rows"])]
     rows = {(r["seed"], r["budget"], r["method"]): r for r in doc["rows"]}
     for r in later["rows"]:

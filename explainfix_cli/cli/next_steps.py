@@ -47,24 +47,29 @@ def next_steps(r: Any, job: Any, measured_on: str) -> list[str]:
     ]
 
 
+def _distill_instead(o: dict) -> str:
+    """How to switch a cross-entropy run to distillation: its own default rate needs --lr left out."""
+    from ..train.finetune import DISTILL_LR, OPTIMIZERS
+
+    name = o.get("optimizer", "sgd")
+    return f"--distill in place of --lr (it learns from the original's outputs, at lr {DISTILL_LR.get(name, OPTIMIZERS[name][0]):g})"
+
+
 def training_fell(job: Any) -> list[str]:
-    """The fine-tune lowered the eval accuracy: the numbers (first line), then the ways on, as commands."""
-    res, report = job.result, job.report
-    o = res.options
-    distill = o.get("objective") == "distillation"
-    again = f"explainfix finetune {report['model']} --data {(report.get('data') or {}).get('source') or 'DATA'}" + \
-        (" --distill" if distill else "") + f" --eval-data {(report.get('eval_data') or {}).get('source') or 'EVAL'}"
+    """The fine-tune lowered the eval accuracy: the numbers (first line), then the ways on. Phrased as changes to
+    the user's own command, which holds everything this run needed (--trust-code, --arch, --teacher, …)."""
+    res, o = job.result, job.result.options
     lines = [f"eval accuracy {100 * res.eval_accuracy_before:.1f}% → {100 * res.eval_accuracy_after:.1f}% after "
              f"{_n(len(res.epochs), 'epoch')} at lr {o['lr']:g}. Next, one of:",
-             f"  a lower rate: {again} --lr {o['lr'] / 3:.2g} --epochs {len(res.epochs)} -o {job.out}-lr"]
-    if not distill:
-        lines.append(f"  learn from the original's outputs instead: {again} --distill --epochs {len(res.epochs)} -o {job.out}-kd")
-    lines.append(f"  or keep the model you started from: {report['model']} is unchanged")
+             f"  a lower rate: run this command again with --lr {o['lr'] / 3:.2g} and another -o"]
+    if o.get("objective") != "distillation":
+        lines.append(f"  learn from the original instead: run it again with {_distill_instead(o)}")
+    lines.append(f"  or keep the model you started from: {job.report['model']} is unchanged")
     return lines
 
 
 def compress_training_fell(report: dict) -> str | None:
-    """compress: the fine-tune ended lower than pruning alone on the eval data (None where it did not)."""
+    """compress: the fine-tune ended more than FELL below pruning alone (None where it did not)."""
     from ..train.finetune import FELL
 
     c, ft = report["compressed"], report.get("finetune")
@@ -72,9 +77,9 @@ def compress_training_fell(report: dict) -> str | None:
             or c["accuracy"] >= c["accuracy_after_prune"] - FELL:
         return None
     o = ft["options"]
-    other = "" if o.get("objective") == "distillation" else " or --distill"
+    other = "" if o.get("objective") == "distillation" else f", or with {_distill_instead(o)}"
     return (f"{100 * c['accuracy_after_prune']:.1f}% after pruning only → {100 * c['accuracy']:.1f}% after the fine-tune "
-            f"at lr {o['lr']:g}: run again with --lr {o['lr'] / 3:.2g}{other}")
+            f"at lr {o['lr']:g}: run this command again with --lr {o['lr'] / 3:.2g}{other}")
 
 
 def short_labels(labels: list[str]) -> list[str]:
