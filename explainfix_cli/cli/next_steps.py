@@ -8,8 +8,9 @@ from typing import Any
 from ..core.fmt import human
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: int, noun: str) -> str:
+    """3 → '3 channels', 1 → '1 channel' (batch → batches, epoch → epochs)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith(('tch', 'sh', 'ss', 'x')) else 's'}"
 
 
 def rounding_line(n: int, r: Any) -> str:
@@ -20,7 +21,7 @@ def rounding_line(n: int, r: Any) -> str:
     layers = sorted(ro["layers"].items(), key=lambda kv: -kv[1])
     named = ", ".join(f"{name} +{k}" for name, k in layers[:5]) + (f" … +{len(layers) - 5} layers" if len(layers) > 5 else "")
     cost = f"; cost {human(ro['macs'])} MACs ({100 * ro['macs'] / r.macs_before:.1f}% of the original)" if ro["macs"] else ""
-    return f"{_n(n, 'channel')} to keep channel counts {step}: {named}{cost}; --round-to 1 removes them"
+    return f"{plural(n, 'channel')} to keep channel counts {step}: {named}{cost}; --round-to 1 removes them"
 
 
 def budget_flags(options: dict, smaller: bool = False) -> str:
@@ -60,7 +61,7 @@ def training_fell(job: Any) -> list[str]:
     the user's own command, which holds everything this run needed (--trust-code, --arch, --teacher, …)."""
     res, o = job.result, job.result.options
     lines = [f"eval accuracy {100 * res.eval_accuracy_before:.1f}% → {100 * res.eval_accuracy_after:.1f}% after "
-             f"{_n(len(res.epochs), 'epoch')} at lr {o['lr']:g}. Next, one of:",
+             f"{plural(len(res.epochs), 'epoch')} at lr {o['lr']:g}. Next, one of:",
              f"  a lower rate: run this command again with --lr {o['lr'] / 3:.2g} and another -o"]
     if o.get("objective") != "distillation":
         lines.append(f"  learn from the original instead: run it again with {_distill_instead(o)}")

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..core.fmt import human, pct, pruned_how, ratio
 from ..jobs.summary import NOT_HELD_OUT, checks_ran
-from .next_steps import compress_training_fell, next_steps, rounding_line, short_labels, training_fell
+from .next_steps import compress_training_fell, next_steps, plural, rounding_line, short_labels, training_fell
 
 console = Console(stderr=True, highlight=False)
 
@@ -33,11 +33,6 @@ def render_notes(report: dict) -> None:
     """What loading decided on the user's behalf (EMA weights, the architecture from --arch, …)."""
     for note in report.get("load_notes") or []:
         console.print(f"[dim]note: {note}[/]")
-
-
-def _n(count: int, noun: str) -> str:
-    """3 → '3 channels', 1 → '1 channel' (batch → batches)."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('ch') else 's'}"
 
 
 def _source(source: str, report: dict) -> str:
@@ -65,7 +60,7 @@ def render_prune(job: Any) -> None:
         table.add_row(row.name, row.kind, _changed(row.in_before, row.in_after), _changed(row.out_before, row.out_after), last)
     hidden = sum(1 for row in r.layers if row.in_before == row.in_after and row.out_before == row.out_after and not row.zeroed)
     if hidden:
-        table.caption = f"{_n(hidden, 'unchanged layer')} not shown"
+        table.caption = f"{plural(hidden, 'unchanged layer')} not shown"
     console.print(table)
 
     totals = Table(show_header=True, title="totals", title_justify="left")
@@ -86,7 +81,7 @@ def render_prune(job: Any) -> None:
         console.print(f"[yellow]budget[/]: {r.budget['note']}")
     if r.floor_layers:
         names = ", ".join(r.floor_layers[:6]) + (f" … +{len(r.floor_layers) - 6}" if len(r.floor_layers) > 6 else "")
-        console.print(f"[yellow]at the floor[/]: {_n(len(r.floor_layers), 'layer')} cut to --floor "
+        console.print(f"[yellow]at the floor[/]: {plural(len(r.floor_layers), 'layer')} cut to --floor "
                       f"({r.options.get('floor', 0.1):.0%} of their channels): {names}", soft_wrap=True)
     if r.quality_fell:
         first, *steps = next_steps(r, job, _source(r.eval_source, job.report))
@@ -95,14 +90,14 @@ def render_prune(job: Any) -> None:
             console.print(step, soft_wrap=True, markup=False)
     if r.refit:
         f = r.refit
-        console.print(f"refit {_n(f['layers'], 'layer')} reading removed channels by least squares "
+        console.print(f"refit {plural(f['layers'], 'layer')} reading removed channels by least squares "
                       f"(relative output residual {f['residual_before']:.3g} → {f['residual_after']:.3g}, "
                       f"summed; {len(f['skipped'])} not refit)" if f["layers"] else
                       f"no layer refit ({len(f['skipped'])} read removed channels; none with a BatchNorm alone after it)")
     if r.recalibrated and r.recalibrated.get("skipped"):
         console.print(f"BatchNorm re-estimation skipped: {r.recalibrated['skipped']}")
     elif r.recalibrated:
-        console.print(f"BatchNorm statistics re-estimated on {_n(r.recalibrated['batches'], 'calibration batch')}")
+        console.print(f"BatchNorm statistics re-estimated on {plural(r.recalibrated['batches'], 'calibration batch')}")
     for path, why in list(r.opaque.items())[:5]:
         console.print(f"[yellow]kept whole[/] {path}: {why}")
     if len(r.opaque) > 5:
@@ -110,19 +105,19 @@ def render_prune(job: Any) -> None:
     c = r.check
     folds = f"{r.nonzero_folds} constant channel·consumer pairs folded into biases"
     if r.inexact_kept:
-        console.print(f"[yellow]kept[/] {_n(r.inexact_kept, 'channel')} whose removal needs an inexact fold into a zero-padded conv "
+        console.print(f"[yellow]kept[/] {plural(r.inexact_kept, 'channel')} whose removal needs an inexact fold into a zero-padded conv "
                       "(--allow-inexact-folds removes them, and the model then differs at the borders)")
     if r.channels_removed == 0:
         console.print("[yellow]no channel was removed[/]: " + r.nothing_removed)
     if r.frozen_by:  # what no budget can remove, and the op responsible for most of it
         (top, n), total = next(iter(r.frozen_by.items())), sum(r.frozen_by.values())
-        console.print(f"[dim]frozen[/] {_n(n, 'channel')} by {top}" + (f" (of {total} frozen in all; report.json: frozen_by)"
+        console.print(f"[dim]frozen[/] {plural(n, 'channel')} by {top}" + (f" (of {total} frozen in all; report.json: frozen_by)"
                                                                           if total > n else ""), soft_wrap=True)
     for why, n in list(r.kept.items())[:3]:
         if why.startswith("rounded") and r.rounding:  # which layers, and what it cost
             console.print(f"[yellow]kept[/] {rounding_line(n, r)}", soft_wrap=True)
         elif not why.startswith("its removal needs an inexact"):  # said above
-            console.print(f"[yellow]kept[/] {_n(n, 'channel')}: {why}")
+            console.print(f"[yellow]kept[/] {plural(n, 'channel')}: {why}")
     if c.status == "inexact":
         console.print(
             f"self-check [bold yellow]inexact[/] (--allow-inexact-folds): pruned ≡ masked equivalent (max rel err "
