@@ -70,10 +70,11 @@ def test_layer_table_counts_come_from_the_modules_convtranspose_and_linear_inclu
 
 
 def test_counts_are_said_in_words():
-    from explainfix_cli.cli.render import _n
+    from explainfix_cli.cli.next_steps import plural
 
-    assert [_n(1, "unchanged layer"), _n(2, "channel"), _n(1, "calibration batch"), _n(3, "calibration batch")] == [
-        "1 unchanged layer", "2 channels", "1 calibration batch", "3 calibration batches"]
+    assert [plural(1, "unchanged layer"), plural(2, "channel"), plural(1, "calibration batch"),
+            plural(3, "calibration batch"), plural(2, "epoch")] == [
+        "1 unchanged layer", "2 channels", "1 calibration batch", "3 calibration batches", "2 epochs"]
 
 
 def test_pct_on_a_model_without_kxk_kernels_says_why_nothing_goes(tmp_path):
