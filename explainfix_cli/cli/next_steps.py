@@ -50,10 +50,10 @@ def next_steps(r: Any, job: Any, measured_on: str) -> list[str]:
 
 def _distill_instead(o: dict) -> str:
     """How to switch a cross-entropy run to distillation: its own default rate needs --lr left out."""
-    from ..train.finetune import DISTILL_LR, OPTIMIZERS
+    from ..train.finetune import TrainOptions
 
-    name = o.get("optimizer", "sgd")
-    return f"--distill in place of --lr (it learns from the original's outputs, at lr {DISTILL_LR.get(name, OPTIMIZERS[name][0]):g})"
+    lr = TrainOptions(optimizer=o.get("optimizer", "sgd")).resolved(distill=True).lr
+    return f"--distill in place of --lr (it learns from the original's outputs, at lr {lr:g})"
 
 
 def training_fell(job: Any) -> list[str]:
@@ -71,11 +71,10 @@ def training_fell(job: Any) -> list[str]:
 
 def compress_training_fell(report: dict) -> str | None:
     """compress: the fine-tune ended more than FELL below pruning alone (None where it did not)."""
-    from ..train.finetune import FELL
+    from ..train.finetune import fell
 
     c, ft = report["compressed"], report.get("finetune")
-    if not ft or c.get("accuracy") is None or c.get("accuracy_after_prune") is None \
-            or c["accuracy"] >= c["accuracy_after_prune"] - FELL:
+    if not ft or not fell(c.get("accuracy_after_prune"), c.get("accuracy")):
         return None
     o = ft["options"]
     other = "" if o.get("objective") == "distillation" else f", or with {_distill_instead(o)}"

@@ -111,14 +111,18 @@ class FinetuneResult:
     def eval_fell(self) -> bool:
         """Training ended more than :data:`FELL` below the eval accuracy it started from (a short recovery at too
         high a rate can: benchmarks/README.md, "The recovery's learning rate")."""
-        before, after = self.eval_accuracy_before, self.eval_accuracy_after
-        return before is not None and after is not None and after < before - FELL
+        return fell(self.eval_accuracy_before, self.eval_accuracy_after)
 
     def to_json(self) -> dict:
         return {**asdict(self), "eval_fell": self.eval_fell}
 
 
 FELL = 0.005  # half a point of eval accuracy: less is within the noise of a small eval set
+
+
+def fell(before: float | None, after: float | None) -> bool:
+    """``after`` more than :data:`FELL` below ``before`` (False where either was not measured)."""
+    return before is not None and after is not None and after < before - FELL
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -343,5 +347,5 @@ def spatial_param_names(model: nn.Module) -> list[str]:
 
 __all__ = [
     "TrainOptions", "TrainStep", "EpochStats", "FinetuneResult", "finetune", "predict", "accuracy", "agreement",
-    "shuffled_batches", "tensor_batches", "set_spatial_frozen", "spatial_param_names", "OPTIMIZERS", "DISTILL_LR",
+    "shuffled_batches", "tensor_batches", "set_spatial_frozen", "spatial_param_names", "OPTIMIZERS", "DISTILL_LR", "fell",
 ]
