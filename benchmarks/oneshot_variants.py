@@ -22,6 +22,10 @@ the library's functions, not in the package:
   producers) or an inverted residual's expansion layer's quantile divided by F (see ``scaled_removal_order``);
 - ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune; ``lr=X``: their
   SGD learning rate (default the package's: 0.01, a distillation 0.003 since session 18; session 17);
+- ``sens=B`` (session 19): with ``rank=sensitivity`` (or ``--rank auto`` where it picks it), each layer's measured
+  loss divided by the layer's cost to the power B (the package: 1; 0: every layer cut to the same loss). The
+  rows of results/fmnist39_prototype.json came from the first version of this key (commit 292ecf0: its own
+  probe, before the package had the rank; ``sens=B`` alone then meant the per-layer rank with that allocation);
 - ``steps=K`` (session 18): K prunes in a row, the i-th to (1/BUDGET)^(i/K) of the base's MACs, the BatchNorm
   re-estimated between them (each step's saliency and refit read the model the previous step left). ``--rank auto``
   decides on each step's own budget (``compress --steps`` decides on the whole one): the same rank only where both
@@ -160,7 +164,8 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
 
 
 KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "lr", "steps",
-        "sens", "grid"}
+        "sens"}
+LEVELS = select_mod.sensitivity_levels
 REMOVAL_ORDER = select_mod.removal_order
 
 
@@ -185,89 +190,6 @@ def scaled_removal_order(stream: float, expand: float):
             for i, r in enumerate(members):  # members in the default order: their quantile inside the layer
                 key[r] = ((i + 0.5) / len(members) / f if f > 0 else float("inf"), pos[r])
         return sorted((r for r in order if key[r][0] != float("inf")), key=key.get)
-    return removal_order
-
-
-def layer_sensitivity(base: nn.Module, graph, layers: dict, cx: torch.Tensor, grid: list[float]) -> dict:
-    """For every layer (``layers``: producers → its groups, least important first) and every fraction q of
-    ``grid``: the KL divergence of the base's outputs on ``cx`` from those of the base with the layer's first
-    ⌈q·n⌉ groups replaced by their mean (every consumer reading them sees the channel's calibration mean: a
-    removal whose constant is folded, before any refit or BatchNorm re-estimation)."""
-    means, hooks, masks = {}, [], {}
-    consumers = [(c, graph.roots(c.labels)) for c in graph.consumers]
-
-    def mean_hook(name):
-        def hook(_m, args):
-            x = args[0].detach().double()
-            means[name] = x.mean(0) if x.dim() == 2 else x.mean(dim=(0, 2, 3))
-        return hook
-
-    def mask_hook(name):
-        def hook(_m, args):
-            mk = masks.get(name)
-            if mk is None:
-                return None
-            x = args[0]
-            shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
-            return (torch.where(mk.view(shape), means[name].to(x.dtype).view(shape), x), *args[1:])
-        return hook
-
-    base.eval()
-    for c, _ in consumers:
-        hooks.append(base.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module)))
-    with torch.no_grad():
-        ref = torch.log_softmax(base(cx).double(), 1)
-    for h in hooks:
-        h.remove()
-    hooks = [base.get_submodule(c.module).register_forward_pre_hook(mask_hook(c.module)) for c, _ in consumers]
-    out = {}
-    try:
-        for key, members in layers.items():
-            curve = []
-            for q in grid:
-                removed = {g.root for g in members[:math.ceil(q * len(members))]}
-                masks.clear()
-                for c, roots in consumers:
-                    mk = torch.tensor([r in removed for r in roots])
-                    if mk.any():
-                        masks[c.module] = mk
-                with torch.no_grad():
-                    lp = torch.log_softmax(base(cx).double(), 1)
-                curve.append(float((ref.exp() * (ref - lp)).sum(1).mean()))
-            out[key] = curve
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
-
-
-def sensitivity_removal_order(base: nn.Module, cx: torch.Tensor, beta: float, grid: list[float], record: dict):
-    """The per-layer ranks' groups ordered by the sensitivity their layer reaches when they go: group i of a
-    layer of n (least important first) is keyed by s_L((i+1)/n) / M_L^beta, s_L the layer's measured curve
-    (``layer_sensitivity``, linear between the grid points, 0 at 0, the last slope beyond), M_L the MACs the
-    layer's groups save in all (relative to the mean layer). beta 0: every layer cut to the same sensitivity;
-    1: to the same sensitivity per MAC. The budget search then takes the cut. ``record`` gets the curves."""
-    def removal_order(graph, groups, rank, cost, floor):
-        order = REMOVAL_ORDER(graph, groups, rank, cost, floor)
-        if all(g.saliency == 1.0 for g in groups.values()):  # check_budget's floor plan: no scores to probe by
-            return order
-        layers: dict = {}
-        for r in order:  # members in the default order: least important first inside each layer
-            layers.setdefault(tuple(sorted(groups[r].producers)), []).append(groups[r])
-        curves = layer_sensitivity(base, graph, layers, cx, grid)
-        record.update({"+".join(k): v for k, v in curves.items()})
-        macs = {k: sum(g.macs for g in m) for k, m in layers.items()}
-        mean_macs = sum(macs.values()) / len(macs)
-        xs = [0.0, *grid]
-        key = {}
-        for k, members in layers.items():
-            ys = np.maximum.accumulate([0.0, *curves[k]])
-            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-            for i, g in enumerate(members):
-                q = (i + 1) / len(members)
-                s = float(np.interp(q, xs, ys)) if q <= xs[-1] else float(ys[-1] + slope * (q - xs[-1]))
-                key[g.root] = (s / (macs[k] / mean_macs) ** beta, q)
-        return sorted(order, key=key.get)
     return removal_order
 
 
@@ -309,10 +231,8 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
         if kw.get("obs") == "1":
             grams = consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)())
             select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
-        if "sens" in kw:
-            grid = [float(v) for v in kw.get("grid", "0.25/0.5/0.75").split("/")]
-            curves: dict = {}
-            select_mod.removal_order = sensitivity_removal_order(base, cx, float(kw["sens"]), grid, curves)
+        if "sens" in kw:  # the sensitivity rank's levels divided by the layer's cost to this power (library: 1)
+            select_mod.sensitivity_levels = lambda *a, **k: LEVELS(*a, **{**k, "power": float(kw["sens"])})
         if "stream" in kw or "expand" in kw:
             select_mod.removal_order = scaled_removal_order(float(kw.get("stream", 1)), float(kw.get("expand", 1)))
         steps = int(kw.get("steps", 1))
@@ -323,7 +243,7 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
             m = fm.explainfix_prune(m, base_macs * budget ** (-i / steps) / fm.count_macs(m, cx[:1]), method, cx, cy, 128, seed)
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
-        select_mod.removal_order = REMOVAL_ORDER
+        select_mod.removal_order, select_mod.sensitivity_levels = REMOVAL_ORDER, LEVELS
     ridge = None if kw.get("refit") in ("0", "false") else float(kw.get("ridge", reconstruct.RIDGE))
     if kw.get("head") == "1":
         refit_head(m, base, cx, float(kw.get("ridge", reconstruct.RIDGE)))
@@ -332,8 +252,6 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
     row = {"variant": spec, "ridge": ridge, "budget": budget, "seed": seed,
            "prune_seconds": time.perf_counter() - t0,
            "acc_oneshot": fm.evaluate(m, xt, yt), "macs_kept": fm.count_macs(m, cx[:1]) / base_macs}
-    if "sens" in kw:
-        row["sensitivity"] = curves
     lr = float(kw["lr"]) if "lr" in kw else None
     if kw.get("ft") == "1" or "ftlong" in kw:  # the rates the recoveries ran at (the package's defaults change)
         row.update(lr_ft=fm.TrainOptions(lr=lr).resolved().lr, lr_kd=fm.TrainOptions(lr=lr).resolved(distill=True).lr)

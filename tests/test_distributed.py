@@ -34,9 +34,10 @@ def _same_weights(a: Path, b: Path, tol: float = 1e-5) -> None:
         assert torch.allclose(x[k].double(), y[k].double(), rtol=tol, atol=tol), k
 
 
-def test_prune_on_two_ranks_equals_one(tmp_path):
+@pytest.mark.parametrize("rank", [[], ["--rank", "sensitivity"]])  # sensitivity: each rank probes its shard, sums reduced
+def test_prune_on_two_ranks_equals_one(tmp_path, rank):
     """100 images in batches of 7: 15 batches, 8 on rank 0 and 7 on rank 1 — none lost, none used twice."""
-    args = ["prune", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--target-macs", "2x", "--batch-size", "7", "--json"]
+    args = ["prune", *FIXTURE_ARGS, "--data", FIXTURE_CALIB, "--target-macs", "2x", "--batch-size", "7", "--json", *rank]
     one = run_cli(*args, "-o", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     two = torchrun("-m", "explainfix_cli", *args, "-o", tmp_path / "two")
@@ -51,6 +52,7 @@ def test_prune_on_two_ranks_equals_one(tmp_path):
     _same_weights(tmp_path / "one", tmp_path / "two")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one set of files, no temp dirs
     assert "error" not in two.stderr.lower()
+    assert b["options"]["rank_used"] == (rank[-1] if rank else "per-cost")
 
 
 def test_explain_on_two_ranks_equals_one(tmp_path):

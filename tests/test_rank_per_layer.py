@@ -1,7 +1,7 @@
 """The channel criterion's ranks: ``--rank l1-per-layer`` (channel groups by Σ|w| within their layer, the same
 fraction from every layer; pinned, the data then only feeds BatchNorm and the agreement), ``--rank auto`` (the default:
 per-cost up to 8× fewer, l1-per-layer beyond; on a network with depthwise convs the same fraction from every layer at every
-budget, saliency-per-layer up to 2× and l1-per-layer beyond) and every rank's budget and self-check on real torchvision models."""
+budget: sensitivity up to 2×, every layer cut to the same measured loss per cost, and l1-per-layer beyond) and every rank's budget and self-check on real torchvision models."""
 import pytest
 import torch
 from conftest import seeded_batches, small_resnet18
@@ -84,7 +84,7 @@ def nets():
             "mobilenet_v2": tv.models.mobilenet_v2(num_classes=10), "mobilenet_v3_small": tv.models.mobilenet_v3_small()}
 
 
-@pytest.mark.parametrize("budget,depthwise_rank", [("1.5x", "saliency-per-layer"), ("2x", "saliency-per-layer"),
+@pytest.mark.parametrize("budget,depthwise_rank", [("1.5x", "sensitivity"), ("2x", "sensitivity"),
                                                    ("2.1x", "l1-per-layer"), ("4x", "l1-per-layer"), ("10x", "l1-per-layer")])
 def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolutions(budget, depthwise_rank, nets):
     opts = PruneOptions(target_macs=budget).resolved(has_data=True)
@@ -94,7 +94,7 @@ def test_auto_is_uniform_at_every_budget_on_a_network_with_depthwise_convolution
         dw = opts.with_model(nets[name])
         rank, why = dw.ranking
         assert rank == depthwise_rank and "on a network with depthwise convolutions" in why, why
-        assert dw.needs_saliency == (rank == "saliency-per-layer")  # beyond 2x Σ|w|: the gradient pass is skipped
+        assert dw.needs_saliency == (rank == "sensitivity")  # beyond 2x Σ|w|: the gradient pass is skipped
         assert "depthwise" not in dw.to_json()  # a fact of the model, said in rank_why, not an option
     assert opts.with_model(nets["resnet18"]).needs_saliency == (plain == "per-cost")
     # grouped but not depthwise (ResNeXt's groups < in_channels) keeps the 8x switch
@@ -127,10 +127,10 @@ def test_saliency_per_layer_takes_the_same_fraction_as_l1_but_other_channels():
 def test_without_data_no_rank_claims_the_saliency(nets):
     dw = PruneOptions(target_macs="2x").resolved(has_data=False).with_model(nets["mobilenet_v2"])
     rank, why = dw.ranking
-    assert rank == "l1-per-layer" and "no --data" in why, why  # with data this budget is saliency-per-layer
+    assert rank == "l1-per-layer" and "no --data" in why, why  # with data this budget is sensitivity
     plain = PruneOptions(target_macs="2x").resolved(has_data=False).with_model(nets["resnet18"]).ranking
     assert plain[0] == "per-cost" and "no --data: Σ|w| per cost" in plain[1]
-    for rank in ("saliency", "saliency-per-layer"):
+    for rank in ("saliency", "saliency-per-layer", "sensitivity"):
         with pytest.raises(BadInput, match=f"--rank {rank} ranks by the saliency, which needs calibration data"):
             PruneOptions(target_macs="2x", rank=rank).resolved(has_data=False)
 
@@ -145,7 +145,7 @@ def test_a_pruner_made_for_any_budget_computes_the_saliency_and_one_made_without
     x = torch.randn(4, 3, 64, 64)
     batches = lambda: iter([(x, torch.tensor([0, 1, 2, 3]))])  # noqa: E731
     lean = Pruner(copy.deepcopy(model), PruneOptions(target_macs="4x"), x[:1], batches, gradients=False)
-    with pytest.raises(BadInput, match="saliency-per-layer at this budget ranks by the saliency"):
+    with pytest.raises(BadInput, match="sensitivity at this budget ranks by the saliency"):
         lean.to("2x", model=copy.deepcopy(model))  # never silently Σ|w| where the rank says saliency
     assert lean._scored is None  # refused before the data was read
     # the default (gradients=None): its own 4x ranks by Σ|w|, but 2x can still be asked
@@ -153,7 +153,7 @@ def test_a_pruner_made_for_any_budget_computes_the_saliency_and_one_made_without
     r2 = both.to("2x", model=copy.deepcopy(model), check_inputs=x)
     r4 = both.to("4x", model=copy.deepcopy(model), check_inputs=x)
     assert both.scored().gradients
-    assert r2.options["rank_used"] == "saliency-per-layer" and r4.options["rank_used"] == "l1-per-layer"
+    assert r2.options["rank_used"] == "sensitivity" and r4.options["rank_used"] == "l1-per-layer"
     assert r2.check.passed and r4.check.passed
 
 

@@ -137,27 +137,40 @@ def _column_size(m: nn.Module, c: Consumer) -> int:
     return w.shape[0] // max(1, c.groups) * w[0, 0].numel()
 
 
-def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost: str, floor: float) -> list[int]:
+def _per_cost(g: Group, rank: str, cost: str) -> float:
+    spend = g.macs if cost == "macs" else g.params
+    return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
+
+
+def layers_of(groups: dict[int, Group], rank: str, cost: str) -> dict[tuple[str, ...], list[Group]]:
+    """The groups by layer (the groups with the same producers: one conv, or one residual stream), each
+    layer's least important first (by the score per cost)."""
+    layers: dict[tuple[str, ...], list[Group]] = {}
+    for g in groups.values():
+        if g.producers:
+            layers.setdefault(tuple(sorted(g.producers)), []).append(g)
+    for members in layers.values():
+        members.sort(key=lambda g: (_per_cost(g, rank, cost), g.root))
+    return layers
+
+
+def removal_order(graph: ChannelGraph, groups: dict[int, Group], rank: str, cost: str, floor: float,
+                  levels: dict[int, float] | None = None) -> list[int]:
     """Space roots, least important first; a group that would leave some producer with fewer than
     ``max(1, ceil(floor · rows))`` channels is skipped (it stays). ``per-cost``: saliency (or Σ|w|) per MAC or
     parameter saved, ranked globally; ``saliency``: the score alone. ``l1-per-layer`` (scored by Σ|w|) and
     ``saliency-per-layer`` (by the saliency): every layer (the groups
     with the same producers: one conv, or one residual stream) loses the same fraction — groups are taken in the
     order of their quantile within their layer (Torch-Pruning's uniform ratio, in the engine's exact groups),
-    and the per-cost score only picks which channels of a layer go."""
-    def per_cost(g: Group) -> float:
-        spend = g.macs if cost == "macs" else g.params
-        return g.saliency / spend if rank != "saliency" and spend > 0 else g.saliency
-
-    key: dict[int, tuple[float, ...]] = {r: (per_cost(g), r) for r, g in groups.items()}
-    if rank in PER_LAYER_RANKS:
-        layers: dict[tuple[str, ...], list[Group]] = {}
-        for g in groups.values():
-            layers.setdefault(tuple(sorted(g.producers)), []).append(g)
-        for members in layers.values():
-            members.sort(key=lambda g: key[g.root])
+    and the per-cost score only picks which channels of a layer go. ``sensitivity``: the same order inside each
+    layer, the layers interleaved by ``levels`` (sensitivity.levels: the measured loss each group's removal
+    takes its layer to); without levels (the floor check, which has no scores) as ``saliency-per-layer``."""
+    key: dict[int, tuple[float, ...]] = {r: (_per_cost(g, rank, cost), r) for r, g in groups.items()}
+    if rank in PER_LAYER_RANKS or rank == "sensitivity":
+        for members in layers_of(groups, rank, cost).values():
             for i, g in enumerate(members):  # the middle of its slot: layers of any size interleave evenly
-                key[g.root] = ((i + 0.5) / len(members), *key[g.root])
+                quantile = (i + 0.5) / len(members)
+                key[g.root] = (levels[g.root], quantile, *key[g.root]) if levels else (quantile, *key[g.root])
 
     rows = {p.module: len(p.labels) for p in graph.producers}
     kept = dict(rows)

@@ -16,23 +16,25 @@ from ..core.model import has_depthwise
 
 FILTER_CRITERIA = ("saliency", "magnitude")
 CRITERIA = ("channel", *FILTER_CRITERIA)
-RANKS = ("auto", "per-cost", "saliency", "l1-per-layer", "saliency-per-layer")
+RANKS = ("auto", "per-cost", "saliency", "l1-per-layer", "saliency-per-layer", "sensitivity")
 PER_LAYER_RANKS = ("l1-per-layer", "saliency-per-layer")  # the same fraction from every layer
 MAGNITUDE_RANKS = ("l1-per-layer",)  # ranks that score channel groups by Σ|w| even when data is given
-SALIENCY_RANKS = ("saliency", "saliency-per-layer")  # ranks that name the saliency: they need data
+SALIENCY_RANKS = ("saliency", "saliency-per-layer", "sensitivity")  # ranks that read the data: they need it
 # --rank auto: the saliency per cost (per-cost) while the budget keeps at least this fraction, the same fraction
 # from every layer by Σ|w| (l1-per-layer) beyond it. Chosen on one base (Fashion-MNIST ResNet-18, 2 epochs, two
 # seeds, 2-epoch fine-tune: per-cost ahead at 4×, level at 6×, 1.0 points behind at 10×; measured on MACs) and reported unchanged
 # on the others: benchmarks/README.md, "Every budget, four bases".
 AUTO_UNIFORM_BELOW = 1 / 8
-# On a network with depthwise convolutions (MobileNet-like) auto never ranks across layers: there per-cost cut the
-# high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 4 / 16 points behind Torch-Pruning after
-# fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual stream 96 → 12, and
-# fine-tuning then fell below one-shot). Every layer loses the same fraction; up to this fraction kept (2×) its
-# channels go by saliency (saliency-per-layer), beyond it by Σ|w| (l1-per-layer). Chosen on MobileNetV3-Small
-# (two seeds: saliency ahead at 2× one-shot / fine-tuned / distilled, behind from 3× after distillation) and
-# reported unchanged on MobileNetV2: benchmarks/README.md, "The saliency inside each layer".
-AUTO_DEPTHWISE_SALIENCY_FROM = 1 / 2
+# On a network with depthwise convolutions (MobileNet-like) auto never ranks across layers by the score alone: there
+# per-cost cut the high-resolution expansion/depthwise pairs to --floor (MobileNetV2, 4×: 4 / 16 points behind
+# Torch-Pruning after fine-tuning / distillation) or the last stage and head (MobileNetV3-Small, 2×: its residual
+# stream 96 → 12, and fine-tuning then fell below one-shot). Up to this fraction kept (2×) every layer is cut to the
+# same measured loss per MAC, its channels by saliency (sensitivity; one-shot, mean of two seeds: MobileNetV2 87.92
+# → 90.24, MobileNetV3-Small 85.34 → 89.86, held-out MNASNet-0.5 72.10 → 77.20; benchmarks/README.md, "Session
+# 19"); beyond it every layer
+# loses the same fraction, its channels by Σ|w| (l1-per-layer: chosen on MobileNetV3-Small, two seeds, saliency
+# behind from 3× after distillation; benchmarks/README.md, "The saliency inside each layer").
+AUTO_DEPTHWISE_SENSITIVITY_FROM = 1 / 2
 FILL_METHODS = ("none", "fillzero", "restore")
 FILL_ALIASES = {"reset": "restore"}
 BUDGET_TOLERANCE = 0.02
@@ -110,13 +112,13 @@ class PruneOptions:
             if self.resolved_for is False:  # no data: every group is scored by Σ|w|
                 return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise convolutions "
                                         "and no --data: the same fraction from every layer, its channels by Σ|w|")
-            if frac >= AUTO_DEPTHWISE_SALIENCY_FROM:
-                return "saliency-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise "
-                                              "convolutions: the same fraction from every layer, its channels by saliency "
-                                              f"(up to {1 / AUTO_DEPTHWISE_SALIENCY_FROM:g}×)")
+            if frac >= AUTO_DEPTHWISE_SENSITIVITY_FROM:
+                return "sensitivity", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise convolutions: "
+                                       "every layer cut to the same measured loss per cost, its channels by saliency "
+                                       f"(up to {1 / AUTO_DEPTHWISE_SENSITIVITY_FROM:g}×)")
             return "l1-per-layer", (f"auto: {1 / frac:.3g}× fewer {name} on a network with depthwise convolutions: the "
                                     f"same fraction from every layer, its channels by Σ|w| (beyond "
-                                    f"{1 / AUTO_DEPTHWISE_SALIENCY_FROM:g}×, where that recovers better)")
+                                    f"{1 / AUTO_DEPTHWISE_SENSITIVITY_FROM:g}×, where that recovers better)")
         limit = 1 / AUTO_UNIFORM_BELOW
         if frac >= AUTO_UNIFORM_BELOW:
             scored = "; no --data: Σ|w| per cost" if self.resolved_for is False else ""

@@ -37,6 +37,7 @@ from ..core.model import (
 from ..io.edits import apply_edit
 from .channel import output_sizes, scored_modules
 from .check import SelfCheck, check_training_mode, masked_train_outputs, run_outputs, self_check
+from . import sensitivity
 from .fill import fill_zero_initialization, restore_unremoved
 from .options import PruneOptions
 from .reconstruct import norm_after, refit_consumers
@@ -240,7 +241,13 @@ def prune_scored(
     # 2. choose (zero + plan, or rank groups + plan), to --pct or to the budget
     if opts.criterion == "channel":
         sizes = output_sizes(model, example, scored_modules(channel_graph))
-        chosen = select_channels(model, gm, channel_graph, scores, sizes, opts, example, macs_before)
+
+        def probe(layers: dict) -> dict:  # measured once per scored model: a sweep's budgets reuse it
+            if scored.curves is None:
+                scored.curves = sensitivity.measure(model, channel_graph, layers, batches, device, progress=progress)
+            return scored.curves
+        chosen = select_channels(model, gm, channel_graph, scores, sizes, opts, example, macs_before,
+                                 probe if batches is not None else None)
     else:
         chosen = select_filters(model, gm, scores, opts, example, macs_before)
     plan = chosen.plan

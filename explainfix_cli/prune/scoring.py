@@ -35,6 +35,7 @@ class Scored:
     graph: Any = None  # the channel analysis (channel criterion)
     gm: Any = None  # the trace of the model as scored (prune/pruner.py: spent once that model is pruned)
     gradients: bool = False  # the scores are the saliency (a gradient pass), not Σ|w|
+    curves: Any = None  # the sensitivity rank's per-layer curves (prune/sensitivity.py), measured on first use
 
 
 def score_model(model: nn.Module, gm: Any, criterion: str, batches: Callable[[], Iterable] | None, *,

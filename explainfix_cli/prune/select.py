@@ -8,6 +8,7 @@ unchanged for the channel criterion (whose reference is the plan's masked equiva
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,14 @@ from torch import nn
 from ..channels import graph as graph_mod
 from ..channels.labels import ChannelGraph
 from ..channels.plan import Plan, plan_removal
+from ..core.errors import BadInput
 from ..core.model import count_macs, count_params, iter_spatial_convs, to_device
 from ..io.edits import apply_edit
 from . import saliency as sal
 from .budget import BudgetOutcome, check_reachable, search
-from .channel import magnitudes, output_sizes, removal_order, score_groups, scored_modules
+from .channel import layers_of, magnitudes, output_sizes, removal_order, score_groups, scored_modules
 from .options import MAGNITUDE_RANKS, PruneOptions
+from .sensitivity import levels as sensitivity_levels
 
 
 @dataclass
@@ -150,16 +153,24 @@ def select_filters(model: nn.Module, gm: fx.GraphModule, scores: list[torch.Tens
 
 def select_channels(model: nn.Module, gm: fx.GraphModule, graph: ChannelGraph,
                     saliency: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], opts: PruneOptions,
-                    example: Any, macs_before: int) -> Selection:
+                    example: Any, macs_before: int, probe: Callable[[dict], dict] | None = None) -> Selection:
     """Remove the least salient channel groups (the engine's coupled spaces of ``graph``, analysed once by
     the caller): ``pct`` % of them, or as many as the budget asks. The search only re-plans. A rank that
-    orders by Σ|w| (``l1-per-layer``) scores the groups by the model's weights, not by ``saliency``."""
+    orders by Σ|w| (``l1-per-layer``) scores the groups by the model's weights, not by ``saliency``; the
+    ``sensitivity`` rank calls ``probe(layers)`` for each layer's measured curve (sensitivity.measure)."""
     rank = opts.ranking[0]
     if rank in MAGNITUDE_RANKS:
         saliency = magnitudes(model, graph)
     groups = score_groups(gm, graph, saliency, sizes)
     metric = opts.budget[0] if opts.budget else "macs"
-    order = removal_order(graph, groups, rank, metric, opts.floor)
+    levels = None
+    if rank == "sensitivity":
+        if probe is None:
+            raise BadInput("--rank sensitivity measures each layer on the calibration data, and none was given",
+                           hint="pass --data PATH, or use --rank l1-per-layer")
+        layers = layers_of(groups, rank, metric)
+        levels = sensitivity_levels(layers, probe(layers), metric)
+    order = removal_order(graph, groups, rank, metric, opts.floor, levels)
 
     def plan_for(k: float) -> Plan:
         return plan_removal(gm, graph, opts.round_to, remove=set(order[: int(k)]))
