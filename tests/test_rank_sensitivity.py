@@ -137,3 +137,30 @@ def test_a_layer_the_probe_finds_insensitive_is_cut_further(mobilenet):
         assert r.check.passed
         kept[rank] = m.features[3].conv[0][0].out_channels
     assert kept["sensitivity"] == 15 < kept["saliency-per-layer"]  # ⌈10 % of 144⌉: the floor
+
+
+def _prober(model, x):
+    gm = graph_mod.trace(model, x)
+    graph = graph_mod.analyse(gm)
+    groups = score_groups(gm, graph, magnitudes(model, graph), output_sizes(model, x, scored_modules(graph)))
+    layers = layers_of(groups, "sensitivity", "macs")
+    return lambda batches: sensitivity.measure(model, graph, layers, batches, "cpu", grid=(0.5,))  # one pass a layer
+
+
+def test_a_dense_output_is_measured_by_its_relative_error_and_large_outputs_are_capped(monkeypatch):
+    """A segmentation model (LR-ASPP MobileNetV3, a dict output of 4 × H × W): the squared error relative to the
+    output's; with PROBE_ELEMENTS below one batch's numbers only the first batch is read."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4).eval()
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.randn(2, 3, 32, 32, generator=g), torch.zeros(2, dtype=torch.long)) for _ in range(2)]
+    probe = _prober(model, data[0][0][:1])
+    both = probe(lambda: iter(data))
+    values = [v for c in both.values() for v in c]
+    assert all(v >= 0 and v == v and v < float("inf") for v in values) and max(values) > 0
+    monkeypatch.setattr(sensitivity, "PROBE_ELEMENTS", 1)
+    capped = probe(lambda: iter(data))
+    monkeypatch.undo()
+    first = probe(lambda: iter(data[:1]))
+    assert capped == first and capped != both

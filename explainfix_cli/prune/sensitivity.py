@@ -4,8 +4,10 @@ Inside a layer (the groups with the same producers: one conv, or one residual st
 order of the saliency per cost, as with ``saliency-per-layer``. How far each layer is cut is what differs:
 every layer's least important quarter, half and three quarters (``GRID``) are in turn replaced by their
 calibration mean — what a removal leaves once its constant is folded, before the refit — and the change of the
-model's output is measured on the first ``PROBE_IMAGES`` calibration images: the KL divergence of the class
-probabilities for a classifier (a 2-D output), the squared error relative to the output's energy otherwise.
+model's output is measured on the first ``PROBE_IMAGES`` calibration images (fewer where their inputs or
+outputs would hold over ``PROBE_ELEMENTS`` numbers: a segmentation model's outputs are large): the KL divergence
+of the class probabilities for a classifier (a 2-D output), the squared error relative to the output's energy
+otherwise.
 A group that would take its layer to the fraction q removed is keyed by that layer's curve at q (linear
 between the measured points, from 0 at 0, the last slope beyond) divided by what the whole layer costs (its
 MACs, or parameters for a parameter budget, relative to the mean layer): every layer is cut to the same
@@ -33,19 +35,22 @@ from ..core.progress import Progress
 
 GRID = (0.25, 0.5, 0.75)  # fractions of a layer's groups replaced by their mean, one forward pass each
 PROBE_IMAGES = 512  # calibration images per rank the probe reads (held in memory for all passes)
+PROBE_ELEMENTS = 1 << 26  # and no more batches once their inputs, or the outputs kept, hold this many numbers
 
 Layers = dict[tuple[str, ...], list[Any]]  # producers → that layer's groups (channel.Group), least important first
 
 
 def _take(batches: Callable[[], Iterable], device: Any, images: int) -> list[Any]:
-    """The first batches of the calibration data, up to ``images`` inputs, on ``device``."""
-    out, n = [], 0
+    """The first batches of the calibration data, up to ``images`` inputs or ``PROBE_ELEMENTS`` numbers (at
+    least one batch), on ``device``."""
+    out, n, size = [], 0, 0
     for x, _ in batches():
-        if n >= images:
+        if n >= images or size >= PROBE_ELEMENTS:
             break
         out.append(to_device(x, device))
-        first = x[0] if isinstance(x, (tuple, list)) else x
-        n += len(first)
+        parts = x if isinstance(x, (tuple, list)) else [x]
+        n += len(parts[0])
+        size += sum(t.numel() for t in parts if isinstance(t, torch.Tensor))
     return out
 
 
@@ -96,11 +101,17 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
             return [first_output(call_model(model, x)) for x in xs]
 
     handles = [model.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module)) for c, _ in consumers]
+    refs: list[torch.Tensor] = []
     try:
-        refs = run()
+        with torch.no_grad():
+            for x in xs:  # a dense output (segmentation) is large: batches beyond PROBE_ELEMENTS are left out
+                if refs and sum(r.numel() for r in refs) >= PROBE_ELEMENTS:
+                    break
+                refs.append(first_output(call_model(model, x)))
     finally:
         for h in handles:
             h.remove()
+    del xs[len(refs):]
     for c, _ in consumers:  # the channel means over every rank's images
         name = c.module
         total = sums.get(name, torch.zeros(len(c.labels), dtype=torch.float64))
