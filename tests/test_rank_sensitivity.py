@@ -164,3 +164,25 @@ def test_a_dense_output_is_measured_by_its_relative_error_and_large_outputs_are_
     monkeypatch.undo()
     first = probe(lambda: iter(data[:1]))
     assert capped == first and capped != both
+
+
+def test_a_linear_layer_on_channels_last_inputs_is_probed_on_its_last_dimension():
+    """ConvNeXt's blocks are depthwise convs then Linear layers on (N, H, W, C) inputs: the probe replaces the
+    last dimension's channels (dimension 1 would be a height), and auto picks the rank there up to 2x."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10, conv_mlp=False).eval()  # Linear MLPs
+    g = torch.Generator().manual_seed(6)
+    data = [(torch.randn(4, 3, 64, 64, generator=g), torch.arange(4))]
+    original = copy.deepcopy(model)
+    r = prune_model(model, PruneOptions(target_macs="0.8"), example=data[0][0][:1], check_inputs=data[0][0],
+                    batches=lambda: iter(data))
+    assert r.options["rank_used"] == "sensitivity" and r.check.passed and r.budget["within_tolerance"], r.budget
+    assert r.channels_removed > 0
+    gm = graph_mod.trace(original, data[0][0][:1])
+    graph = graph_mod.analyse(gm)
+    assert any(c.kind == "linear" and "mlp" in c.module for c in graph.consumers)
+    assert all(v >= 0 for c in sensitivity.measure(
+        original, graph, layers_of(score_groups(gm, graph, magnitudes(original, graph), output_sizes(
+            original, data[0][0][:1], scored_modules(graph))), "sensitivity", "macs"), lambda: iter(data), "cpu",
+        grid=(0.5,)).values() for v in c)

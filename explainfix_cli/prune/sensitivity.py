@@ -75,10 +75,15 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, float] = {}
 
-    def mean_hook(name: str) -> Callable:
+    def reads_last_dim(x: torch.Tensor, kind: str) -> bool:  # a linear layer reads its last dimension (ConvNeXt: NHWC)
+        return kind == "linear" or x.dim() == 2
+
+    def mean_hook(name: str, kind: str) -> Callable:
         def hook(_m: nn.Module, args: tuple) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
             x = args[0].detach().double()
-            flat = x if x.dim() == 2 else x.transpose(0, 1).reshape(x.shape[1], -1).t()
+            flat = x.reshape(-1, x.shape[-1]) if reads_last_dim(x, kind) else x.transpose(0, 1).reshape(x.shape[1], -1).t()
             sums[name] = sums.get(name, 0) + flat.sum(0)
             counts[name] = counts.get(name, 0.0) + len(flat)
         return hook
@@ -86,13 +91,13 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
     masks: dict[str, torch.Tensor] = {}
     means: dict[str, torch.Tensor] = {}
 
-    def mask_hook(name: str) -> Callable:
+    def mask_hook(name: str, kind: str) -> Callable:
         def hook(_m: nn.Module, args: tuple) -> tuple | None:
             mk = masks.get(name)
-            if mk is None:
+            if mk is None or not args or not isinstance(args[0], torch.Tensor):
                 return None
             x = args[0]
-            shape = (1, -1) if x.dim() == 2 else (1, -1) + (1,) * (x.dim() - 2)
+            shape = (1,) * (x.dim() - 1) + (-1,) if reads_last_dim(x, kind) else (1, -1) + (1,) * (x.dim() - 2)
             return (torch.where(mk.to(x.device).view(shape), means[name].to(x).view(shape), x), *args[1:])
         return hook
 
@@ -100,7 +105,7 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
         with torch.no_grad():
             return [first_output(call_model(model, x)) for x in xs]
 
-    handles = [model.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module)) for c, _ in consumers]
+    handles = [model.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module, c.kind)) for c, _ in consumers]
     refs: list[torch.Tensor] = []
     try:
         with torch.no_grad():
@@ -120,7 +125,7 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
         means[name] = total / max(float(n), 1.0)
 
     curves: dict[tuple[str, ...], list[float]] = {}
-    handles = [model.get_submodule(c.module).register_forward_pre_hook(mask_hook(c.module)) for c, _ in consumers]
+    handles = [model.get_submodule(c.module).register_forward_pre_hook(mask_hook(c.module, c.kind)) for c, _ in consumers]
     try:
         for done, (key, members) in enumerate(layers.items()):
             values = []
