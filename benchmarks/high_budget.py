@@ -60,7 +60,7 @@ def ranking(alpha: float, norm: bool, shared, alloc: str = ""):
     """A removal order built on the shared one (prune/channel.removal_order, same floor rule): ``alpha`` ranks
     by saliency / cost**alpha; ``norm`` uses the per-layer order of ``--rank l1-per-layer`` (quantile; the median until session 10) on
     whatever scores the variant has (the saliency unless ``scores=magnitude``)."""
-    def removal_order(graph, groups, rank, cost, floor):
+    def removal_order(graph, groups, rank, cost, floor, levels=None):  # levels: the sensitivity rank's, not used here
         if alloc == "uniform":
             return uniform_order(graph, groups, cost, floor, shared)
         if norm:

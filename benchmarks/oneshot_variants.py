@@ -22,6 +22,7 @@ the library's functions, not in the package:
   producers) or an inverted residual's expansion layer's quantile divided by F (see ``scaled_removal_order``);
 - ``ft=1``: also the 2-epoch fine-tune and distillation; ``ftlong=N``: also an N-epoch fine-tune; ``lr=X``: their
   SGD learning rate (default the package's: 0.01, a distillation 0.003 since session 18; session 17);
+- ``probe=N`` (session 19): the sensitivity rank's probe reads N calibration images (the package: ``PROBE_IMAGES``);
 - ``sens=B`` (session 19): with ``rank=sensitivity`` (or ``--rank auto`` where it picks it), each layer's measured
   loss divided by the layer's cost to the power B (the package: 1; 0: every layer cut to the same loss). The
   rows of results/fmnist39_prototype.json came from the first version of this key (commit 292ecf0: its own
@@ -57,7 +58,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_mnist as fm  # noqa: E402  (the bases, data, recovery and evaluation of the main benchmark)
 
-from explainfix_cli.prune import pipeline, reconstruct  # noqa: E402
+from explainfix_cli.prune import pipeline, reconstruct, sensitivity  # noqa: E402
 from explainfix_cli.prune import select as select_mod  # noqa: E402
 
 SCORE_GROUPS = select_mod.score_groups
@@ -164,8 +165,9 @@ def refit_head(model: nn.Module, base: nn.Module, cx: torch.Tensor, ridge: float
 
 
 KEYS = {"refit", "ridge", "rows", "head", "obs", "greedy", "rank", "ft", "ftlong", "stream", "expand", "lr", "steps",
-        "sens"}
+        "sens", "probe"}
 LEVELS = select_mod.sensitivity_levels
+PROBE_IMAGES = sensitivity.PROBE_IMAGES
 REMOVAL_ORDER = select_mod.removal_order
 
 
@@ -176,8 +178,8 @@ def scaled_removal_order(stream: float, expand: float):
     more slowly than the others (0: never), above 1 faster; the budget search then takes the rest elsewhere.
     (Commit 10cd58c tried the generic form in the library, a layer a depthwise conv reads, at 1.5: the rows of
     results/fmnist34_allocation.json with ``depthwise_fed_rate`` 1.5; reverted.)"""
-    def removal_order(graph, groups, rank, cost, floor):
-        order = REMOVAL_ORDER(graph, groups, rank, cost, floor)
+    def removal_order(graph, groups, rank, cost, floor, levels=None):
+        order = REMOVAL_ORDER(graph, groups, rank, cost, floor, levels)
         if rank not in ("l1-per-layer", "saliency-per-layer"):
             return order
         pos = {r: i for i, r in enumerate(order)}
@@ -231,6 +233,8 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
         if kw.get("obs") == "1":
             grams = consumer_grams(copy.deepcopy(base), fm.calib_batches(cx, cy, 128)())
             select_mod.score_groups = obs_scores(grams, kw.get("greedy") == "1")
+        if "probe" in kw:  # the sensitivity rank's probe images (per process)
+            sensitivity.PROBE_IMAGES = int(kw["probe"])
         if "sens" in kw:  # the sensitivity rank's levels divided by the layer's cost to this power (library: 1)
             select_mod.sensitivity_levels = lambda *a, **k: LEVELS(*a, **{**k, "power": float(kw["sens"])})
         if "stream" in kw or "expand" in kw:
@@ -244,6 +248,7 @@ def run_variant(spec: str, base: nn.Module, data: dict, budget: float, seed: int
     finally:
         pipeline.refit_consumers, select_mod.score_groups = REFIT, SCORE_GROUPS
         select_mod.removal_order, select_mod.sensitivity_levels = REMOVAL_ORDER, LEVELS
+        sensitivity.PROBE_IMAGES = PROBE_IMAGES
     ridge = None if kw.get("refit") in ("0", "false") else float(kw.get("ridge", reconstruct.RIDGE))
     if kw.get("head") == "1":
         refit_head(m, base, cx, float(kw.get("ridge", reconstruct.RIDGE)))

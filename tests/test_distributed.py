@@ -34,6 +34,22 @@ def _same_weights(a: Path, b: Path, tol: float = 1e-5) -> None:
         assert torch.allclose(x[k].double(), y[k].double(), rtol=tol, atol=tol), k
 
 
+def test_the_sensitivity_probe_on_two_ranks_reads_what_one_reads(tmp_path):
+    """The probe's image limit ends inside the data (27 images: 6 of 9 batches of 5): two processes read global
+    batches 0-5 between them, as one process does, and measure the same curves."""
+    worker = REPO / "tests" / "dist_probe_worker.py"
+    one = subprocess.run([sys.executable, worker, tmp_path], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(worker, tmp_path)
+    assert two.returncode == 0, two.stderr
+    a, b0, b1 = (torch.load(tmp_path / f) for f in ("probe0_1.pt", "probe0_2.pt", "probe1_2.pt"))
+    assert b0["world"] == b1["world"] == 2 and a["world"] == 1
+    assert a["curves"].keys() == b0["curves"].keys() and b0["curves"] == b1["curves"]  # every rank the same cut
+    for k, v in a["curves"].items():
+        assert v == pytest.approx(b0["curves"][k], rel=1e-9, abs=1e-15), k
+    assert max(v[0] for v in a["curves"].values()) > 0
+
+
 @pytest.mark.parametrize("rank", [[], ["--rank", "sensitivity"]])  # sensitivity: each rank probes its shard, sums reduced
 def test_prune_on_two_ranks_equals_one(tmp_path, rank):
     """100 images in batches of 7: 15 batches, 8 on rank 0 and 7 on rank 1 — none lost, none used twice."""

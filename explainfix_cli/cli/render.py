@@ -211,7 +211,7 @@ def work_progress(batch_size: int | None = None, enabled: bool = True) -> Iterat
             speed = task.finished_speed or task.speed
             if not speed:
                 return Text("")
-            if task.description in ("refit", "sensitivity"):  # layers, not batches
+            if task.description in ("refit", "layer probe"):  # layers, not batches
                 return Text(f"{speed:.1f} layers/s", style="dim")
             return Text(f"{speed * batch_size:,.0f} img/s" if batch_size else f"{speed:.1f} it/s", style="dim")
 

@@ -7,8 +7,9 @@ parameters (BN, depthwise kernels) and consumer columns — from one gradient pa
 divides by the MACs (or parameters) the group's removal saves, so cheap-to-keep channels go last.
 
 :func:`removal_order` orders the groups, least important first — globally (``per-cost``, ``saliency``) or by
-their quantile inside their layer (``l1-per-layer``, ``saliency-per-layer``) — skipping any group whose removal would take a producer
-below ``floor`` of its channels (every layer stays alive).
+their quantile inside their layer (``l1-per-layer``, ``saliency-per-layer``), or by the measured loss their removal
+takes their layer to (``sensitivity``: prune/sensitivity.py) — skipping any group whose removal would take a
+producer below ``floor`` of its channels (every layer stays alive).
 """
 from __future__ import annotations
 

@@ -244,7 +244,9 @@ def prune_scored(
 
         def probe(layers: dict) -> dict:  # measured once per scored model: a sweep's budgets reuse it
             if scored.curves is None:
+                lap("plan")
                 scored.curves = sensitivity.measure(model, channel_graph, layers, batches, device, progress=progress)
+                lap("sensitivity")
             return scored.curves
         chosen = select_channels(model, gm, channel_graph, scores, sizes, opts, example, macs_before,
                                  probe if batches is not None else None)
