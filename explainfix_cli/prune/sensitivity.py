@@ -40,7 +40,8 @@ from ..core.progress import Progress
 
 GRID = (0.25, 0.5, 0.75)  # fractions of a layer's groups replaced by their mean, one forward pass each
 PROBE_IMAGES = 512  # calibration images the probe reads (held in memory for all passes)
-PROBE_ELEMENTS = 1 << 26  # and no more batches than keep their inputs, and their outputs, under this many numbers
+PROBE_ELEMENTS = 1 << 24  # and no more batches than keep their inputs, and their outputs, under this many numbers
+# (compute: a 224×224 input is 150,528 numbers, so about 112 images, in whole batches; 32×32 inputs stay at 512)
 UNMEASURED = 1e12  # the loss of a layer the probe cannot measure: it is cut last
 
 Layers = dict[tuple[str, ...], list[Any]]  # producers → that layer's groups (channel.Group), least important first
