@@ -118,8 +118,9 @@ def _patches(m: nn.Module, x: torch.Tensor, index: torch.Tensor, out_hw: tuple[i
     return p.permute(0, 3, 1, 2).reshape(len(index), -1)
 
 
-def _outputs(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """The layer's output as (positions, out) rows, positions in the order :func:`_patches` indexes."""
+def channel_rows(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """A tensor a layer reads or writes as (positions, channels) rows: a linear layer's channels are its last
+    dimension (at any rank), a conv's are dimension 1; positions in the order :func:`_patches` indexes."""
     if isinstance(m, nn.Linear):
         return y.reshape(-1, y.shape[-1])
     return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
@@ -267,7 +268,7 @@ def _refit_one(masked: nn.Module, original: nn.Module, name: str, entry: dict, b
                 xin = _capture(masked, m, x, "in")
             except LookupError:  # not called on this batch (data-dependent control flow): nothing to add
                 continue
-            y = _outputs(m0, y_raw)
+            y = channel_rows(m0, y_raw)
             count = y.shape[0]
             if limit is None:  # the first K batches of the global order, K from the first batch's rows: under
                 # torchrun this rank's share of them (batch b is on rank b % world), so any world reads the same

@@ -24,10 +24,9 @@ probe cannot replace) counts as too sensitive to cut: ``UNMEASURED``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import math
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from ..channels.labels import ChannelGraph
 from ..core import dist
 from ..core.model import call_model, first_output, to_device
 from ..core.progress import Progress
+from .reconstruct import channel_rows
 
 GRID = (0.25, 0.5, 0.75)  # fractions of a layer's groups replaced by their mean, one forward pass each
 PROBE_IMAGES = 512  # calibration images the probe reads (held in memory for all passes)
@@ -80,34 +80,29 @@ def measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Call
 
 def _measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Callable[[], Iterable], device: Any,
              grid: tuple[float, ...], images: int, progress: Progress | None) -> dict[tuple[str, ...], list[float]]:
-    consumers = [(c, graph.roots(c.labels)) for c in graph.consumers]
+    consumers = [(c, torch.tensor(graph.roots(c.labels), dtype=torch.long)) for c in graph.consumers]
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, float] = {}
     masks: dict[str, torch.Tensor] = {}
     means: dict[str, torch.Tensor] = {}
     applied: set[str] = set()
 
-    def reads_last_dim(x: torch.Tensor, kind: str) -> bool:  # a linear layer reads its last dimension (ConvNeXt: NHWC)
-        return kind == "linear" or x.dim() == 2
-
-    def mean_hook(name: str, kind: str) -> Callable:
-        def hook(_m: nn.Module, args: tuple) -> None:
-            if not args or not isinstance(args[0], torch.Tensor):
-                return
-            x = args[0].detach().double()
-            flat = x.reshape(-1, x.shape[-1]) if reads_last_dim(x, kind) else x.transpose(0, 1).reshape(x.shape[1], -1).t()
-            sums[name] = sums.get(name, 0) + flat.sum(0)
-            counts[name] = counts.get(name, 0.0) + len(flat)
+    def mean_hook(name: str) -> Callable:
+        def hook(m: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                rows = channel_rows(m, args[0].detach().double())
+                sums[name] = sums.get(name, 0) + rows.sum(0)
+                counts[name] = counts.get(name, 0.0) + len(rows)
         return hook
 
-    def mask_hook(name: str, kind: str) -> Callable:
-        def hook(_m: nn.Module, args: tuple) -> tuple | None:
+    def mask_hook(name: str) -> Callable:
+        def hook(m: nn.Module, args: tuple) -> tuple | None:
             mk = masks.get(name)
             if mk is None or not args or not isinstance(args[0], torch.Tensor):
                 return None
             applied.add(name)
-            x = args[0]
-            shape = (1,) * (x.dim() - 1) + (-1,) if reads_last_dim(x, kind) else (1, -1) + (1,) * (x.dim() - 2)
+            x = args[0]  # channels where channel_rows finds them: last for a linear layer, dimension 1 for a conv
+            shape = (1,) * (x.dim() - 1) + (-1,) if isinstance(m, nn.Linear) else (1, -1) + (1,) * (x.dim() - 2)
             return (torch.where(mk.to(x.device).view(shape), means[name].to(x).view(shape), x), *args[1:])
         return hook
 
@@ -119,7 +114,7 @@ def _measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Cal
     xs: list[Any] = []
     refs: list[torch.Tensor] = []
     world, rank = dist.world(), dist.rank()
-    handles = [model.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module, c.kind)) for c, _ in consumers]
+    handles = [model.get_submodule(c.module).register_forward_pre_hook(mean_hook(c.module)) for c, _ in consumers]
     try:
         it = iter(batches())
         first = next(it, None)
@@ -150,16 +145,16 @@ def _measure(model: nn.Module, graph: ChannelGraph, layers: Layers, batches: Cal
         means[name] = summed / max(float(n), 1.0)
 
     curves: dict[tuple[str, ...], list[float]] = {}
-    handles = [model.get_submodule(c.module).register_forward_pre_hook(mask_hook(c.module, c.kind)) for c, _ in consumers]
+    handles = [model.get_submodule(c.module).register_forward_pre_hook(mask_hook(c.module)) for c, _ in consumers]
     try:
         for done, (key, members) in enumerate(layers.items()):
             values: list[float] = []
             for q in grid:
-                removed = {g.root for g in members[:math.ceil(q * len(members))]}
+                removed = torch.tensor([g.root for g in members[:math.ceil(q * len(members))]], dtype=torch.long)
                 masks.clear()
                 applied.clear()
                 for c, roots in consumers:
-                    mk = torch.tensor([r in removed for r in roots])
+                    mk = torch.isin(roots, removed)
                     if bool(mk.any()):
                         masks[c.module] = mk
                 loss = weight = 0.0
